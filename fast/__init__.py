@@ -1,0 +1,1 @@
+"""muonlab.fast: drop-in torch optimizers for the Muon family, with Triton kernels on CUDA."""

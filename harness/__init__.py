@@ -1,0 +1,1 @@
+"""muonlab.harness: model, data, training runs and sweeps; the `muonlab` CLI."""

@@ -1,0 +1,101 @@
+"""Named Newton-Schulz / Polar Express coefficient sets.
+
+Each set is a tuple of ``(a, b, c)`` triples; iteration ``k`` applies the odd quintic
+``p_k(s) = a s + b s^3 + c s^5`` to every singular value (``X <- a X + (b A + c A^2) X`` with ``A = X X^T``).
+When a spec asks for more iterations than a set has triples, the last triple repeats (the rule of
+NoahAmsel/PolarExpress ``basic.py``); when it asks for fewer, the first ``ns_steps`` triples are used.
+
+Sources (see docs/variants.md, section "Coefficient sets"):
+
+* ``keller``: KellerJordan/Muon ``zeropower_via_newtonschulz5``, ``(3.4445, -4.7750, 2.0315)``; also
+  Moonlight Eq. 2, torch.optim.Muon, optax ``'standard'``, the official NorMuon.
+* ``leloykun``: modded-nanogpt record 2025-02-14_OptCoeffs; dion ``zeropower_via_newtonschulz5``; optax ``'dion'``.
+* ``polar_express``: modded-nanogpt ``polar_express_coeffs`` (= dion ``_POLAR_EXPRESS_COEFFS``), i.e.
+  ``optimal_composition(l=1e-3, num_iters=5, safety_factor_eps=0.02, cushion=0.02)``; use with norm scale 1.02.
+* ``polar_express_paper``: arXiv 2505.16932 listing (PolarExpress ``basic.py``): 8 triples, the first seven
+  divided by ``(1.01, 1.01^3, 1.01^5)``; use with norm scale 1.01.
+* ``cubic``: the classical cubic Newton-Schulz iteration ``X <- 1.5 X - 0.5 X X^T X``.
+* ``accurate``: ``(2, -1.5, 0.5)`` (modded-nanogpt track 3 ``train_gpt_simple.py``), typically x12.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+Triple = tuple[float, float, float]
+CoefficientSet = tuple[Triple, ...]
+
+KELLER: Final[CoefficientSet] = ((3.4445, -4.7750, 2.0315),)
+
+LELOYKUN: Final[CoefficientSet] = (
+    (4.0848, -6.8946, 2.9270),
+    (3.9505, -6.3029, 2.6377),
+    (3.7418, -5.5913, 2.3037),
+    (2.8769, -3.1427, 1.2046),
+    (2.8366, -3.0525, 1.2012),
+)
+
+POLAR_EXPRESS: Final[CoefficientSet] = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+
+_PAPER_RAW: Final[CoefficientSet] = (
+    (8.28721201814563, -23.595886519098837, 17.300387312530933),
+    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    (1.875, -1.25, 0.375),
+)
+
+
+def _with_safety(raw: CoefficientSet, safety: float) -> CoefficientSet:
+    """Divide every triple but the last by ``(s, s^3, s^5)``: ``p(x) -> p(x / s)`` (PolarExpress ``basic.py``)."""
+    out = [(a / safety, b / safety**3, c / safety**5) for a, b, c in raw[:-1]]
+    return (*out, raw[-1])
+
+
+POLAR_EXPRESS_PAPER: Final[CoefficientSet] = _with_safety(_PAPER_RAW, 1.01)
+
+CUBIC: Final[CoefficientSet] = ((1.5, -0.5, 0.0),)
+
+ACCURATE: Final[CoefficientSet] = ((2.0, -1.5, 0.5),)
+
+COEFFICIENT_SETS: Final[dict[str, CoefficientSet]] = {
+    "keller": KELLER,
+    "leloykun": LELOYKUN,
+    "polar_express": POLAR_EXPRESS,
+    "polar_express_paper": POLAR_EXPRESS_PAPER,
+    "cubic": CUBIC,
+    "accurate": ACCURATE,
+}
+
+
+def resolve_coefficients(coefficients: str | CoefficientSet) -> CoefficientSet:
+    """Return the triples for a set name, or validate and return explicit triples."""
+    if isinstance(coefficients, str):
+        try:
+            return COEFFICIENT_SETS[coefficients]
+        except KeyError:
+            known = ", ".join(sorted(COEFFICIENT_SETS))
+            raise ValueError(
+                f"ns_coefficients: unknown coefficient set {coefficients!r}; known sets: {known}"
+            ) from None
+    if len(coefficients) == 0:
+        raise ValueError("ns_coefficients: an explicit coefficient list must hold at least one (a, b, c) triple")
+    for i, triple in enumerate(coefficients):
+        if len(triple) != 3:
+            raise ValueError(f"ns_coefficients[{i}]: expected an (a, b, c) triple, got {triple!r}")
+    return tuple((float(a), float(b), float(c)) for a, b, c in coefficients)
+
+
+def schedule(coefficients: str | CoefficientSet, ns_steps: int) -> CoefficientSet:
+    """The ``ns_steps`` triples actually applied: the first ``ns_steps``, the last one repeating beyond the list."""
+    triples = resolve_coefficients(coefficients)
+    return tuple(triples[min(k, len(triples) - 1)] for k in range(ns_steps))

@@ -1,0 +1,290 @@
+"""Named presets: each reproduces one source's Muon exactly (up to the documented decisions in docs/variants.md).
+
+`get_preset(name)` returns a `MuonSpec`; `PRESETS` is the registry the contract tests run over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from .spec import MuonSpec
+
+
+def keller() -> MuonSpec:
+    """KellerJordan/Muon ``muon.py`` (``muon_update``, ``SingleDeviceMuonWithAuxAdam``).
+
+    ``M = lerp(M, G, 1-beta)``, ``N = lerp(G, M, beta)``; ``O = NS5(N)`` with ``(3.4445, -4.7750, 2.0315)``,
+    ``X / (||X||_F + 1e-7)`` in bf16; ``O *= sqrt(max(1, m/n))`` with ``(m, n)`` the gradient's last two dims;
+    ``W <- W (1 - eta lambda) - eta O``. Aux Adam: lr 3e-4, betas (0.9, 0.95), eps 1e-10, bias-corrected.
+    """
+    return MuonSpec(
+        name="keller",
+        lr=0.02,
+        momentum=0.95,
+        momentum_form="ema",
+        nesterov=True,
+        ns_coefficients="keller",
+        ns_steps=5,
+        eps=1e-7,
+        eps_mode="add",
+        nd_mode="flatten",
+        scale_shape="last2",
+        shape_scale="keller",
+        weight_decay=0.0,
+        adam_lr=3e-4,
+        adam_betas=(0.9, 0.95),
+        adam_eps=1e-10,
+        adam_weight_decay=0.0,
+        adam_eps_mode="corrected",
+    )
+
+
+def moonlight() -> MuonSpec:
+    """MoonshotAI/Moonlight ``examples/toy_train.py`` ``Muon``; arXiv 2502.16982 Eq. 3-4.
+
+    Sum momentum ``M = mu M + G``, Nesterov ``N = G + mu M``; NS5 (Keller coefficients, ``+1e-7``);
+    ``W <- W - eta (0.2 sqrt(max(m, n)) O + lambda W)`` (decay with the unadjusted ``eta``).
+    AdamW shares lr and weight decay; betas (0.9, 0.95), eps 1e-8 not bias-corrected.
+    """
+    return MuonSpec(
+        name="moonlight",
+        lr=1e-3,
+        momentum=0.95,
+        momentum_form="sum",
+        nesterov=True,
+        ns_coefficients="keller",
+        ns_steps=5,
+        eps=1e-7,
+        eps_mode="add",
+        shape_scale="moonlight",
+        rms_scale=0.2,
+        weight_decay=0.1,
+        decay_placement="param",
+        decay_lr="base",
+        adam_lr=None,
+        adam_betas=(0.9, 0.95),
+        adam_eps=1e-8,
+        adam_weight_decay=None,
+        adam_eps_mode="uncorrected",
+    )
+
+
+def modded_normuon() -> MuonSpec:
+    """KellerJordan/modded-nanogpt ``train_gpt.py`` ``NorMuonAndAdam`` (2026-08, ``_normuon_update``).
+
+    Lerp-Nesterov momentum; Polar Express 5 steps, ``X / (1.02 ||X||_F + 1e-6)``; NorMuon per element of the
+    longer dim, ``S = lerp(S, mean(V^2), 1-beta2)``, ``V_hat = V / sqrt(max(S, 1e-10))`` rescaled to keep
+    ``||V||_F``; ``eta_eff = eta sqrt(max(1, m/n))``; cautious decay (``>=``) with ``lambda eta eta_eff``
+    (lr^2): ``W <- W - lambda eta eta_eff mask (.) W - eta_eff V_hat``. Defaults lr 0.023, beta2 0.9, lambda 1.2.
+    """
+    return MuonSpec(
+        name="modded_normuon",
+        lr=0.023,
+        momentum=0.95,
+        momentum_form="ema",
+        nesterov=True,
+        ns_coefficients="polar_express",
+        ns_steps=5,
+        norm_scale=1.02,
+        eps=1e-6,
+        eps_mode="add",
+        nd_mode="batch",
+        shape_scale="keller",
+        normuon=True,
+        beta2=0.9,
+        normuon_axis="longer",
+        normuon_rescale="frobenius",
+        normuon_eps=1e-10,
+        normuon_eps_mode="clamp",
+        weight_decay=1.2,
+        decay_placement="param",
+        decay_lr="lr2",
+        cautious="ge",
+        adam_lr=0.008,
+        adam_betas=(0.9, 0.95),
+        adam_eps=1e-10,
+        adam_weight_decay=0.0,
+        adam_eps_mode="uncorrected",
+    )
+
+
+def normuon_paper() -> MuonSpec:
+    """NorMuon, arXiv 2510.05491 (Algorithm 1).
+
+    ``M = beta1 M + (1-beta1) G`` (no Nesterov); ``O = NS5(M)``; ``v = beta2 v + (1-beta2) mean_cols(O^2)``
+    per row; ``O_hat = O / (sqrt(v) + eps)``; ``eta_hat = 0.2 eta sqrt(mn)/||O_hat||_F``;
+    ``W <- W - eta lambda W - eta_hat O_hat``.
+    """
+    return MuonSpec(
+        name="normuon_paper",
+        lr=0.02,
+        momentum=0.95,
+        momentum_form="ema",
+        nesterov=False,
+        ns_coefficients="keller",
+        ns_steps=5,
+        eps=1e-7,
+        shape_scale="none",
+        normuon=True,
+        beta2=0.95,
+        normuon_axis="row",
+        normuon_rescale="rms",
+        rms_scale=0.2,
+        normuon_eps=1e-8,
+        normuon_eps_mode="add",
+        weight_decay=0.0,
+        decay_lr="base",
+    )
+
+
+def normuon_official() -> MuonSpec:
+    """zichongli5/NorMuon ``normuon.py`` ``normuon_update`` (statistics in fp32, as before commit 939267f).
+
+    Lerp-Nesterov; NS5 Keller; per-row ``S``; ``O / (sqrt(S) + 1e-10)`` rescaled to keep ``||O||_F``, then
+    ``sqrt(max(1, m/n))``; ``W <- W (1 - eta lambda) - eta O``.
+    """
+    return MuonSpec(
+        name="normuon_official",
+        lr=0.02,
+        momentum=0.95,
+        nesterov=True,
+        ns_coefficients="keller",
+        eps=1e-7,
+        shape_scale="keller",
+        normuon=True,
+        beta2=0.95,
+        normuon_axis="row",
+        normuon_rescale="frobenius",
+        normuon_eps=1e-10,
+        normuon_eps_mode="add",
+    )
+
+
+def torch() -> MuonSpec:
+    """``torch.optim.Muon`` (torch 2.13, ``_single_tensor_muon``), ``adjust_lr_fn=None`` / ``"original"``.
+
+    Lerp-Nesterov; NS5 Keller in bf16 with ``X / max(||X||_F, 1e-7)`` (clamp); ``eta_u = eta sqrt(max(1, A/B))``;
+    ``W <- W (1 - eta lambda) - eta_u O``. Defaults lr 1e-3, lambda 0.1.
+    """
+    return MuonSpec(
+        name="torch",
+        lr=1e-3,
+        momentum=0.95,
+        momentum_form="ema",
+        nesterov=True,
+        ns_coefficients="keller",
+        ns_steps=5,
+        eps=1e-7,
+        eps_mode="clamp",
+        shape_scale="keller",
+        weight_decay=0.1,
+        decay_lr="base",
+    )
+
+
+def torch_match_rms_adamw() -> MuonSpec:
+    """``torch.optim.Muon(adjust_lr_fn="match_rms_adamw")``: as `torch` with ``eta_u = 0.2 eta sqrt(max(A, B))``."""
+    return torch().replace(name="torch_match_rms_adamw", shape_scale="moonlight", rms_scale=0.2)
+
+
+def optax() -> MuonSpec:
+    """``optax.contrib.muon`` (``scale_by_muon``, ``scale_by_shape``, ``add_decayed_weights``).
+
+    EMA momentum with bias correction; Nesterov ``N = beta mu/(1-beta^{t+1}) + (1-beta) g/(1-beta^t)``;
+    NS5 Keller in the input dtype (fp32), ``X / (||X||_F + 1e-8)``; ``sqrt(max(1, fan_out/fan_in))``
+    (= ``sqrt(max(1, m/n))`` in PyTorch ``[out, in]`` layout); ``W <- W - eta (s O + lambda W)``.
+    Fallback: AdamW b1 0.9, b2 0.999, eps 1e-8 (optax's default NAdamW is not reproduced; see docs).
+    """
+    return MuonSpec(
+        name="optax",
+        lr=0.02,
+        momentum=0.95,
+        momentum_form="optax",
+        nesterov=True,
+        ns_coefficients="keller",
+        ns_steps=5,
+        eps=1e-8,
+        eps_mode="add",
+        compute_dtype="float32",
+        nd_mode="batch",
+        shape_scale="keller",
+        weight_decay=0.0,
+        decay_lr="base",
+        adam_lr=None,
+        adam_betas=(0.9, 0.999),
+        adam_eps=1e-8,
+        adam_weight_decay=0.0,
+        adam_eps_mode="corrected",
+    )
+
+
+def dion() -> MuonSpec:
+    """microsoft/dion ``dion/muon.py`` ``Muon`` (defaults at 0a059a4).
+
+    Sum momentum ``M = mu M + G``, no Nesterov; Polar Express 5 steps, ``X / (1.02 ||X||_F + 1e-8)``;
+    ``eta_adj = eta sqrt(fan_out/fan_in)`` (no max); ``W <- W (1 - eta lambda) - eta_adj O``; lambda 0.01.
+    """
+    return MuonSpec(
+        name="dion",
+        lr=0.01,
+        momentum=0.95,
+        momentum_form="sum",
+        nesterov=False,
+        ns_coefficients="polar_express",
+        ns_steps=5,
+        norm_scale=1.02,
+        eps=1e-8,
+        eps_mode="add",
+        nd_mode="batch",
+        shape_scale="dion",
+        weight_decay=0.01,
+        decay_lr="base",
+        cautious="off",
+        adam_lr=None,
+        adam_betas=(0.9, 0.95),
+        adam_eps=1e-8,
+        adam_weight_decay=None,
+        adam_eps_mode="corrected",
+    )
+
+
+def ngpt() -> MuonSpec:
+    """Keller Muon on nGPT's hypersphere (arXiv 2410.01131; NVIDIA/ngpt ``train.py`` ``normalize_matrices``).
+
+    Each row of ``[out, in]`` is a unit vector; after the Euclidean Muon step each row is renormalized
+    (``justnorm``). No weight decay. Use ``sphere="geodesic"`` with an ``angle_mode`` for the geodesic update
+    (``angle_mode="renorm"`` reproduces this preset exactly).
+    """
+    return keller().replace(name="ngpt", sphere="renormalize", sphere_axis="row", weight_decay=0.0)
+
+
+PRESETS: Final[dict[str, Callable[[], MuonSpec]]] = {
+    "keller": keller,
+    "moonlight": moonlight,
+    "modded_normuon": modded_normuon,
+    "normuon_paper": normuon_paper,
+    "normuon_official": normuon_official,
+    "torch": torch,
+    "torch_match_rms_adamw": torch_match_rms_adamw,
+    "optax": optax,
+    "dion": dion,
+    "ngpt": ngpt,
+}
+
+
+def get_preset(name: str) -> MuonSpec:
+    """The `MuonSpec` of preset ``name``; an unknown name raises `ValueError` listing the known ones."""
+    try:
+        factory = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"preset: unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+    return factory()
+
+
+def resolve_spec(spec: str | MuonSpec, **overrides: object) -> MuonSpec:
+    """A preset name or a spec, with field ``overrides`` applied (validated)."""
+    base = get_preset(spec) if isinstance(spec, str) else spec
+    if not isinstance(base, MuonSpec):
+        raise ValueError(f"preset: expected a preset name or a MuonSpec, got {type(spec).__name__}")
+    return base.replace(**overrides) if overrides else base

@@ -1,0 +1,272 @@
+"""`MuonSpec`: one frozen, validated record naming every knob of the Muon family.
+
+A variant is data, not a class: the reference (`muonlab.reference`, NumPy float64) and the fast
+implementation (`muonlab.fast`, torch + Triton) both read a `MuonSpec` and nothing else. Named presets
+that reproduce each source live in `muonlab.reference.presets`.
+
+Notation (docs/variants.md): a parameter ``W`` has shape ``[..., m, n]`` in PyTorch ``[out, in]`` layout,
+``G`` is its gradient, ``M`` the momentum buffer, ``eta`` the learning rate, ``lambda`` the weight decay.
+
+One optimizer step, in order (every reference and fast implementation follows exactly this order):
+
+1. coupled decay, if ``decay_placement`` is ``"update"`` or ``"both"``: ``G <- G + lambda W``;
+2. momentum (``momentum_form``, ``nesterov``) gives the orthogonalizer input ``N``;
+3. N-D inputs are viewed as matrices (``nd_mode``), then ``O = Orth(N)`` (``orthogonalizer``,
+   ``ns_coefficients``, ``ns_steps``, ``norm_scale``, ``eps``, ``eps_mode``);
+4. NorMuon, if ``normuon``: ``O <- normalize(O, S)`` with the second-moment buffer ``S``;
+5. ``eta_u = eta * shape_scale(m, n)`` (``shape_scale``, ``rms_scale``, ``scale_shape``);
+6. decoupled decay, if ``decay_placement`` is ``"param"`` or ``"both"``:
+   ``W <- W - eta_d * lambda * mask (.) W`` with ``eta_d`` from ``decay_lr`` and ``mask`` from ``cautious``,
+   both evaluated on the pre-update ``W``;
+7. ``W <- W - eta_u * O``;
+8. hypersphere (``sphere``): the Euclidean step ``D = -eta_u O`` is replaced by a renormalized or geodesic
+   step that keeps each vector (or the whole matrix) on its sphere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Final, Literal, get_args
+
+from .coefficients import CoefficientSet, resolve_coefficients
+
+MomentumForm = Literal["ema", "sum", "optax"]
+Orthogonalizer = Literal["newton_schulz", "svd"]
+EpsMode = Literal["add", "clamp"]
+ComputeDtype = Literal["bfloat16", "float32", "float64"]
+NdMode = Literal["flatten", "batch"]
+ScaleShape = Literal["matrix", "last2"]
+ShapeScale = Literal["keller", "moonlight", "dion", "none"]
+NorMuonAxis = Literal["row", "col", "longer"]
+NorMuonRescale = Literal["frobenius", "rms"]
+DecayPlacement = Literal["param", "update", "both"]
+DecayLr = Literal["base", "scaled", "lr2"]
+Cautious = Literal["off", "ge", "gt"]
+Sphere = Literal["none", "renormalize", "geodesic"]
+SphereAxis = Literal["row", "col", "matrix"]
+AngleMode = Literal["exp", "renorm", "retract", "fixed"]
+AdamEpsMode = Literal["corrected", "uncorrected"]
+NonFinite = Literal["raise", "skip"]
+
+_LITERAL_FIELDS: Final[dict[str, Any]] = {
+    "momentum_form": MomentumForm,
+    "orthogonalizer": Orthogonalizer,
+    "eps_mode": EpsMode,
+    "compute_dtype": ComputeDtype,
+    "nd_mode": NdMode,
+    "scale_shape": ScaleShape,
+    "shape_scale": ShapeScale,
+    "normuon_axis": NorMuonAxis,
+    "normuon_rescale": NorMuonRescale,
+    "normuon_eps_mode": EpsMode,
+    "decay_placement": DecayPlacement,
+    "decay_lr": DecayLr,
+    "cautious": Cautious,
+    "sphere": Sphere,
+    "sphere_axis": SphereAxis,
+    "angle_mode": AngleMode,
+    "adam_eps_mode": AdamEpsMode,
+    "nonfinite": NonFinite,
+}
+
+
+@dataclass(frozen=True)
+class MuonSpec:
+    """Every knob of a Muon-family optimizer. Frozen; invalid values raise `ValueError` naming the field.
+
+    Defaults are Keller Jordan's Muon (KellerJordan/Muon ``muon.py``); see `muonlab.reference.presets`
+    for every source's settings.
+    """
+
+    name: str = "custom"
+    """A label only; it does not change the math."""
+
+    lr: float = 0.02
+    """Default base learning rate ``eta`` for matrix parameters."""
+
+    # -- momentum (docs/variants.md "Momentum forms") ---------------------------------------------
+    momentum: float = 0.95
+    """``beta`` (EMA/optax) or ``mu`` (sum form)."""
+    momentum_form: MomentumForm = "ema"
+    """``"ema"``: ``M = beta M + (1-beta) G``, Nesterov ``N = (1-beta) G + beta M``.
+    ``"sum"``: ``M = mu M + G``, Nesterov ``N = G + mu M``.
+    ``"optax"``: EMA plus bias correction; Nesterov ``N = beta M/(1-beta^{t+1}) + (1-beta) G/(1-beta^t)``,
+    otherwise ``N = M/(1-beta^t)`` (optax ``scale_by_muon``)."""
+    nesterov: bool = True
+
+    # -- orthogonalization (docs/variants.md "The orthogonalization operator") ----------------------
+    orthogonalizer: Orthogonalizer = "newton_schulz"
+    """``"newton_schulz"`` iterates the odd quintics of ``ns_coefficients`` (this covers NS5, cubic NS and
+    Polar Express); ``"svd"`` returns the exact polar factor ``U V^T`` of the thin SVD."""
+    ns_coefficients: str | CoefficientSet = "keller"
+    """A set name from `muonlab.reference.coefficients.COEFFICIENT_SETS` or explicit ``(a, b, c)`` triples."""
+    ns_steps: int = 5
+    norm_scale: float = 1.0
+    """Polar Express safety factor ``s``: ``X / (s ||X||_F + eps)``. 1.02 for modded/dion PE, 1.01 paper."""
+    eps: float = 1e-7
+    eps_mode: EpsMode = "add"
+    """``"add"``: ``X / (s ||X||_F + eps)``; ``"clamp"``: ``X / max(s ||X||_F, eps)`` (torch.optim.Muon)."""
+    compute_dtype: ComputeDtype = "bfloat16"
+    """Dtype of the orthogonalizer in `muonlab.fast` (the reference always computes in float64)."""
+    nd_mode: NdMode = "flatten"
+    """Tensors with ``ndim >= 4`` (conv filters ``[out, in, kh, kw]``): ``"flatten"`` views them as
+    ``[out, in*kh*kw]`` (Keller); ``"batch"`` treats all leading dims as a batch of ``[kh, kw]`` matrices
+    (dion ``flatten=False``). 3-D tensors are always a batch of matrices over their last two dims."""
+    scale_shape: ScaleShape = "matrix"
+    """Which ``(m, n)`` the shape scale reads: ``"matrix"``, the matrix actually orthogonalized, or
+    ``"last2"``, the parameter's own last two dims (Keller's quirk: a flattened conv scales by ``kh/kw``)."""
+
+    # -- update magnitude (docs/variants.md "Shape scaling") ---------------------------------------
+    shape_scale: ShapeScale = "keller"
+    """``"keller"``: ``sqrt(max(1, m/n))`` (Keller, torch ``"original"``, optax default, modded);
+    ``"moonlight"``: ``rms_scale * sqrt(max(m, n))`` (Moonlight Eq. 4, torch ``"match_rms_adamw"``, dion
+    ``"rms_norm"``, optax ``consistent_rms``); ``"dion"``: ``sqrt(m/n)``, no max (dion ``"spectral_norm"``);
+    ``"none"``: 1."""
+    rms_scale: float = 0.2
+    """Target update RMS of the ``"moonlight"`` rule and of NorMuon's ``"rms"`` rescale."""
+
+    # -- NorMuon (docs/variants.md "NorMuon") --------------------------------------------------------
+    normuon: bool = False
+    beta2: float = 0.95
+    normuon_axis: NorMuonAxis = "row"
+    """Statistic kept per row (``mean`` over the last dim), per column, or per element of the longer dim
+    (modded-nanogpt: per row when ``m >= n``, else per column)."""
+    normuon_rescale: NorMuonRescale = "frobenius"
+    """``"frobenius"``: ``O_hat`` keeps ``||O||_F`` (official code, modded, dion); ``"rms"``: ``O_hat`` is
+    rescaled to RMS ``rms_scale`` (the paper's ``0.2 eta sqrt(mn)/||O_hat||_F``)."""
+    normuon_eps: float = 1e-10
+    normuon_eps_mode: EpsMode = "add"
+    """``"add"``: ``O / (sqrt(S) + eps)``; ``"clamp"``: ``O / sqrt(max(S, eps))`` (modded). The Frobenius
+    rescale's denominator is ``+ eps`` or ``max(., eps)`` by the same mode."""
+
+    # -- weight decay (docs/variants.md "Weight decay") ---------------------------------------------
+    weight_decay: float = 0.0
+    """``lambda``. May be negative: ``lambda < 0`` grows weights (with ``cautious`` the mask then selects the
+    coordinates that are grown)."""
+    decay_placement: DecayPlacement = "param"
+    """``"param"``: decoupled, ``W <- W - eta_d lambda mask (.) W`` (Moonlight Eq. 3);
+    ``"update"``: coupled, ``G <- G + lambda W`` before momentum and orthogonalization;
+    ``"both"``: both."""
+    decay_lr: DecayLr = "base"
+    """``eta_d``: ``"base"`` = ``eta``; ``"scaled"`` = ``eta_u`` (= ``eta`` times the shape scale);
+    ``"lr2"`` = ``eta * eta_u`` (modded-nanogpt, decay proportional to lr^2)."""
+    cautious: Cautious = "off"
+    """Cautious weight decay (arXiv 2510.12402 Alg. 1): decay only where ``O (.) W >= 0`` (``"ge"``) or
+    ``> 0`` (``"gt"``)."""
+
+    # -- hypersphere (docs/variants.md "Hypersphere") -----------------------------------------------
+    sphere: Sphere = "none"
+    """``"renormalize"``: Euclidean step, then project back to the sphere (nGPT ``normalize_matrices``);
+    ``"geodesic"``: tangent projection and rotation by an angle from ``angle_mode``."""
+    sphere_axis: SphereAxis = "row"
+    """``"row"``: each row of ``[out, in]`` is a unit vector; ``"col"``: each column; ``"matrix"``: the
+    whole matrix lives on the Frobenius sphere of its current radius (MuonH)."""
+    angle_mode: AngleMode = "exp"
+    """Geodesic angle for tangent step norm ``tau``: ``"exp"``: ``tau``; ``"renorm"``:
+    ``atan2(tau, 1 + w.d)`` (reproduces step-then-renormalize exactly); ``"retract"``: ``atan(tau)``;
+    ``"fixed"``: ``eta_u``."""
+
+    # -- non-matrix parameters: AdamW (Keller ``adam_update``) ---------------------------------------
+    adam_lr: float | None = 3e-4
+    """``None`` shares ``lr`` (Moonlight)."""
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = 1e-10
+    adam_weight_decay: float | None = 0.0
+    """``None`` shares ``weight_decay`` (Moonlight)."""
+    adam_eps_mode: AdamEpsMode = "corrected"
+    """``"corrected"``: ``m_hat / (sqrt(v_hat) + eps)`` (Keller, torch); ``"uncorrected"``:
+    ``m / (sqrt(v) + eps) * sqrt(1-beta2^t)/(1-beta1^t)`` (Moonlight, modded)."""
+
+    # -- input policy ---------------------------------------------------------------------------------
+    nonfinite: NonFinite = "raise"
+    """Non-finite gradients: ``"raise"`` a `ValueError` naming the parameter before any state changes, or
+    ``"skip"`` that parameter's step (state and weights untouched)."""
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def coefficients(self) -> CoefficientSet:
+        """The resolved ``(a, b, c)`` triples of ``ns_coefficients``."""
+        return resolve_coefficients(self.ns_coefficients)
+
+    def replace(self, **changes: Any) -> MuonSpec:
+        """A copy with ``changes`` applied (validated); unknown field names raise `ValueError`."""
+        unknown = sorted(set(changes) - set(field_names()))
+        if unknown:
+            raise ValueError(f"unknown MuonSpec field(s): {', '.join(unknown)}; known: {', '.join(field_names())}")
+        return dataclasses.replace(self, **changes)
+
+
+def field_names() -> tuple[str, ...]:
+    """Names of every `MuonSpec` field, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(MuonSpec))
+
+
+def _check_real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: expected a real number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: must be finite, got {value!r}")
+    return v
+
+
+def _check_unit_interval(name: str, value: object) -> None:
+    v = _check_real(name, value)
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"{name}: must lie in [0, 1), got {value!r}")
+
+
+def _check_positive(name: str, value: object) -> None:
+    if _check_real(name, value) <= 0.0:
+        raise ValueError(f"{name}: must be > 0, got {value!r}")
+
+
+def _validate(spec: MuonSpec) -> None:
+    for name, literal in _LITERAL_FIELDS.items():
+        value = getattr(spec, name)
+        allowed = get_args(literal)
+        if value not in allowed:
+            raise ValueError(f"{name}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+    if not isinstance(spec.name, str):
+        raise ValueError(f"name: expected a string, got {spec.name!r}")
+    if not isinstance(spec.nesterov, bool) or not isinstance(spec.normuon, bool):
+        bad = "nesterov" if not isinstance(spec.nesterov, bool) else "normuon"
+        raise ValueError(f"{bad}: expected a bool, got {getattr(spec, bad)!r}")
+    _check_real("lr", spec.lr)
+    if spec.lr < 0:
+        raise ValueError(f"lr: must be >= 0, got {spec.lr!r}")
+    _check_unit_interval("momentum", spec.momentum)
+    _check_unit_interval("beta2", spec.beta2)
+    resolve_coefficients(spec.ns_coefficients)
+    if isinstance(spec.ns_steps, bool) or not isinstance(spec.ns_steps, int) or spec.ns_steps < 1:
+        raise ValueError(f"ns_steps: expected an integer >= 1, got {spec.ns_steps!r}")
+    if spec.ns_steps >= 100:
+        raise ValueError(f"ns_steps: expected fewer than 100 iterations, got {spec.ns_steps!r}")
+    _check_positive("norm_scale", spec.norm_scale)
+    _check_positive("eps", spec.eps)
+    _check_positive("rms_scale", spec.rms_scale)
+    _check_positive("normuon_eps", spec.normuon_eps)
+    _check_real("weight_decay", spec.weight_decay)
+    if spec.sphere != "none":
+        if spec.weight_decay != 0.0:
+            raise ValueError(
+                f"weight_decay: must be 0 with sphere={spec.sphere!r} (decay is undefined on the sphere), "
+                f"got {spec.weight_decay!r}"
+            )
+        if spec.cautious != "off":
+            raise ValueError(f"cautious: must be 'off' with sphere={spec.sphere!r}, got {spec.cautious!r}")
+    if spec.adam_lr is not None:
+        _check_real("adam_lr", spec.adam_lr)
+        if spec.adam_lr < 0:
+            raise ValueError(f"adam_lr: must be >= 0, got {spec.adam_lr!r}")
+    if not (isinstance(spec.adam_betas, tuple) and len(spec.adam_betas) == 2):
+        raise ValueError(f"adam_betas: expected a (beta1, beta2) tuple, got {spec.adam_betas!r}")
+    _check_unit_interval("adam_betas[0]", spec.adam_betas[0])
+    _check_unit_interval("adam_betas[1]", spec.adam_betas[1])
+    _check_positive("adam_eps", spec.adam_eps)
+    if spec.adam_weight_decay is not None:
+        _check_real("adam_weight_decay", spec.adam_weight_decay)
