@@ -1,16 +1,78 @@
-"""muonlab.reference: every Muon variant as pure NumPy float64 functions (the specification, as code)."""
+"""muonlab.reference: every Muon variant as pure NumPy float64 functions (the specification, as code).
 
+Public API (docs/variants.md): `MuonSpec` and the presets; `orthogonalize`; the step functions
+`muon_step`, `adamw_step`, `step` with their immutable states `MuonState`, `AdamState`; and the building
+blocks of one step (momentum, NorMuon, shape scale, weight decay, hypersphere, Polar Express generator).
+"""
+
+from .adamw import adam_direction, adam_hyperparameters, adam_moments
 from .coefficients import COEFFICIENT_SETS, resolve_coefficients, schedule
+from .decay import cautious_mask, coupled_decay, decay_lr, decoupled_decay
+from .momentum import apply_momentum, ema_momentum, optax_momentum, sum_momentum
+from .normuon import normuon_normalize, normuon_reduce_axis, second_moment_shape
+from .orthogonalize import (
+    as_matrices,
+    matrix_view_shape,
+    newton_schulz,
+    normalize_frobenius,
+    orthogonalize,
+    polar_factor,
+    scalar_map,
+)
+from .polar_express import optimal_composition, optimal_quintic
 from .presets import PRESETS, get_preset, resolve_spec
+from .scaling import scale_dims, shape_scale, update_scale
 from .spec import MuonSpec, field_names
+from .sphere import geodesic_vectors, renormalize_vectors, sphere_step
+from .state import AdamState, MuonState, init_adam_state, init_muon_state, init_state, normuon_state_shape
+from .step import adamw_step, muon_step, muon_update, step
 
 __all__ = [
     "COEFFICIENT_SETS",
     "PRESETS",
+    "AdamState",
     "MuonSpec",
+    "MuonState",
+    "adam_direction",
+    "adam_hyperparameters",
+    "adam_moments",
+    "adamw_step",
+    "apply_momentum",
+    "as_matrices",
+    "cautious_mask",
+    "coupled_decay",
+    "decay_lr",
+    "decoupled_decay",
+    "ema_momentum",
     "field_names",
+    "geodesic_vectors",
     "get_preset",
+    "init_adam_state",
+    "init_muon_state",
+    "init_state",
+    "matrix_view_shape",
+    "muon_step",
+    "muon_update",
+    "newton_schulz",
+    "normalize_frobenius",
+    "normuon_normalize",
+    "normuon_reduce_axis",
+    "normuon_state_shape",
+    "optax_momentum",
+    "optimal_composition",
+    "optimal_quintic",
+    "orthogonalize",
+    "polar_factor",
+    "renormalize_vectors",
     "resolve_coefficients",
     "resolve_spec",
+    "scalar_map",
+    "scale_dims",
     "schedule",
+    "second_moment_shape",
+    "shape_scale",
+    "sphere_step",
+    "step",
+    "sum_momentum",
+    "update_scale",
 ]

@@ -1,0 +1,60 @@
+"""Weight decay (docs/variants.md sections 4.3, 10 "Decay placement", A8).
+
+All sources are algebraic variants of ``W <- W - eta_u O - eta_d lambda mask (.) W`` on the pre-update ``W``:
+
+* ``eta_d`` (`decay_lr`): ``"base"`` = ``eta`` (Keller, Moonlight Eq. 3-4, torch, optax, dion);
+  ``"scaled"`` = ``eta_u`` (nanochat; the CWD paper with a per-parameter lr);
+  ``"lr2"`` = ``eta * eta_u`` (modded-nanogpt ``_cautious_wd_and_update_inplace``: decay proportional to lr^2);
+* ``mask`` (`cautious_mask`): all ones (``"off"``), ``O (.) W >= 0`` (``"ge"``, CWD arXiv 2510.12402 Alg. 1,
+  modded NorMuon, dion, nanochat) or ``> 0`` (``"gt"``, modded Adam);
+* coupled (L2) decay, `coupled_decay`, adds ``lambda W`` to the gradient before momentum (no source uses it;
+  ``decay_placement="update"`` or ``"both"``).
+
+``lambda`` may be negative: the weights then grow, and the cautious mask selects the coordinates grown.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .orthogonalize import Array
+from .spec import Cautious, MuonSpec
+
+__all__ = ["cautious_mask", "coupled_decay", "decay_lr", "decoupled_decay"]
+
+
+def cautious_mask(update: Array, weight: Array, mode: Cautious) -> Array:
+    """``1[O (.) W >= 0]`` (``"ge"``), ``1[O (.) W > 0]`` (``"gt"``) or ones (``"off"``), as float64.
+
+    ``update`` is the (positively scaled) update direction subtracted from ``W``; the mask is invariant to
+    its positive rescaling.
+    """
+    if mode == "off":
+        return np.ones(np.shape(weight), dtype=np.float64)
+    prod = np.asarray(update, dtype=np.float64) * np.asarray(weight, dtype=np.float64)
+    return (prod >= 0.0 if mode == "ge" else prod > 0.0).astype(np.float64)
+
+
+def decay_lr(lr: float, lr_update: float, spec: MuonSpec) -> float:
+    """``eta_d``: ``lr`` (``"base"``), ``lr_update`` = ``eta_u`` (``"scaled"``) or ``lr * lr_update`` (``"lr2"``)."""
+    if spec.decay_lr == "base":
+        return lr
+    if spec.decay_lr == "scaled":
+        return lr_update
+    return lr * lr_update
+
+
+def decoupled_decay(weight: Array, update: Array, lr: float, lr_update: float, spec: MuonSpec) -> Array:
+    """``W - eta_d lambda mask (.) W`` (stage 6 of `muonlab.reference.spec`), a new array."""
+    w = np.asarray(weight, dtype=np.float64)
+    if spec.weight_decay == 0.0:
+        return w.copy()
+    mask = cautious_mask(update, w, spec.cautious)
+    out: Array = w - decay_lr(lr, lr_update, spec) * spec.weight_decay * (mask * w)
+    return out
+
+
+def coupled_decay(grad: Array, weight: Array, spec: MuonSpec) -> Array:
+    """``G + lambda W`` (stage 1, coupled L2 decay), a new array."""
+    out: Array = np.asarray(grad, dtype=np.float64) + spec.weight_decay * np.asarray(weight, dtype=np.float64)
+    return out

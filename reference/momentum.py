@@ -1,0 +1,73 @@
+"""Momentum forms (docs/variants.md section 0.1 and 7.3): EMA/lerp, SGD-sum, optax bias-corrected.
+
+Each function takes the previous buffer ``M`` and the gradient ``G`` and returns ``(M_new, N)``, where ``N``
+is the orthogonalizer input. Inputs are never mutated.
+
+* ``"ema"`` (KellerJordan/Muon ``muon_update`` since eb22579, torch.optim.Muon, modded-nanogpt, NorMuon):
+  ``M = beta M + (1-beta) G``; Nesterov ``N = (1-beta) G + beta M``, else ``N = M``.
+* ``"sum"`` (Moonlight Eq. 1 and footnote 1, dion, Keller before 2025-02):
+  ``M = mu M + G``; Nesterov ``N = G + mu M``, else ``N = M``.
+* ``"optax"`` (optax ``scale_by_muon``): EMA plus bias correction with the 1-based step ``t``;
+  Nesterov ``N = beta M / (1 - beta^{t+1}) + (1-beta) G / (1 - beta^t)``, else ``N = M / (1 - beta^t)``.
+
+With zero initial buffers the EMA form is exactly ``(1-beta)`` times the sum form, for ``M`` and ``N``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .orthogonalize import Array
+from .spec import MomentumForm, MuonSpec
+
+__all__ = ["apply_momentum", "ema_momentum", "optax_momentum", "sum_momentum"]
+
+
+def ema_momentum(buf: Array, grad: Array, beta: float, nesterov: bool) -> tuple[Array, Array]:
+    """``M = beta M + (1-beta) G``; ``N = (1-beta) G + beta M`` (Nesterov) or ``M``.
+
+    Written as in torch ``lerp``: ``M + (1-beta)(G - M)`` and ``G + beta (M - G)``.
+    """
+    new = buf + (1.0 - beta) * (grad - buf)
+    n = grad + beta * (new - grad) if nesterov else new.copy()
+    return new, n
+
+
+def sum_momentum(buf: Array, grad: Array, mu: float, nesterov: bool) -> tuple[Array, Array]:
+    """``M = mu M + G``; ``N = G + mu M`` (Nesterov) or ``M`` (Moonlight ``toy_train.py``, dion)."""
+    new = mu * buf + grad
+    n = grad + mu * new if nesterov else new.copy()
+    return new, n
+
+
+def optax_momentum(buf: Array, grad: Array, beta: float, nesterov: bool, t: int) -> tuple[Array, Array]:
+    """optax ``scale_by_muon``: ``M = beta M + (1-beta) G``, bias-corrected with the step ``t >= 1``.
+
+    Nesterov: ``N = beta M / (1 - beta^{t+1}) + (1-beta) G / (1 - beta^t)``; otherwise ``N = M / (1 - beta^t)``.
+    ``beta = 0`` gives ``N = G``.
+    """
+    if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+        raise ValueError(f"t: the optax momentum needs the 1-based step count t >= 1, got {t!r}")
+    new = beta * buf + (1.0 - beta) * grad
+    if nesterov:
+        n = beta * new / (1.0 - beta ** (t + 1)) + (1.0 - beta) * grad / (1.0 - beta**t)
+    else:
+        n = new / (1.0 - beta**t)
+    return new, n
+
+
+def apply_momentum(
+    buf: Array, grad: Array, spec: MuonSpec, t: int, form: MomentumForm | None = None
+) -> tuple[Array, Array]:
+    """Dispatch on ``spec.momentum_form`` (or ``form``) with ``spec.momentum`` and ``spec.nesterov``.
+
+    ``t`` is the 1-based step count after incrementing (only ``"optax"`` reads it).
+    """
+    buf = np.asarray(buf, dtype=np.float64)
+    grad = np.asarray(grad, dtype=np.float64)
+    kind = spec.momentum_form if form is None else form
+    if kind == "ema":
+        return ema_momentum(buf, grad, spec.momentum, spec.nesterov)
+    if kind == "sum":
+        return sum_momentum(buf, grad, spec.momentum, spec.nesterov)
+    return optax_momentum(buf, grad, spec.momentum, spec.nesterov, t)

@@ -1,0 +1,82 @@
+"""NorMuon neuron-wise normalization (docs/variants.md sections 3.2 and 4; arXiv 2510.05491 Alg. 1).
+
+Acts on the orthogonalized update ``O`` of shape ``[..., m, n]`` (the matrix view, batched over leading
+dims) with a second-moment buffer ``S``:
+
+* axis ``"row"``: ``vbar = mean(O^2, axis=-1)``, ``S`` of shape ``[..., m, 1]`` (paper, official code, dion);
+  ``"col"``: ``vbar = mean(O^2, axis=-2)``, ``S`` of shape ``[..., 1, n]``;
+  ``"longer"``: per row when ``m >= n``, else per column (modded-nanogpt ``_apply_normuon_variance_reduction``);
+* ``S <- lerp(S, vbar, 1-beta2) = S + (1-beta2)(vbar - S)``; no bias correction;
+* ``O_hat = O / (sqrt(S) + eps)`` (``"add"``) or ``O / sqrt(max(S, eps))`` (``"clamp"``, modded);
+* rescale ``"frobenius"``: ``O_hat * ||O||_F / (||O_hat||_F + eps)`` (or ``max(||O_hat||_F, eps)`` under
+  ``"clamp"``), per matrix (official ``normuon_update``, modded, dion);
+  ``"rms"``: ``O_hat * rms_scale * sqrt(m n) / ||O_hat||_F`` (the paper's ``eta_hat = 0.2 eta sqrt(mn)/||O_hat||_F``),
+  with ``0/0 -> 0``.
+
+Zero input gives zero output and no NaN (variants.md section 3.7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .orthogonalize import Array
+from .spec import MuonSpec, NorMuonAxis
+
+__all__ = ["normuon_normalize", "normuon_reduce_axis", "second_moment_shape"]
+
+
+def normuon_reduce_axis(m: int, n: int, axis: NorMuonAxis) -> int:
+    """The axis averaged over: ``-1`` (statistic per row) or ``-2`` (per column)."""
+    if axis == "row":
+        return -1
+    if axis == "col":
+        return -2
+    return -1 if m >= n else -2
+
+
+def second_moment_shape(view_shape: Sequence[int], axis: NorMuonAxis) -> tuple[int, ...]:
+    """Shape of ``S`` for an update whose matrix view has shape ``view_shape`` (``[..., m, n]``)."""
+    shape = tuple(int(d) for d in view_shape)
+    m, n = shape[-2], shape[-1]
+    if normuon_reduce_axis(m, n, axis) == -1:
+        return (*shape[:-1], 1)
+    return (*shape[:-2], 1, n)
+
+
+def _frobenius(x: Array) -> Array:
+    out: Array = np.sqrt(np.sum(x * x, axis=(-2, -1), keepdims=True))
+    return out
+
+
+def normuon_normalize(o: Array, s: Array, spec: MuonSpec) -> tuple[Array, Array]:
+    """Return ``(O_hat, S_new)`` for the update ``O`` (``[..., m, n]``) and buffer ``S`` (see module doc).
+
+    Reads ``beta2``, ``normuon_axis``, ``normuon_eps``, ``normuon_eps_mode``, ``normuon_rescale`` and
+    ``rms_scale`` from ``spec``.
+    """
+    o = np.asarray(o, dtype=np.float64)
+    s = np.asarray(s, dtype=np.float64)
+    m, n = o.shape[-2], o.shape[-1]
+    red = normuon_reduce_axis(m, n, spec.normuon_axis)
+    expected = second_moment_shape(o.shape, spec.normuon_axis)
+    if s.shape != expected:
+        raise ValueError(f"second_moment: expected shape {expected} for an update of shape {o.shape}, got {s.shape}")
+    vbar = np.mean(o * o, axis=red, keepdims=True)
+    s_new = s + (1.0 - spec.beta2) * (vbar - s)
+    eps = spec.normuon_eps
+    if spec.normuon_eps_mode == "add":
+        o_hat = o / (np.sqrt(s_new) + eps)
+    else:
+        o_hat = o / np.sqrt(np.maximum(s_new, eps))
+    hat_norm = _frobenius(o_hat)
+    if spec.normuon_rescale == "frobenius":
+        denom = hat_norm + eps if spec.normuon_eps_mode == "add" else np.maximum(hat_norm, eps)
+        out: Array = o_hat * (_frobenius(o) / denom)
+    else:
+        target = spec.rms_scale * np.sqrt(float(m * n))
+        safe = np.where(hat_norm > 0.0, hat_norm, 1.0)
+        out = np.where(hat_norm > 0.0, o_hat * (target / safe), 0.0)
+    return out, s_new

@@ -1,0 +1,54 @@
+"""Shape scaling of the update: ``eta_u = eta * shape_scale(m, n)`` (docs/variants.md A3, sections 1-8).
+
+* ``"keller"``: ``sqrt(max(1, m/n))`` (KellerJordan/Muon ``muon_update``, torch ``"original"``, optax
+  default ``scale_by_shape``, modded-nanogpt);
+* ``"moonlight"``: ``rms_scale * sqrt(max(m, n))`` (Moonlight arXiv 2502.16982 Eq. 4, torch
+  ``"match_rms_adamw"``, dion ``"rms_norm"``, optax ``consistent_rms``);
+* ``"dion"``: ``sqrt(m/n)`` with no ``max`` (dion ``"spectral_norm"``, ``fan_out/fan_in``);
+* ``"none"``: 1.
+
+``(m, n)`` are rows and columns in PyTorch ``[out, in]`` layout; `scale_dims` picks them per
+``spec.scale_shape``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from .orthogonalize import matrix_view_shape
+from .spec import MuonSpec, ShapeScale
+
+__all__ = ["scale_dims", "shape_scale", "update_scale"]
+
+
+def shape_scale(m: int, n: int, rule: ShapeScale, rms_scale: float = 0.2) -> float:
+    """The factor multiplying ``eta`` for an ``m x n`` update under ``rule``."""
+    if m < 1 or n < 1:
+        raise ValueError(f"m, n: need positive matrix dims, got ({m}, {n})")
+    if rule == "keller":
+        return math.sqrt(max(1.0, m / n))
+    if rule == "moonlight":
+        return rms_scale * math.sqrt(max(m, n))
+    if rule == "dion":
+        return math.sqrt(m / n)
+    return 1.0
+
+
+def scale_dims(param_shape: Sequence[int], spec: MuonSpec) -> tuple[int, int]:
+    """``(m, n)`` read by the shape scale: the orthogonalized matrix (``scale_shape="matrix"``, after the
+    ``nd_mode`` view) or the parameter's own last two dims (``"last2"``, Keller's conv quirk: a flattened
+    ``[out, in, kh, kw]`` filter scales by ``kh/kw``)."""
+    shape = tuple(int(d) for d in param_shape)
+    if spec.scale_shape == "last2":
+        if len(shape) < 2:
+            raise ValueError(f"param must have at least 2 dims, got shape {shape}")
+        return shape[-2], shape[-1]
+    view = matrix_view_shape(shape, spec, "param")
+    return view[-2], view[-1]
+
+
+def update_scale(param_shape: Sequence[int], spec: MuonSpec) -> float:
+    """``shape_scale(*scale_dims(param_shape, spec), spec.shape_scale, spec.rms_scale)``."""
+    m, n = scale_dims(param_shape, spec)
+    return shape_scale(m, n, spec.shape_scale, spec.rms_scale)
