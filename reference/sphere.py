@@ -16,7 +16,8 @@ its slice ``d`` of ``D``, with ``u = w / r`` and ``e = d / r``:
   ``theta`` = ``min(tau, pi/2)`` (``"exp"``), ``atan2(tau, 1 + u.e)`` (``"renorm"``), ``atan(tau)``
   (``"retract"``) or ``min(eta_u, pi/2)`` (``"fixed"``);
   ``u' = cos(theta) u + sin(theta) t / tau``, then ``w' = R u' / ||u'||``.
-  In ``"exp"``, ``"retract"`` and ``"fixed"``, ``tau <= 1e-12`` leaves ``w`` unchanged.
+  In ``"exp"``, ``"retract"`` and ``"fixed"``, ``tau <= 1e-12`` leaves the point ``u`` unchanged
+  (``w' = R u``: ``w`` itself when it is already on its sphere; the final renormalization only rounds).
   In ``"renorm"`` the formula is used for every ``tau > 0`` and, for ``tau = 0`` (a purely radial step),
   ``u' = cos(theta) u``: ``w`` when ``1 + u.e > 0``, ``-w`` when ``1 + u.e < 0`` (the radial flip that
   renormalization performs), ``w`` when ``1 + u.e = 0`` (``w + d = 0``). So ``"renorm"`` reproduces
@@ -47,7 +48,7 @@ def _norm(x: Array) -> Array:
 
 
 def renormalize_vectors(w: Array, d: Array, radius: Array) -> Array:
-    """``radius (w + d) / ||w + d||`` along the last axis; ``w`` where ``w + d = 0``."""
+    """``radius (w + d) / ||w + d||`` along the last axis; ``w`` (as given) where ``w + d = 0``."""
     v = w + d
     nv = _norm(v)
     safe = np.where(nv > 0.0, nv, 1.0)
