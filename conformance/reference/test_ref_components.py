@@ -319,3 +319,74 @@ def test_adamw_uncorrected_and_fallbacks_by_hand() -> None:
     u_c = (m / 0.1) / (np.sqrt(v / 0.01) + 1e-3)
     np.testing.assert_allclose(new_c, w * (1 - lr * 0.2) - lr * u_c, rtol=1e-14)
     assert not np.allclose(new_w, new_c, rtol=1e-6)
+
+
+# -- whole steps assembled by hand ---------------------------------------------------------------------------------
+
+
+def test_modded_normuon_step_by_hand() -> None:
+    """modded-nanogpt _normuon_update, written out: lerp-Nesterov, PE5 (x1.02, +1e-6), NorMuon per longer dim
+    with clamp, eta_eff = eta sqrt(max(1, m/n)), cautious (>=) decay lambda eta eta_eff on the pre-update W."""
+    rng = np.random.default_rng(11)
+    shape = (3, 6, 4)  # a bank of tall matrices: the statistic is per row
+    spec = get_preset("modded_normuon")
+    w, g1, g2 = rng.standard_normal(shape), rng.standard_normal(shape), rng.standard_normal(shape)
+    lr = 0.03
+    st = init_muon_state(w, spec)
+    w1, st = muon_step(w, g1, st, spec, lr=lr)
+    w2, st = muon_step(w1, g2, st, spec, lr=lr)
+
+    m = np.zeros(shape)
+    s = np.zeros((3, 6, 1))
+    ww = w
+    for g in (g1, g2):
+        m = 0.95 * m + 0.05 * g
+        n = 0.05 * g + 0.95 * m
+        x = n / (1.02 * np.linalg.norm(n, axis=(-2, -1), keepdims=True) + 1e-6)
+        for a, b, c in spec.coefficients:
+            xt = np.swapaxes(x, -2, -1)
+            gram = xt @ x  # tall form: A = X^T X, X <- aX + X B (the same map)
+            x = a * x + x @ (b * gram + c * gram @ gram)
+        vbar = np.mean(x * x, axis=-1, keepdims=True)
+        s = s + 0.1 * (vbar - s)
+        vh = x / np.sqrt(np.maximum(s, 1e-10))
+        vh = vh * np.linalg.norm(x, axis=(-2, -1), keepdims=True) / np.maximum(
+            np.linalg.norm(vh, axis=(-2, -1), keepdims=True), 1e-10
+        )
+        eta_eff = lr * math.sqrt(6 / 4)
+        mask = (vh * ww >= 0) * 1.0
+        ww = ww - 1.2 * lr * eta_eff * mask * ww - eta_eff * vh
+    np.testing.assert_allclose(w2, ww, rtol=1e-12, atol=1e-14)
+    assert st.second_moment is not None
+    np.testing.assert_allclose(st.second_moment, s, rtol=1e-12)
+    np.testing.assert_allclose(st.momentum, m, rtol=1e-14, atol=1e-16)  # lerp vs beta*m + (1-beta)*g rounding
+
+
+def test_optax_preset_two_steps_by_hand() -> None:
+    rng = np.random.default_rng(12)
+    spec = get_preset("optax").replace(weight_decay=0.05)
+    w, g1, g2 = rng.standard_normal((5, 3)), rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    lr = 0.02
+    st = init_muon_state(w, spec)
+    w1, st = muon_step(w, g1, st, spec, lr=lr)
+    w2, st = muon_step(w1, g2, st, spec, lr=lr)
+    mu, ww = np.zeros((5, 3)), w
+    for t, g in enumerate((g1, g2), start=1):
+        mu = 0.95 * mu + 0.05 * g
+        n = 0.95 * mu / (1 - 0.95 ** (t + 1)) + 0.05 * g / (1 - 0.95**t)
+        o = orthogonalize(n, spec)
+        ww = ww - lr * (math.sqrt(5 / 3) * o + 0.05 * ww)
+    np.testing.assert_allclose(w2, ww, rtol=1e-13, atol=1e-15)
+    assert st.step == 2
+
+
+def test_keller_conv_filter_quirk_in_a_step() -> None:
+    """Keller flattens [out, in, kh, kw] to [out, in kh kw] but scales by sqrt(max(1, kh/kw))."""
+    rng = np.random.default_rng(13)
+    shape = (8, 1, 3, 1)
+    w, g = rng.standard_normal(shape), rng.standard_normal(shape)
+    spec = get_preset("keller")
+    new_w, _ = muon_step(w, g, init_muon_state(w, spec), spec, lr=0.1)
+    n = 0.05 * g + 0.95 * (0.05 * g)
+    o = orthogonalize(n.reshape(8, 3), spec).reshape(shape)
+    np.testing.assert_allclose(new_w, w - 0.1 * math.sqrt(3) * o, rtol=1e-14, atol=1e-15)
