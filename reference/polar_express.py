@@ -32,18 +32,18 @@ def quintic(triple: Triple, x: float) -> float:
     return a * x + b * x**3 + c * x**5
 
 
-def optimal_quintic(lower: float, upper: float) -> Triple:
-    """Minimax odd quintic approximating 1 on ``[lower, upper]`` (simplified Remez exchange).
+def optimal_quintic(l: float, u: float) -> Triple:  # noqa: E741 - the paper's names
+    """Minimax odd quintic approximating 1 on ``[l, u]`` (simplified Remez exchange).
 
-    Solve ``p(x_i) + (-1)^i E = 1`` at ``x = (lower, q, r, upper)`` (alternating error signs, a 4x4 linear
+    Solve ``p(x_i) + (-1)^i E = 1`` at ``x = (l, q, r, u)`` (alternating error signs, a 4x4 linear
     system in ``a, b, c, E``), move ``q, r`` to the critical points of ``p``,
     ``sqrt((-3b -+ sqrt(9 b^2 - 20 a c)) / (10 c))``, and repeat until ``E`` changes by at most ``1e-15``.
-    Start from ``q = (3 lower + upper)/4``, ``r = (lower + 3 upper)/4``. A nearly degenerate interval
-    (``lower/upper >= 1 - 5e-6``) returns ``(15/8, -10/8, 3/8)`` rescaled to ``upper``.
+    Start from ``q = (3 l + u)/4``, ``r = (l + 3 u)/4``. A nearly degenerate interval
+    (``l/u >= 1 - 5e-6``) returns ``(15/8, -10/8, 3/8) / (u, u^3, u^5)``.
     """
-    lo, hi = float(lower), float(upper)
+    lo, hi = float(l), float(u)
     if not (0.0 <= lo <= hi) or hi <= 0.0:
-        raise ValueError(f"lower, upper: need 0 <= lower <= upper and upper > 0, got ({lower!r}, {upper!r})")
+        raise ValueError(f"l, u: need 0 <= l <= u and u > 0, got ({l!r}, {u!r})")
     if lo / hi >= 1.0 - 5e-6:
         return (15.0 / 8.0 / hi, -10.0 / 8.0 / hi**3, 3.0 / 8.0 / hi**5)
     q = (3.0 * lo + hi) / 4.0
