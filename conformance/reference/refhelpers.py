@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 Array = npt.NDArray[np.float64]
 
 # Fast on 2 shared cores: few examples, no deadline.
-FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def orthonormal(rng: np.random.Generator, rows: int, cols: int) -> Array:
