@@ -1,0 +1,39 @@
+"""Backend selection: Triton kernels on CUDA (or when asked for), the torch path everywhere else.
+
+The kernels live in `muonlab.fast.kernels` and are imported lazily, only inside the Triton branch, so the
+torch path works on machines without Triton (or before a kernel exists).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import lru_cache
+from typing import Literal, get_args
+
+import torch
+
+Backend = Literal["auto", "torch", "triton"]
+
+__all__ = ["Backend", "check_backend", "triton_available", "use_triton"]
+
+
+@lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """Whether the ``triton`` package can be imported."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def check_backend(backend: object) -> Backend:
+    """``backend`` itself if it is one of ``"auto"``, ``"torch"``, ``"triton"``; otherwise `ValueError`."""
+    if backend not in get_args(Backend):
+        raise ValueError(f"backend: expected one of 'auto', 'torch', 'triton', got {backend!r}")
+    return backend  # type: ignore[return-value]
+
+
+def use_triton(t: torch.Tensor, backend: Backend) -> bool:
+    """True when ``backend == "triton"``, or ``backend == "auto"`` and ``t`` is on CUDA and Triton imports."""
+    if backend == "triton":
+        return True
+    if backend == "torch":
+        return False
+    return bool(t.is_cuda) and triton_available()

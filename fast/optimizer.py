@@ -1,0 +1,239 @@
+"""`Muon`: a drop-in ``torch.optim.Optimizer`` for every variant of the family (one `MuonSpec` per group).
+
+Param groups carry ``"algorithm"`` (``"muon"`` default, or ``"adamw"`` for embeddings, heads, norms,
+biases and scalars), ``"spec"`` (a preset name or `MuonSpec`; default the optimizer's), ``"lr"`` and the
+live hyperparameters a scheduler may change: ``"momentum"``, ``"weight_decay"`` (Muon) and ``"betas"``,
+``"eps"``, ``"weight_decay"`` (AdamW). ``lr`` may be a float or a 0-D tensor.
+
+Policies (docs/variants.md "Decisions"): ``p.grad`` is never written (A10); a ``None`` gradient skips its
+parameter, state untouched (A9); non-finite gradients are found by one batched check before any state
+changes and either raise a `ValueError` naming the parameter or skip it (``spec.nonfinite``).
+State (`muonlab.fast.state`) is float32 for bf16/fp16 parameters and survives ``state_dict`` round trips
+with its dtype, so a resumed run is bit-identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import torch
+from torch.optim import Optimizer
+
+from muonlab.reference.presets import resolve_spec
+from muonlab.reference.spec import MuonSpec
+
+from .backend import Backend, check_backend
+from .step import adamw_step, muon_step
+
+__all__ = ["Muon"]
+
+_ALGORITHMS = ("muon", "adamw")
+
+
+def _check_lr(lr: object, name: str) -> float | torch.Tensor:
+    if isinstance(lr, torch.Tensor):
+        if lr.ndim != 0 or not lr.is_floating_point():
+            raise ValueError(f"{name}: a tensor learning rate must be a 0-D floating tensor, got {tuple(lr.shape)} {lr.dtype}")
+        return lr
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise ValueError(f"{name}: expected a real number or a 0-D tensor, got {lr!r}")
+    v = float(lr)
+    if not v >= 0.0 or v == float("inf"):
+        raise ValueError(f"{name}: must be finite and >= 0, got {lr!r}")
+    return v
+
+
+def _spec_to_dict(spec: MuonSpec) -> dict[str, Any]:
+    return dataclasses.asdict(spec)
+
+
+def _spec_from(value: object, name: str) -> MuonSpec:
+    if isinstance(value, MuonSpec):
+        return value
+    if isinstance(value, str):
+        return resolve_spec(value)
+    if isinstance(value, dict):
+        fields = dict(value)
+        for key in ("adam_betas",):
+            if key in fields and isinstance(fields[key], list):
+                fields[key] = tuple(fields[key])
+        coeffs = fields.get("ns_coefficients")
+        if isinstance(coeffs, (list, tuple)):
+            fields["ns_coefficients"] = tuple(tuple(float(c) for c in t) for t in coeffs)
+        return MuonSpec().replace(**fields)
+    raise ValueError(f"{name}: expected a preset name or a MuonSpec, got {type(value).__name__}")
+
+
+class Muon(Optimizer):
+    """Muon for matrix parameters (``ndim >= 2``) with AdamW groups for the rest.
+
+    ``Muon(params, preset="keller", lr=None, *, backend="auto", **overrides)``: ``preset`` is a preset name
+    (`muonlab.reference.PRESETS`) or a `MuonSpec`; ``overrides`` are `MuonSpec` field names (unknown names
+    raise `ValueError` naming them); ``lr=None`` uses ``spec.lr``. ``backend`` ``"auto"`` uses the Triton
+    kernels on CUDA tensors when Triton imports, ``"torch"`` never, ``"triton"`` always.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        preset: str | MuonSpec = "keller",
+        lr: float | torch.Tensor | None = None,
+        *,
+        backend: Backend = "auto",
+        **overrides: Any,
+    ) -> None:
+        self.spec: MuonSpec = resolve_spec(preset, **overrides)
+        self.backend: Backend = check_backend(backend)
+        self._explicit_lr = lr is not None
+        base_lr = _check_lr(self.spec.lr if lr is None else lr, "lr")
+        defaults: dict[str, Any] = {"lr": base_lr, "algorithm": "muon"}
+        super().__init__(params, defaults)
+
+    # -- param groups ---------------------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Fill a group's defaults per its ``"algorithm"`` and validate it (Muon params need ``ndim >= 2``)."""
+        index = len(self.param_groups)
+        group = dict(param_group)
+        algorithm = group.get("algorithm", "muon")
+        if algorithm not in _ALGORITHMS:
+            raise ValueError(f"param_groups[{index}]['algorithm']: expected 'muon' or 'adamw', got {algorithm!r}")
+        group["algorithm"] = algorithm
+        spec = _spec_from(group.get("spec", self.spec), f"param_groups[{index}]['spec']")
+        group["spec"] = spec
+        base_lr: float | torch.Tensor = self.defaults["lr"] if self._explicit_lr or "spec" not in param_group else spec.lr
+        if algorithm == "muon":
+            group["lr"] = _check_lr(group.get("lr", base_lr), f"param_groups[{index}]['lr']")
+            group.setdefault("momentum", spec.momentum)
+            group.setdefault("weight_decay", spec.weight_decay)
+        else:
+            eta = base_lr if spec.adam_lr is None else spec.adam_lr
+            lam = spec.weight_decay if spec.adam_weight_decay is None else spec.adam_weight_decay
+            group["lr"] = _check_lr(group.get("lr", eta), f"param_groups[{index}]['lr']")
+            group.setdefault("betas", spec.adam_betas)
+            group.setdefault("eps", spec.adam_eps)
+            group.setdefault("weight_decay", lam)
+        params = group["params"]
+        plist = [params] if isinstance(params, torch.Tensor) else list(params)
+        for j, p in enumerate(plist):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"param_groups[{index}]['params'][{j}]: expected a tensor, got {type(p).__name__}")
+            if algorithm == "muon" and p.ndim < 2:
+                raise ValueError(
+                    f"param_groups[{index}]['params'][{j}] has shape {tuple(p.shape)}: Muon needs ndim >= 2 "
+                    f"(route it to an 'adamw' group, e.g. with muonlab.fast.partition_params)"
+                )
+            if p.is_complex():
+                raise ValueError(f"param_groups[{index}]['params'][{j}]: complex parameters are not supported")
+        group["params"] = plist
+        super().add_param_group(group)
+
+    # -- state dict -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict with each group's spec stored as a plain dict (loadable with weights_only)."""
+        sd = super().state_dict()
+        sd["param_groups"] = [
+            {**g, "spec": _spec_to_dict(g["spec"]) if isinstance(g.get("spec"), MuonSpec) else g.get("spec")}
+            for g in sd["param_groups"]
+        ]
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's loader, keeping the saved state dtypes (torch would cast fp32 buffers to a bf16 param's
+        dtype, which would break bit-identical resume)."""
+        groups = [
+            {**g, "spec": _spec_from(g["spec"], f"state_dict['param_groups'][{i}]['spec']")}
+            for i, g in enumerate(state_dict["param_groups"])
+        ]
+        sd = {**state_dict, "param_groups": groups}
+        super().load_state_dict(sd)
+        saved_ids = [pid for g in groups for pid in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(saved_ids, params):
+            saved = state_dict["state"].get(pid)
+            if saved is None:
+                continue
+            for key, value in saved.items():
+                if isinstance(value, torch.Tensor) and key != "step":
+                    self.state[p][key] = value.to(device=p.device, copy=True)
+                elif isinstance(value, torch.Tensor):
+                    self.state[p][key] = value.clone()
+
+    # -- step -------------------------------------------------------------------------------------------
+    def _finite_filter(self) -> list[list[bool]]:
+        """Which params of each group take part in this step: one batched NaN/Inf check per device (one
+        sync), before any state is touched. Raises per the group's ``spec.nonfinite``."""
+        entries: list[tuple[int, int, torch.Tensor]] = []
+        live: list[list[bool]] = []
+        for gi, group in enumerate(self.param_groups):
+            row = []
+            for pi, p in enumerate(group["params"]):
+                has = p.grad is not None
+                row.append(has)
+                if has:
+                    entries.append((gi, pi, p.grad))
+            live.append(row)
+        by_device: dict[torch.device, list[int]] = {}
+        for k, (_, _, g) in enumerate(entries):
+            by_device.setdefault(g.device, []).append(k)
+        flags: dict[int, tuple[bool, bool]] = {}
+        for idx in by_device.values():
+            checks = torch.stack(
+                [torch.stack([entries[k][2].isnan().any(), entries[k][2].isinf().any()]) for k in idx]
+            ).tolist()
+            for k, (nan, inf) in zip(idx, checks):
+                if nan or inf:
+                    flags[k] = (bool(nan), bool(inf))
+        for k in sorted(flags):
+            gi, pi, g = entries[k]
+            spec = cast(MuonSpec, self.param_groups[gi]["spec"])
+            if spec.nonfinite == "raise":
+                nan, inf = flags[k]
+                kind = "NaN and Inf" if nan and inf else ("NaN" if nan else "Inf")
+                raise ValueError(
+                    f"param_groups[{gi}]['params'][{pi}] (shape {tuple(g.shape)}): gradient contains {kind}; "
+                    f"no parameter or state was changed (set nonfinite='skip' to skip such parameters)"
+                )
+            live[gi][pi] = False
+        return live
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One step over every group; ``closure`` (optional) re-evaluates the loss with grad enabled."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        live = self._finite_filter()
+        for group, row in zip(self.param_groups, live):
+            params = [p for p, ok in zip(group["params"], row) if ok]
+            if not params:
+                continue
+            grads = [cast(torch.Tensor, p.grad) for p in params]
+            states = [self.state[p] for p in params]
+            spec = cast(MuonSpec, group["spec"])
+            if group["algorithm"] == "muon":
+                muon_step(
+                    params,
+                    grads,
+                    states,
+                    spec,
+                    lr=group["lr"],
+                    momentum=float(group["momentum"]),
+                    weight_decay=float(group["weight_decay"]),
+                    backend=self.backend,
+                )
+            else:
+                b1, b2 = group["betas"]
+                adamw_step(
+                    params,
+                    grads,
+                    states,
+                    lr=group["lr"],
+                    betas=(float(b1), float(b2)),
+                    eps=float(group["eps"]),
+                    weight_decay=float(group["weight_decay"]),
+                    eps_mode=spec.adam_eps_mode,
+                )
+        return loss

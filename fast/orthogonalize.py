@@ -1,0 +1,179 @@
+"""The orthogonalization operator ``Orth(X; C, s, eps)`` on torch tensors (docs/variants.md section 0.2).
+
+Mirrors `muonlab.reference.orthogonalize` function for function; the differences are the dtype (the
+iteration runs in ``spec.compute_dtype``: ``"bfloat16"`` casts like KellerJordan/Muon
+``zeropower_via_newtonschulz5``) and batching (a stack of equal-shape matrices is one batched
+``baddbmm`` call). One matrix ``[m, n]``:
+
+1. transpose if ``m > n`` (strict);
+2. ``X <- X / (s ||X||_F + eps)`` (``"add"``) or ``X / max(s ||X||_F, eps)`` (``"clamp"``, torch.optim.Muon);
+3. for each ``(a, b, c)`` of the schedule: ``A = X X^T``, ``B = b A + c A^2``, ``X <- a X + B X``;
+4. transpose back.
+
+``orthogonalizer="svd"`` returns the exact polar factor ``U V^T`` (``torch.linalg.svd``, float32 or float64).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from muonlab.reference.coefficients import CoefficientSet, schedule
+from muonlab.reference.presets import resolve_spec
+from muonlab.reference.spec import EpsMode, MuonSpec
+
+from .backend import Backend, check_backend, use_triton
+
+__all__ = [
+    "as_matrices",
+    "compute_dtype",
+    "matrix_view_shape",
+    "newton_schulz",
+    "normalize_frobenius",
+    "orthogonalize",
+    "polar_factor",
+]
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+
+
+def compute_dtype(spec: MuonSpec) -> torch.dtype:
+    """The torch dtype of ``spec.compute_dtype``."""
+    return _DTYPES[spec.compute_dtype]
+
+
+def _check_ndim(shape: Sequence[int], name: str) -> None:
+    if len(shape) < 2:
+        raise ValueError(
+            f"{name} must have at least 2 dims (a matrix or a batch of matrices), got shape {tuple(shape)}"
+        )
+
+
+def matrix_view_shape(shape: Sequence[int], spec: MuonSpec, name: str = "x") -> tuple[int, ...]:
+    """The shape of the matrix view (as `muonlab.reference.matrix_view_shape`): 2-D and 3-D unchanged;
+    ``ndim >= 4`` is ``(shape[0], prod(shape[1:]))`` under ``nd_mode="flatten"``, unchanged under ``"batch"``."""
+    shape = tuple(int(d) for d in shape)
+    _check_ndim(shape, name)
+    if len(shape) >= 4 and spec.nd_mode == "flatten":
+        return (shape[0], math.prod(shape[1:]))
+    return shape
+
+
+def as_matrices(
+    x: torch.Tensor, spec: MuonSpec, name: str = "x"
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """View ``x`` as ``[B, m, n]`` (the matrices of `matrix_view_shape`) and a function restoring ``x.shape``.
+
+    Unlike the reference this is a view when ``x`` is contiguous (no copy, no dtype change).
+    """
+    view = matrix_view_shape(x.shape, spec, name)
+    batch = math.prod(view[:-2])
+    original = tuple(x.shape)
+
+    def restore(y: torch.Tensor) -> torch.Tensor:
+        return y.reshape(original)
+
+    return x.reshape(batch, view[-2], view[-1]), restore
+
+
+def normalize_frobenius(x: torch.Tensor, norm_scale: float, eps: float, eps_mode: EpsMode) -> torch.Tensor:
+    """``X / (s ||X||_F + eps)`` (``"add"``) or ``X / max(s ||X||_F, eps)`` (``"clamp"``), per matrix, in
+    ``x.dtype`` (the norm of a bf16 tensor is accumulated in fp32 and rounded to bf16, as in every source)."""
+    norm = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
+    if norm_scale != 1.0:
+        norm = norm * norm_scale
+    denom = norm + eps if eps_mode == "add" else norm.clamp(min=eps)
+    return x / denom
+
+
+def _iterate(x: torch.Tensor, coefficients: CoefficientSet, triton: bool) -> torch.Tensor:
+    """The quintic iterations on a wide ``[B, m, n]`` stack (``m <= n``)."""
+    if triton:
+        from .kernels import symmetric
+
+        for a, b, c in coefficients:
+            gram = symmetric.xxt(x)
+            poly = symmetric.ba_plus_caa(gram, b, c)
+            x = torch.baddbmm(x, poly, x, beta=a)
+        return x
+    for a, b, c in coefficients:
+        gram = torch.bmm(x, x.mT)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.baddbmm(x, poly, x, beta=a)
+    return x
+
+
+def newton_schulz(
+    x: torch.Tensor,
+    coefficients: CoefficientSet,
+    *,
+    norm_scale: float = 1.0,
+    eps: float = 1e-7,
+    eps_mode: EpsMode = "add",
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """Odd-polynomial Newton-Schulz / Polar Express iteration on ``[..., m, n]`` in ``x.dtype``, batched over
+    the leading dims (one ``bmm``/``baddbmm`` per product for the whole stack).
+
+    ``coefficients`` are the triples applied, one per iteration (`muonlab.reference.coefficients.schedule`).
+    Each iteration maps every singular value by ``p(s) = a s + b s^3 + c s^5`` (KellerJordan/Muon
+    ``zeropower_via_newtonschulz5``; Moonlight Eq. 2; Polar Express arXiv 2505.16932).
+    """
+    _check_ndim(x.shape, "x")
+    shape = x.shape
+    transpose = shape[-2] > shape[-1]
+    xm = x.reshape(-1, shape[-2], shape[-1])
+    if transpose:
+        xm = xm.mT
+    xm = normalize_frobenius(xm, norm_scale, eps, eps_mode)
+    xm = _iterate(xm, coefficients, use_triton(xm, backend))
+    if transpose:
+        xm = xm.mT
+    return xm.reshape(shape)
+
+
+def polar_factor(x: torch.Tensor) -> torch.Tensor:
+    """Exact polar factor ``U V^T`` of the thin SVD, per matrix, in ``x.dtype`` (float32 or float64 SVD).
+
+    Singular values ``<= max(m, n) * eps_dtype * sigma_max`` count as zero (the reference's rank rule), so
+    ``polar_factor(0) = 0``.
+    """
+    _check_ndim(x.shape, "x")
+    work = x if x.dtype == torch.float64 else x.float()
+    u, s, vh = torch.linalg.svd(work, full_matrices=False)
+    smax = s.amax(dim=-1, keepdim=True)
+    tol = max(x.shape[-2], x.shape[-1]) * torch.finfo(work.dtype).eps * smax
+    keep = (s > tol).to(work.dtype)
+    return ((u * keep.unsqueeze(-2)) @ vh).to(x.dtype)
+
+
+def orthogonalize(x: torch.Tensor, spec: MuonSpec | str, *, backend: Backend = "auto") -> torch.Tensor:
+    """``O = Orth(x)`` per ``spec`` (as `muonlab.reference.orthogonalize`), computed in ``spec.compute_dtype``
+    and returned in ``x.dtype`` with ``x``'s shape.
+
+    ``x`` must have at least 2 dims. Leading dims are a batch; ``ndim >= 4`` follows ``spec.nd_mode``.
+    """
+    s = resolve_spec(spec)
+    check_backend(backend)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    if not (x.is_floating_point()):
+        raise ValueError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
+    mats, restore = as_matrices(x, s, "x")
+    if mats.numel() == 0:
+        raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
+    work = mats.to(compute_dtype(s))
+    if s.orthogonalizer == "svd":
+        out = polar_factor(work)
+    else:
+        out = newton_schulz(
+            work,
+            schedule(s.ns_coefficients, s.ns_steps),
+            norm_scale=s.norm_scale,
+            eps=s.eps,
+            eps_mode=s.eps_mode,
+            backend=backend,
+        )
+    return restore(out.to(x.dtype))

@@ -1,0 +1,148 @@
+"""Route a model's parameters to Muon or AdamW by module type, name and shape (explicit, printable,
+overridable).
+
+Rules, first match wins (docs/variants.md sections 1.3, 3.1, 7.2):
+
+1. a ``muon=`` / ``adamw=`` pattern (fnmatch on the parameter name) matches: that route ("override");
+2. the weight of an ``nn.Embedding`` (or tied to one), or a name with an ``embed``, ``wte``, ``wpe`` or
+   ``tok_emb`` component: AdamW ("embedding");
+3. a parameter of a module named ``lm_head`` or ``head`` (or whose name contains ``lm_head``): AdamW
+   ("output head");
+4. parameters of normalization layers (``nn.LayerNorm``, ``nn.RMSNorm``, ``nn.GroupNorm``, batch/instance
+   norms) or with ``norm`` in the module name: AdamW ("norm");
+5. ``ndim < 2`` (biases, gains, scalars): AdamW ("bias" / "scalar or 1-D");
+6. ``ndim >= 2``: Muon ("matmul weight" for ``nn.Linear`` / ``nn.Conv*``, else "ndim >= 2 weight").
+
+Tied and shared parameters appear once, under their first name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ParamPlan", "partition_params"]
+
+_NORMS = (
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.RMSNorm,
+)
+_MATMUL = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_EMBED_NAME = re.compile(r"(^|[._])(embed\w*|\w*embedding\w*|wte|wpe|tok_emb\w*)([._]|$)")
+
+
+@dataclass
+class ParamPlan:
+    """Where each parameter goes: ``muon`` and ``adamw`` lists of ``(name, param)`` and a reason per name."""
+
+    muon: list[tuple[str, nn.Parameter]] = field(default_factory=list)
+    adamw: list[tuple[str, nn.Parameter]] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def param_groups(self, **muon_group_kwargs: Any) -> list[dict[str, Any]]:
+        """Groups for `muonlab.fast.Muon`: the Muon group (with ``muon_group_kwargs``) and an
+        ``algorithm="adamw"`` group; empty groups are left out."""
+        groups: list[dict[str, Any]] = []
+        if self.muon:
+            groups.append({"params": [p for _, p in self.muon], **muon_group_kwargs})
+        if self.adamw:
+            groups.append({"params": [p for _, p in self.adamw], "algorithm": "adamw"})
+        return groups
+
+    def __str__(self) -> str:
+        rows = [(n, "x".join(map(str, p.shape)) or "scalar", "muon", self.reasons[n]) for n, p in self.muon]
+        rows += [(n, "x".join(map(str, p.shape)) or "scalar", "adamw", self.reasons[n]) for n, p in self.adamw]
+        header = ("name", "shape", "route", "reason")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip()]
+        lines.append("  ".join("-" * w for w in widths))
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        n_m = sum(p.numel() for _, p in self.muon)
+        n_a = sum(p.numel() for _, p in self.adamw)
+        lines.append(f"muon: {len(self.muon)} tensors, {n_m} elements; adamw: {len(self.adamw)} tensors, {n_a} elements")
+        return "\n".join(lines)
+
+
+def _module_of(model: nn.Module) -> dict[str, nn.Module]:
+    """Parameter name -> owning module (first registration)."""
+    owner: dict[str, nn.Module] = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for pname, _ in module.named_parameters(recurse=False, remove_duplicate=False):
+            owner.setdefault(f"{mname}.{pname}" if mname else pname, module)
+    return owner
+
+
+def _rule(name: str, p: torch.Tensor, module: nn.Module | None, embed_ids: set[int]) -> tuple[str, str]:
+    parts = name.split(".")
+    module_names = parts[:-1]
+    if id(p) in embed_ids or isinstance(module, nn.Embedding):
+        return "adamw", "embedding (nn.Embedding weight or tied to one)"
+    if _EMBED_NAME.search(name):
+        return "adamw", "embedding (by name)"
+    if "lm_head" in name or "head" in module_names:
+        return "adamw", "output head"
+    if isinstance(module, _NORMS) or any("norm" in m.lower() for m in module_names):
+        return "adamw", "norm"
+    if p.ndim < 2:
+        return "adamw", "bias" if parts[-1] == "bias" else "scalar or 1-D"
+    if isinstance(module, _MATMUL):
+        return "muon", f"matmul weight ({type(module).__name__})"
+    return "muon", "ndim >= 2 weight"
+
+
+def partition_params(
+    model: nn.Module,
+    *,
+    muon: Sequence[str] = (),
+    adamw: Sequence[str] = (),
+    verbose: bool = False,
+) -> ParamPlan:
+    """Split ``model``'s trainable parameters between Muon and AdamW (rules in the module docstring).
+
+    ``muon`` / ``adamw`` are fnmatch patterns on parameter names that override the rules; a pattern that
+    matches no parameter, or a name matched by both lists, raises `ValueError`. ``verbose`` prints the plan.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    for label, pats in (("muon", muon), ("adamw", adamw)):
+        if isinstance(pats, str):
+            raise TypeError(f"{label}: expected a sequence of patterns, got the string {pats!r}")
+    owner = _module_of(model)
+    embed_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    used: dict[str, bool] = {f"{label}:{pat}": False for label, pats in (("muon", muon), ("adamw", adamw)) for pat in pats}
+    plan = ParamPlan()
+    for name, p in named:
+        hits = {label for label, pats in (("muon", muon), ("adamw", adamw)) for pat in pats if fnmatch.fnmatchcase(name, pat)}
+        for label, pats in (("muon", muon), ("adamw", adamw)):
+            for pat in pats:
+                if fnmatch.fnmatchcase(name, pat):
+                    used[f"{label}:{pat}"] = True
+        if len(hits) == 2:
+            raise ValueError(f"{name}: matched by both a muon= and an adamw= pattern")
+        if hits:
+            route = hits.pop()
+            reason = f"override ({route}= pattern)"
+            if route == "muon" and p.ndim < 2:
+                raise ValueError(f"muon: {name} has shape {tuple(p.shape)}; Muon needs ndim >= 2")
+        else:
+            route, reason = _rule(name, p, owner.get(name), embed_ids)
+        (plan.muon if route == "muon" else plan.adamw).append((name, p))
+        plan.reasons[name] = reason
+    unused = [k for k, hit in used.items() if not hit]
+    if unused:
+        label, pat = unused[0].split(":", 1)
+        raise ValueError(f"{label}: pattern {pat!r} matches no parameter of the model")
+    if verbose:
+        print(plan)
+    return plan

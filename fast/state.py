@@ -1,0 +1,53 @@
+"""Optimizer state of `muonlab.fast.Muon` (torch ``Optimizer.state`` dicts; mirrors `muonlab.reference.state`).
+
+* Muon: ``"momentum_buffer"`` (the parameter's shape; float32 for bf16/fp16 parameters, otherwise the
+  parameter's dtype), ``"second_moment"`` (NorMuon ``S`` of shape `normuon_state_shape`, same dtype; only
+  with ``spec.normuon``), ``"step"`` (0-D float32 CPU tensor, as torch's Adam).
+* AdamW: ``"exp_avg"``, ``"exp_avg_sq"`` (same dtype rule) and ``"step"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from muonlab.reference.spec import MuonSpec
+from muonlab.reference.state import normuon_state_shape
+
+__all__ = ["init_adam_state", "init_muon_state", "normuon_state_shape", "state_dtype"]
+
+
+def state_dtype(param: torch.Tensor) -> torch.dtype:
+    """float32 for low-precision floating parameters (bf16, fp16), float64 for float64, else float32."""
+    return torch.float64 if param.dtype == torch.float64 else torch.float32
+
+
+def _step() -> torch.Tensor:
+    return torch.tensor(0.0, dtype=torch.float32)
+
+
+def init_muon_state(param: torch.Tensor, spec: MuonSpec) -> dict[str, Any]:
+    """Zero momentum (and zero ``S`` with ``spec.normuon``) and ``step = 0``."""
+    if param.ndim < 2:
+        raise ValueError(f"param must have at least 2 dims for Muon, got shape {tuple(param.shape)}")
+    dtype = state_dtype(param)
+    state: dict[str, Any] = {
+        "step": _step(),
+        "momentum_buffer": torch.zeros_like(param, dtype=dtype, memory_format=torch.contiguous_format),
+    }
+    if spec.normuon:
+        state["second_moment"] = torch.zeros(
+            normuon_state_shape(param.shape, spec), dtype=dtype, device=param.device
+        )
+    return state
+
+
+def init_adam_state(param: torch.Tensor) -> dict[str, Any]:
+    """Zero first and second moments and ``step = 0``."""
+    dtype = state_dtype(param)
+    return {
+        "step": _step(),
+        "exp_avg": torch.zeros_like(param, dtype=dtype, memory_format=torch.contiguous_format),
+        "exp_avg_sq": torch.zeros_like(param, dtype=dtype, memory_format=torch.contiguous_format),
+    }

@@ -1,0 +1,191 @@
+"""One optimizer step over a param group, in the order of `muonlab.reference.spec` (stages 1-8).
+
+`muon_update` (stages 1-4) and `muon_step` (1-8) work on lists of parameters that share a spec:
+
+1. coupled decay ``G <- G + lambda W`` (new tensors; ``p.grad`` is never written);
+2. momentum for the whole list with ``torch._foreach_*`` ops (or the fused Triton kernel);
+3. the matrices of every parameter whose matrix view has the same ``(m, n)`` (and device) are stacked
+   into one ``[B, m, n]`` batch and orthogonalized by one batched Newton-Schulz call in
+   ``spec.compute_dtype``;
+4. NorMuon on the same stack (``S`` stacked, updated, written back);
+5. ``eta_u = eta * update_scale(param.shape)``;
+6-7. ``W <- W - eta_d lambda mask (.) W - eta_u O`` (one pass; the fused Triton kernel on CUDA);
+8. or the hypersphere step.
+
+`adamw_step` is AdamW for the non-matrix group. States are ``Optimizer.state`` dicts (`muonlab.fast.state`);
+the step count is incremented here. Non-finite gradients are filtered by the caller (`muonlab.fast.Muon`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from muonlab.reference.coefficients import schedule
+from muonlab.reference.spec import MuonSpec
+
+from .adamw import adam_direction, adam_moments, adamw_apply
+from .backend import Backend, use_triton
+from .decay import Scalar, apply_update, coupled_decay, decay_lr, decoupled_decay
+from .momentum import apply_momentum
+from .normuon import normuon_normalize
+from .orthogonalize import as_matrices, compute_dtype, newton_schulz, polar_factor
+from .scaling import update_scale
+from .sphere import sphere_step
+from .state import init_adam_state, init_muon_state
+
+__all__ = ["adamw_step", "muon_step", "muon_update", "orthogonalize_stack"]
+
+State = dict[str, Any]
+
+
+def _advance(states: Sequence[State]) -> list[int]:
+    steps = []
+    for st in states:
+        st["step"] += 1
+        steps.append(int(st["step"].item()))
+    return steps
+
+
+def _momentum(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    bufs: list[torch.Tensor],
+    spec: MuonSpec,
+    steps: list[int],
+    beta: float,
+    backend: Backend,
+) -> list[torch.Tensor]:
+    """Stage 2 with the Triton kernel where it applies (``"ema"``/``"sum"`` on CUDA), else ``_foreach``."""
+    if spec.momentum_form != "optax" and params and use_triton(params[0], backend):
+        from .kernels import elementwise
+
+        form = "ema" if spec.momentum_form == "ema" else "sum"
+        return [
+            elementwise.fused_momentum(b, g, beta=beta, form=form, nesterov=spec.nesterov)
+            for b, g in zip(bufs, grads)
+        ]
+    return apply_momentum(bufs, grads, spec, steps, beta=beta)
+
+
+def orthogonalize_stack(x: torch.Tensor, spec: MuonSpec, backend: Backend = "auto") -> torch.Tensor:
+    """``Orth`` of a ``[B, m, n]`` stack in ``spec.compute_dtype`` (one batched call)."""
+    work = x.to(compute_dtype(spec))
+    if spec.orthogonalizer == "svd":
+        return polar_factor(work)
+    return newton_schulz(
+        work,
+        schedule(spec.ns_coefficients, spec.ns_steps),
+        norm_scale=spec.norm_scale,
+        eps=spec.eps,
+        eps_mode=spec.eps_mode,
+        backend=backend,
+    )
+
+
+def muon_update(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    states: Sequence[State],
+    spec: MuonSpec,
+    *,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+    backend: Backend = "auto",
+) -> list[torch.Tensor]:
+    """Stages 1-4 for parameters that share ``spec``: the update directions ``O`` (after NorMuon, before the
+    shape scale), each of its parameter's shape. ``states`` are updated in place (an empty dict is
+    initialized); ``momentum`` / ``weight_decay`` default to the spec's (a param group's live values)."""
+    plist = list(params)
+    if not plist:
+        return []
+    beta = spec.momentum if momentum is None else momentum
+    lam = spec.weight_decay if weight_decay is None else weight_decay
+    for p, st in zip(plist, states):
+        if not st:
+            st.update(init_muon_state(p, spec))
+    steps = _advance(states)
+    bufs = [st["momentum_buffer"] for st in states]
+    gl = [g.to(b.dtype) for g, b in zip(grads, bufs)]
+    if spec.decay_placement in ("update", "both") and lam != 0.0:
+        gl = coupled_decay(gl, plist, lam)
+    ns = _momentum(plist, gl, bufs, spec, steps, beta, backend)
+
+    # Stage 3-4: one stack per (device, m, n).
+    buckets: dict[tuple[torch.device, int, int], list[int]] = {}
+    views: list[torch.Tensor] = []
+    for i, n in enumerate(ns):
+        mats, _ = as_matrices(n, spec, f"params[{i}]")
+        views.append(mats)
+        buckets.setdefault((n.device, mats.shape[-2], mats.shape[-1]), []).append(i)
+    out: list[torch.Tensor] = [torch.empty(0)] * len(ns)
+    for members in buckets.values():
+        sizes = [views[i].shape[0] for i in members]
+        stack = views[members[0]] if len(members) == 1 else torch.cat([views[i] for i in members])
+        o = orthogonalize_stack(stack, spec, backend)
+        if spec.normuon:
+            s_list = [states[i]["second_moment"] for i in members]
+            s_stack = torch.cat([s.reshape(b, *s.shape[-2:]) for s, b in zip(s_list, sizes)])
+            o = normuon_normalize(o, s_stack, spec)
+            for s, part in zip(s_list, torch.split(s_stack, sizes)):
+                s.copy_(part.reshape(s.shape))
+        for i, part in zip(members, torch.split(o, sizes)):
+            out[i] = part.reshape(plist[i].shape)
+    return out
+
+
+def muon_step(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    states: Sequence[State],
+    spec: MuonSpec,
+    *,
+    lr: Scalar,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+    backend: Backend = "auto",
+) -> None:
+    """One Muon step (stages 1-8) in place on ``params`` (``ndim >= 2``, finite ``grads``)."""
+    plist = list(params)
+    lam = spec.weight_decay if weight_decay is None else weight_decay
+    updates = muon_update(plist, grads, states, spec, momentum=momentum, weight_decay=lam, backend=backend)
+    decoupled = spec.decay_placement in ("param", "both") and lam != 0.0
+    for p, o in zip(plist, updates):
+        lr_update = lr * update_scale(p.shape, spec)
+        factor = decay_lr(lr, lr_update, spec) * lam if decoupled else None
+        if spec.sphere == "none":
+            apply_update(p, o, lr_update=lr_update, decay_factor=factor, cautious=spec.cautious, backend=backend)
+            continue
+        work = p.detach().to(torch.float64 if p.dtype == torch.float64 else torch.float32, copy=True)
+        u = o.to(work.dtype)
+        if factor is not None:
+            decoupled_decay(work, u, factor, spec.cautious)
+        p.copy_(sphere_step(work, -(u * lr_update), spec, lr_update))
+
+
+def adamw_step(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    states: Sequence[State],
+    *,
+    lr: Scalar,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    eps_mode: Any,
+) -> None:
+    """One AdamW step in place (`muonlab.fast.adamw`); ``states`` updated (initialized when empty)."""
+    plist = list(params)
+    if not plist:
+        return
+    for p, st in zip(plist, states):
+        if not st:
+            st.update(init_adam_state(p))
+    steps = _advance(states)
+    m = [st["exp_avg"] for st in states]
+    v = [st["exp_avg_sq"] for st in states]
+    gl = [g.to(b.dtype) for g, b in zip(grads, m)]
+    adam_moments(m, v, gl, betas)
+    adamw_apply(plist, adam_direction(m, v, steps, betas, eps, eps_mode), lr, weight_decay)
