@@ -6,7 +6,9 @@ torch path works on machines without Triton (or before a kernel exists).
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+from types import ModuleType
 from functools import lru_cache
 from typing import Literal, get_args
 
@@ -14,7 +16,7 @@ import torch
 
 Backend = Literal["auto", "torch", "triton"]
 
-__all__ = ["Backend", "check_backend", "triton_available", "use_triton"]
+__all__ = ["Backend", "check_backend", "kernel_module", "triton_available", "use_triton"]
 
 
 @lru_cache(maxsize=1)
@@ -37,3 +39,8 @@ def use_triton(t: torch.Tensor, backend: Backend) -> bool:
     if backend == "torch":
         return False
     return bool(t.is_cuda) and triton_available()
+
+
+def kernel_module(name: str) -> ModuleType:
+    """``muonlab.fast.kernels.<name>``, imported on first use (only the Triton branch calls this)."""
+    return importlib.import_module(f"{__package__}.kernels.{name}")

@@ -12,7 +12,7 @@ import torch
 
 from muonlab.reference.spec import Cautious, MuonSpec
 
-from .backend import Backend, use_triton
+from .backend import Backend, kernel_module, use_triton
 
 __all__ = ["Scalar", "apply_update", "cautious_mask", "coupled_decay", "decay_lr", "decoupled_decay"]
 
@@ -66,9 +66,7 @@ def apply_update(
     (then rounds once into ``param``); on the Triton path it is one fused kernel.
     """
     if use_triton(param, backend):
-        from .kernels import elementwise
-
-        elementwise.fused_apply(
+        kernel_module("elementwise").fused_apply(
             param,
             update.reshape(param.shape),
             lr_update=lr_update,

@@ -21,7 +21,8 @@ __all__ = ["normuon_normalize", "normuon_reduce_axis", "second_moment_shape"]
 
 
 def _frobenius(x: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
+    out: torch.Tensor = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
+    return out
 
 
 def normuon_normalize(o: torch.Tensor, s: torch.Tensor, spec: MuonSpec, *, beta2: float | None = None) -> torch.Tensor:

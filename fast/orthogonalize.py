@@ -24,7 +24,7 @@ from muonlab.reference.coefficients import CoefficientSet, schedule
 from muonlab.reference.presets import resolve_spec
 from muonlab.reference.spec import EpsMode, MuonSpec
 
-from .backend import Backend, check_backend, use_triton
+from .backend import Backend, check_backend, kernel_module, use_triton
 
 __all__ = [
     "as_matrices",
@@ -81,7 +81,7 @@ def as_matrices(
 def normalize_frobenius(x: torch.Tensor, norm_scale: float, eps: float, eps_mode: EpsMode) -> torch.Tensor:
     """``X / (s ||X||_F + eps)`` (``"add"``) or ``X / max(s ||X||_F, eps)`` (``"clamp"``), per matrix, in
     ``x.dtype`` (the norm of a bf16 tensor is accumulated in fp32 and rounded to bf16, as in every source)."""
-    norm = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
+    norm: torch.Tensor = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
     if norm_scale != 1.0:
         norm = norm * norm_scale
     denom = norm + eps if eps_mode == "add" else norm.clamp(min=eps)
@@ -91,11 +91,10 @@ def normalize_frobenius(x: torch.Tensor, norm_scale: float, eps: float, eps_mode
 def _iterate(x: torch.Tensor, coefficients: CoefficientSet, triton: bool) -> torch.Tensor:
     """The quintic iterations on a wide ``[B, m, n]`` stack (``m <= n``)."""
     if triton:
-        from .kernels import symmetric
-
+        symmetric = kernel_module("symmetric")
         for a, b, c in coefficients:
-            gram = symmetric.xxt(x)
-            poly = symmetric.ba_plus_caa(gram, b, c)
+            gram: torch.Tensor = symmetric.xxt(x)
+            poly: torch.Tensor = symmetric.ba_plus_caa(gram, b, c)
             x = torch.baddbmm(x, poly, x, beta=a)
         return x
     for a, b, c in coefficients:
@@ -142,7 +141,10 @@ def polar_factor(x: torch.Tensor) -> torch.Tensor:
     """
     _check_ndim(x.shape, "x")
     work = x if x.dtype == torch.float64 else x.float()
-    u, s, vh = torch.linalg.svd(work, full_matrices=False)
+    svd = torch.linalg.svd(work, full_matrices=False)
+    u: torch.Tensor = svd[0]
+    s: torch.Tensor = svd[1]
+    vh: torch.Tensor = svd[2]
     smax = s.amax(dim=-1, keepdim=True)
     tol = max(x.shape[-2], x.shape[-1]) * torch.finfo(work.dtype).eps * smax
     keep = (s > tol).to(work.dtype)

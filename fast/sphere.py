@@ -24,7 +24,8 @@ __all__ = ["GEODESIC_TAU_MIN", "geodesic_vectors", "renormalize_vectors", "spher
 
 
 def _norm(x: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    out: torch.Tensor = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return out
 
 
 def _safe(x: torch.Tensor, live: torch.Tensor) -> torch.Tensor:

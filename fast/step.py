@@ -27,7 +27,7 @@ from muonlab.reference.coefficients import schedule
 from muonlab.reference.spec import MuonSpec
 
 from .adamw import adam_direction, adam_moments, adamw_apply
-from .backend import Backend, use_triton
+from .backend import Backend, kernel_module, use_triton
 from .decay import Scalar, apply_update, coupled_decay, decay_lr, decoupled_decay
 from .momentum import apply_momentum
 from .normuon import normuon_normalize
@@ -60,11 +60,10 @@ def _momentum(
 ) -> list[torch.Tensor]:
     """Stage 2 with the Triton kernel where it applies (``"ema"``/``"sum"`` on CUDA), else ``_foreach``."""
     if spec.momentum_form != "optax" and params and use_triton(params[0], backend):
-        from .kernels import elementwise
-
+        fused_momentum = kernel_module("elementwise").fused_momentum
         form = "ema" if spec.momentum_form == "ema" else "sum"
         return [
-            elementwise.fused_momentum(b, g, beta=beta, form=form, nesterov=spec.nesterov)
+            fused_momentum(b, g, beta=beta, form=form, nesterov=spec.nesterov)
             for b, g in zip(bufs, grads)
         ]
     return apply_momentum(bufs, grads, spec, steps, beta=beta)
