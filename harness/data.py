@@ -47,7 +47,7 @@ __all__ = [
     "source_sha256",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 READ_BYTES = 4 << 20
 """Bytes of raw text read per block."""
 PIECE_CHARS = 64 << 10
@@ -116,7 +116,8 @@ def _open_binary(path: Path) -> IO[bytes]:
 
 
 def _text_pieces(path: Path, budget: int | None, on_bytes: Any) -> Iterator[tuple[list[str], int]]:
-    """Yield (pieces, raw bytes consumed) from one file, reading at most ``budget`` bytes."""
+    """Yield (pieces, raw bytes consumed) from one file, reading at most ``budget`` bytes (an incomplete
+    UTF-8 character at the cap is dropped; invalid UTF-8 elsewhere becomes U+FFFD)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     carry = ""
     read_total = 0
@@ -125,8 +126,10 @@ def _text_pieces(path: Path, budget: int | None, on_bytes: Any) -> Iterator[tupl
             want = READ_BYTES if budget is None else min(READ_BYTES, budget - read_total)
             raw = f.read(want) if want > 0 else b""
             read_total += len(raw)
-            final = not raw
-            text = carry + decoder.decode(raw, final=final)
+            capped = budget is not None and read_total >= budget
+            final = not raw or capped
+            # at the byte cap an incomplete UTF-8 character is dropped (not replaced by U+FFFD)
+            text = carry + decoder.decode(raw, final=not capped and final)
             pieces: list[str] = []
             start = 0
             while len(text) - start > PIECE_CHARS:
