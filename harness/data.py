@@ -278,7 +278,7 @@ def prepare_tokens(sources: list[Path], tokenizer: Tokenizer, cache_dir: Path, *
     if (out / "meta.json").is_file():
         return load_shards(out)
 
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache_dir))

@@ -151,7 +151,8 @@ def count_params(cfg: ModelConfig) -> int:
 def _justnorm(x: Tensor, dim: int = -1) -> Tensor:
     """``x / ||x||`` along ``dim`` (nGPT ``justnorm``), computed in float32."""
     xf = x.float()
-    return (xf / xf.norm(p=2, dim=dim, keepdim=True).clamp_min(1e-12)).to(x.dtype)
+    out: Tensor = (xf / xf.norm(p=2, dim=dim, keepdim=True).clamp_min(1e-12)).to(x.dtype)
+    return out
 
 
 class _Scale(nn.Module):
@@ -219,7 +220,8 @@ class Attention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
                                            enable_gqa=self.n_kv != self.n_heads)
-        return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+        out: Tensor = self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+        return out
 
 
 class MLP(nn.Module):
@@ -234,7 +236,8 @@ class MLP(nn.Module):
         u = self.fc(x)
         if self.s_u is not None:
             u = u * (self.s_u() * self.u_mult).to(u.dtype)
-        return self.proj(F.relu(u).square())
+        out: Tensor = self.proj(F.relu(u).square())
+        return out
 
 
 class Block(nn.Module):
@@ -260,7 +263,8 @@ class Block(nn.Module):
             return _justnorm(h + m * (_justnorm(self.mlp(h)) - h))
         r = self.cfg.residual_scale
         h = h + r * self.attn(self.attn_norm(h), cos, sin)
-        return h + r * self.mlp(self.mlp_norm(h))
+        out: Tensor = h + r * self.mlp(self.mlp_norm(h))
+        return out
 
 
 class GPT(nn.Module):

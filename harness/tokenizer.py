@@ -89,7 +89,7 @@ class TiktokenTokenizer:
         from tiktoken.load import load_tiktoken_bpe
 
         try:
-            from tiktoken_ext.openai_public import r50k_pat_str as pat_str
+            from tiktoken_ext.openai_public import r50k_pat_str as pat_str  # type: ignore[import-untyped]
         except ImportError:  # pragma: no cover - older/newer tiktoken layouts
             pat_str = R50K_PAT_STR
         ranks = load_tiktoken_bpe(str(path))
