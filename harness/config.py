@@ -1,0 +1,406 @@
+"""Run and sweep configurations: pydantic v2 models (unknown keys are errors) loaded from TOML or YAML.
+
+A run config has the sections ``model``, ``data``, ``optimizer``, ``schedule``, ``train``, ``abort`` and
+``endpoints`` (docs/harness.md "Config reference"). A sweep config is a run config (the base) plus a
+``sweep`` section. Every validation error is re-raised as `ConfigError` whose message names the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Strict):
+    """A base entry of `harness.model.MODEL_CONFIGS` plus field overrides (``dataclasses.replace``)."""
+
+    base: str = "tiny"
+    vocab_size: int | None = Field(default=None, gt=0)
+    d_model: int | None = Field(default=None, gt=0)
+    n_layers: int | None = Field(default=None, gt=0)
+    n_heads: int | None = Field(default=None, gt=0)
+    n_kv_heads: int | None = Field(default=None, gt=0)
+    ffn_dim: int | None = Field(default=None, gt=0)
+    seq_len: int | None = Field(default=None, gt=0)
+    qk_norm: bool | None = None
+    rope_theta: float | None = Field(default=None, gt=0)
+    tie_embeddings: bool | None = None
+    residual_scale: float | None = Field(default=None, gt=0)
+    ngpt: bool | None = None
+    ngpt_normalize_every: int | None = Field(default=None, gt=0)
+
+    def overrides(self) -> dict[str, Any]:
+        """The fields set here (everything but ``base``), for ``dataclasses.replace``."""
+        return {k: v for k, v in self.model_dump().items() if k != "base" and v is not None}
+
+
+class DataSection(_Strict):
+    tokenizer: Literal["gpt2", "bpe4096"] = "bpe4096"
+    sources: list[str] = Field(default_factory=lambda: ["corpus-debian-v1.txt.xz"])
+    """Text files; relative paths are resolved against the data dir."""
+    max_bytes: int | None = Field(default=None, gt=0)
+    """Use only the first ``max_bytes`` bytes of the concatenated sources."""
+    val_fraction: float = Field(default=0.01, gt=0, lt=1)
+    cache_dir: str | None = None
+    """Where token shards are cached; default ``$MUONLAB_CACHE`` or ``~/.cache/muonlab``."""
+
+    @field_validator("sources")
+    @classmethod
+    def _nonempty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("needs at least one source file")
+        return v
+
+
+class OptimizerSection(_Strict):
+    name: Literal["muon", "adamw"] = "muon"
+    preset: str = "keller"
+    """A `muonlab.reference.presets` name (Muon only)."""
+    lr: float | None = Field(default=None, ge=0)
+    """Muon: the matrix lr (default: the preset's); AdamW: the lr of every parameter (required)."""
+    weight_decay: float | None = None
+    """Muon: the matrix decay (may be negative); AdamW: the decay of >= 2-D parameters."""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """`MuonSpec` fields applied on top of the preset."""
+    adamw_lr: float | None = Field(default=None, ge=0)
+    """Muon: lr of the AdamW-routed parameters (the spec's ``adam_lr``)."""
+    adamw_betas: tuple[float, float] = (0.9, 0.95)
+    adamw_eps: float = Field(default=1e-8, gt=0)
+    lr_scale: float = Field(default=1.0, gt=0)
+    """Multiplies the Muon lr."""
+    consistent_rms: float | None = Field(default=None, gt=0)
+    """Muon: ``shape_scale="moonlight"`` with ``rms_scale`` = this value (update RMS matched to AdamW)."""
+    backend: str = "auto"
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        from muonlab.reference.presets import PRESETS
+
+        if v not in PRESETS:
+            raise ValueError(f"unknown preset {v!r}; known: {', '.join(PRESETS)}")
+        return v
+
+    @field_validator("overrides")
+    @classmethod
+    def _known_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from muonlab.reference.spec import field_names
+
+        unknown = sorted(set(v) - set(field_names()))
+        if unknown:
+            raise ValueError(f"unknown MuonSpec field(s) {', '.join(unknown)}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OptimizerSection:
+        if self.name == "adamw" and self.lr is None:
+            raise ValueError("lr: required when name = 'adamw'")
+        if self.name == "muon":
+            try:
+                self.muon_spec()
+            except ValueError as exc:
+                raise ValueError(f"overrides: {exc}") from None
+        return self
+
+    def spec_overrides(self) -> dict[str, Any]:
+        """The `MuonSpec` overrides this section implies (``overrides`` + the shorthand keys)."""
+        out = dict(self.overrides)
+        if self.weight_decay is not None:
+            out["weight_decay"] = self.weight_decay
+        if self.adamw_lr is not None:
+            out["adam_lr"] = self.adamw_lr
+        if self.consistent_rms is not None:
+            out["shape_scale"] = "moonlight"
+            out["rms_scale"] = self.consistent_rms
+        if isinstance(out.get("adam_betas"), list):
+            out["adam_betas"] = tuple(out["adam_betas"])
+        return out
+
+    def muon_spec(self) -> Any:
+        """The resolved `MuonSpec` (preset + overrides); raises ValueError naming a bad field."""
+        from muonlab.reference.presets import resolve_spec
+
+        return resolve_spec(self.preset, **self.spec_overrides())
+
+    def muon_lr(self) -> float:
+        base = self.lr if self.lr is not None else float(self.muon_spec().lr)
+        return base * self.lr_scale
+
+
+class ScheduleSection(_Strict):
+    """Warmup (linear from 0), constant, then a linear or cosine cooldown to ``final_lr_frac``."""
+
+    warmup_frac: float = Field(default=0.0, ge=0, le=1)
+    cooldown_frac: float = Field(default=0.0, ge=0, le=1)
+    cooldown: Literal["linear", "cosine"] = "linear"
+    final_lr_frac: float = Field(default=0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _fits(self) -> ScheduleSection:
+        if self.warmup_frac + self.cooldown_frac > 1.0:
+            raise ValueError("warmup_frac + cooldown_frac: must be <= 1")
+        return self
+
+
+class TrainSection(_Strict):
+    batch_size: int = Field(default=8, gt=0)
+    seq_len: int | None = Field(default=None, gt=0)
+    """Default: the model's seq_len."""
+    steps: int | None = Field(default=None, gt=0)
+    token_budget: int | None = Field(default=None, gt=0)
+    """Alternative to ``steps``: ``steps = ceil(token_budget / (batch_size * seq_len))``."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Autocast dtype for the forward pass (bfloat16 only on CUDA)."""
+    threads: int | None = Field(default=None, gt=0)
+    grad_clip: float | None = Field(default=None, gt=0)
+    log_every: int = Field(default=10, gt=0)
+    eval_every: int = Field(default=100, gt=0)
+    eval_batches: int = Field(default=4, gt=0)
+    stats_every: int = Field(default=50, gt=0)
+    checkpoint_every: int | None = Field(default=None, gt=0)
+    keep_checkpoints: int = Field(default=2, gt=0)
+    smoothing: float = Field(default=0.9, ge=0, lt=1)
+    """EMA coefficient of the smoothed train loss (per step, bias-corrected)."""
+    compile: bool = False
+
+    @model_validator(mode="after")
+    def _length(self) -> TrainSection:
+        if (self.steps is None) == (self.token_budget is None):
+            raise ValueError("steps / token_budget: set exactly one of them")
+        return self
+
+
+class AbortSection(_Strict):
+    enabled: bool = True
+    window: int = Field(default=50, gt=0)
+    """Rolling-median window (steps) of the rising-loss rule."""
+    rise_factor: float = Field(default=1.25, gt=1)
+    patience: int = Field(default=20, gt=0)
+    """Steps the loss must stay above ``rise_factor`` x median before the run aborts."""
+    weight_norm_factor: float = Field(default=3.0, gt=1)
+    early_points: int = Field(default=3, gt=0)
+    """Number of stats records whose median is a layer's early weight norm."""
+
+
+class EndpointsSection(_Strict):
+    target_loss: float | None = Field(default=None, gt=0)
+    auc_fraction: float = Field(default=0.25, gt=0, le=1)
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    seed: int = Field(default=0, ge=0)
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    train: TrainSection = Field(default_factory=lambda: TrainSection(steps=100))
+    abort: AbortSection = Field(default_factory=AbortSection)
+    endpoints: EndpointsSection = Field(default_factory=EndpointsSection)
+
+    def sha256(self) -> str:
+        return config_sha256(self.model_dump(mode="json"))
+
+
+class Phase(_Strict):
+    name: str
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    top_k: int | None = Field(default=None, gt=0)
+    """Run only the best ``top_k`` configs of the previous phase (stable runs, ranked by ``metric``)."""
+    metric: str = "val_loss"
+
+
+class Variant(_Strict):
+    name: str
+    set: dict[str, Any] = Field(default_factory=dict)
+    """Dotted-key overrides of the base config."""
+
+
+class SweepSection(_Strict):
+    name: str = "sweep"
+    variants: list[Variant] = Field(default_factory=lambda: [Variant(name="base")], min_length=1)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    """Dotted key -> values; the sweep runs every variant x every grid point."""
+    phases: list[Phase] = Field(default_factory=lambda: [Phase(name="main")], min_length=1)
+    target_loss: float | None = Field(default=None, gt=0)
+    pilot: str | None = None
+    """A variant name: its first grid point with the first seed is run first, and its final smoothed
+    loss times ``target_factor`` is the frozen target (when ``target_loss`` is not given)."""
+    target_factor: float = Field(default=1.0, gt=0)
+    winner_metric: str = "val_loss"
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_nonempty(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for k, vals in v.items():
+            if not vals:
+                raise ValueError(f"{k}: needs at least one value")
+        return v
+
+    @model_validator(mode="after")
+    def _pilot_known(self) -> SweepSection:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError("variants: names must be unique")
+        if self.pilot is not None and self.pilot not in names:
+            raise ValueError(f"pilot: {self.pilot!r} is not a variant name ({', '.join(names)})")
+        return self
+
+
+# -- loading ---------------------------------------------------------------------------------------------
+
+
+def _format_validation(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        key = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "<config>"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key}: {msg}")
+    return "; ".join(lines)
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML or YAML file into a dict (no validation)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config: no such file {str(p)!r}")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".toml":
+            with p.open("rb") as f:
+                return tomllib.load(f)
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(p.read_text()) or {}
+            if not isinstance(data, dict):
+                raise ConfigError(f"config: {p} must hold a mapping at top level")
+            return data
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"config: cannot parse {p}: {exc}") from None
+    raise ConfigError(f"config: {p} must end in .toml, .yaml or .yml")
+
+
+def parse_value(text: str) -> Any:
+    """A command-line override value: a TOML/JSON literal (number, bool, list, string) or a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        pass
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """``data[a][b][c] = value`` for ``key = "a.b.c"`` (creating tables); raises ConfigError on a clash."""
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"{key}: malformed dotted key")
+    cur = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = cur.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is not a table, cannot set {key}")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(data)
+    for key, value in overrides.items():
+        set_dotted(out, key, value)
+    return out
+
+
+def parse_cli_overrides(items: list[str]) -> dict[str, Any]:
+    """``["optimizer.lr=0.01", ...]`` -> ``{"optimizer.lr": 0.01}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def validate_run(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc)) from None
+
+
+def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    data = read_file(path)
+    data.pop("sweep", None)
+    return validate_run(apply_overrides(data, overrides or {}))
+
+
+class SweepConfig(_Strict):
+    base: RunConfig
+    sweep: SweepSection
+
+    def sha256(self) -> str:
+        return config_sha256(self.model_dump(mode="json"))
+
+
+def validate_sweep(data: dict[str, Any]) -> SweepConfig:
+    data = dict(data)
+    sweep_data = data.pop("sweep", None)
+    if sweep_data is None:
+        raise ConfigError("sweep: missing [sweep] section")
+    try:
+        section = SweepSection.model_validate(sweep_data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, "sweep.")) from None
+    base = validate_run(data)
+    # every point of the sweep must itself be a valid run config
+    for variant in section.variants:
+        for key, values in section.grid.items():
+            for value in values:
+                try:
+                    validate_run(apply_overrides(data, {**variant.set, key: value}))
+                except ConfigError as exc:
+                    raise ConfigError(f"sweep.variants[{variant.name}] with {key}={value!r}: {exc}") from None
+        if not section.grid:
+            try:
+                validate_run(apply_overrides(data, variant.set))
+            except ConfigError as exc:
+                raise ConfigError(f"sweep.variants[{variant.name}]: {exc}") from None
+    return SweepConfig(base=base, sweep=section)
+
+
+def load_sweep_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    return validate_sweep(apply_overrides(read_file(path), overrides or {}))
+
+
+def config_sha256(obj: Any) -> str:
+    """sha256 of the canonical JSON (sorted keys, no whitespace) of ``obj``."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def shipped_configs_dir() -> Path:
+    return Path(__file__).parent / "configs"

@@ -1,0 +1,101 @@
+"""Optimizer and learning-rate schedule of a run, built from its config's ``optimizer`` / ``schedule``.
+
+* ``name = "muon"``: `muonlab.fast.Muon` over `muonlab.fast.partition_params(model)` (matrices -> Muon,
+  embeddings / lm_head / norms / scalars -> AdamW), preset + overrides resolved by `OptimizerSection`.
+  For nGPT models with a sphere-constrained spec, every sphere weight gets a Muon group whose spec has the
+  model's ``sphere_axis`` for it (rows vs columns, `GPT.ngpt_sphere_axes`).
+* ``name = "adamw"``: `torch.optim.AdamW`; decay on >= 2-D parameters only.
+
+Schedule (`lr_lambda`): linear warmup from 0 over ``warmup_frac`` of the steps, constant, then a linear or
+cosine cooldown to ``final_lr_frac`` over the last ``cooldown_frac``; applied by ``LambdaLR`` (it scales
+every group's initial lr, so Muon and its AdamW groups follow the same shape).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import OptimizerSection, ScheduleSection
+
+
+def lr_lambda(schedule: ScheduleSection, total_steps: int) -> Callable[[int], float]:
+    """The multiplier of the base lr at optimizer step ``t`` (0-based) of ``total_steps``."""
+    if total_steps <= 0:
+        raise ValueError(f"total_steps: must be positive, got {total_steps}")
+    warmup = int(round(schedule.warmup_frac * total_steps))
+    cooldown = int(round(schedule.cooldown_frac * total_steps))
+    final = schedule.final_lr_frac
+    cool_start = total_steps - cooldown
+
+    def f(t: int) -> float:
+        if t < warmup:
+            return (t + 1) / warmup
+        if cooldown > 0 and t >= cool_start:
+            p = min(1.0, (t - cool_start + 1) / cooldown)
+            if schedule.cooldown == "linear":
+                return 1.0 - p * (1.0 - final)
+            return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * p))
+        return 1.0
+
+    return f
+
+
+def _adamw(model: nn.Module, cfg: OptimizerSection) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    wd = 0.0 if cfg.weight_decay is None else cfg.weight_decay
+    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    assert cfg.lr is not None
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adamw_betas, eps=cfg.adamw_eps)
+
+
+def _muon(model: nn.Module, cfg: OptimizerSection) -> torch.optim.Optimizer:
+    from muonlab.fast import Muon, partition_params
+
+    spec = cfg.muon_spec()
+    overrides = cfg.spec_overrides()
+    plan = partition_params(model)
+    groups: list[dict[str, Any]] = plan.param_groups()
+    axes: dict[str, str] = {}
+    if spec.sphere != "none" and hasattr(model, "ngpt_sphere_axes"):
+        axes = model.ngpt_sphere_axes()
+    if axes:
+        # regroup the Muon parameters by sphere axis; each group carries its own spec
+        by_axis: dict[str, list[Any]] = {}
+        for name, p in plan.muon:
+            by_axis.setdefault(axes.get(name, spec.sphere_axis), []).append(p)
+        rest = [g for g in groups if g.get("algorithm") == "adamw"]
+        groups = [
+            {"params": ps, "algorithm": "muon", "spec": spec.replace(sphere_axis=axis)}
+            for axis, ps in sorted(by_axis.items())
+        ] + rest
+    return Muon(groups, preset=cfg.preset, lr=cfg.muon_lr(), backend=cfg.backend, **overrides)
+
+
+def build_optimizer(model: nn.Module, cfg: OptimizerSection) -> torch.optim.Optimizer:
+    if cfg.name == "adamw":
+        return _adamw(model, cfg)
+    return _muon(model, cfg)
+
+
+def needs_manual_normalize(model: nn.Module) -> bool:
+    """nGPT models are renormalized by the trainer every ``ngpt_normalize_every`` steps: always for AdamW,
+    and also under a sphere-constrained Muon, whose AdamW-routed embeddings / lm_head are not kept on the
+    sphere by the optimizer (for the Muon weights the projection is then a no-op up to rounding)."""
+    mcfg = getattr(model, "cfg", None)
+    return bool(mcfg is not None and getattr(mcfg, "ngpt", False))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: ScheduleSection, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, total_steps))
