@@ -111,10 +111,13 @@ def newton_schulz(
     norm_scale: float = 1.0,
     eps: float = 1e-7,
     eps_mode: EpsMode = "add",
+    compute: torch.dtype | None = None,
     backend: Backend = "auto",
 ) -> torch.Tensor:
-    """Odd-polynomial Newton-Schulz / Polar Express iteration on ``[..., m, n]`` in ``x.dtype``, batched over
-    the leading dims (one ``bmm``/``baddbmm`` per product for the whole stack).
+    """Odd-polynomial Newton-Schulz / Polar Express iteration on ``[..., m, n]`` in ``compute`` (default
+    ``x.dtype``), batched over the leading dims (one ``bmm``/``baddbmm`` per product for the whole stack).
+    When ``x`` is wider than ``compute`` (fp32 momentum, bf16 iteration) the Frobenius normalization runs
+    in ``x.dtype`` and its result is rounded once.
 
     ``coefficients`` are the triples applied, one per iteration (`muonlab.reference.coefficients.schedule`).
     Each iteration maps every singular value by ``p(s) = a s + b s^3 + c s^5`` (KellerJordan/Muon
@@ -126,7 +129,14 @@ def newton_schulz(
     xm = x.reshape(-1, shape[-2], shape[-1])
     if transpose:
         xm = xm.mT
-    xm = normalize_frobenius(xm, norm_scale, eps, eps_mode)
+    dtype = x.dtype if compute is None else compute
+    if x.dtype.itemsize > dtype.itemsize:
+        # Normalize before rounding to the (narrower) compute dtype: one rounding of each entry instead of
+        # a rounded norm that shifts every singular value coherently (the first Polar Express quintic
+        # amplifies such a shift about 16x).
+        xm = normalize_frobenius(xm, norm_scale, eps, eps_mode).to(dtype)
+    else:
+        xm = normalize_frobenius(xm.to(dtype), norm_scale, eps, eps_mode)
     xm = _iterate(xm, coefficients, use_triton(xm, backend))
     if transpose:
         xm = xm.mT
@@ -166,16 +176,16 @@ def orthogonalize(x: torch.Tensor, spec: MuonSpec | str, *, backend: Backend = "
     mats, restore = as_matrices(x, s, "x")
     if mats.numel() == 0:
         raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
-    work = mats.to(compute_dtype(s))
     if s.orthogonalizer == "svd":
-        out = polar_factor(work)
+        out = polar_factor(mats.to(compute_dtype(s)))
     else:
         out = newton_schulz(
-            work,
+            mats,
             schedule(s.ns_coefficients, s.ns_steps),
             norm_scale=s.norm_scale,
             eps=s.eps,
             eps_mode=s.eps_mode,
+            compute=compute_dtype(s),
             backend=backend,
         )
     return restore(out.to(x.dtype))

@@ -71,15 +71,15 @@ def _momentum(
 
 def orthogonalize_stack(x: torch.Tensor, spec: MuonSpec, backend: Backend = "auto") -> torch.Tensor:
     """``Orth`` of a ``[B, m, n]`` stack in ``spec.compute_dtype`` (one batched call)."""
-    work = x.to(compute_dtype(spec))
     if spec.orthogonalizer == "svd":
-        return polar_factor(work)
+        return polar_factor(x.to(compute_dtype(spec)))
     return newton_schulz(
-        work,
+        x,
         schedule(spec.ns_coefficients, spec.ns_steps),
         norm_scale=spec.norm_scale,
         eps=spec.eps,
         eps_mode=spec.eps_mode,
+        compute=compute_dtype(spec),
         backend=backend,
     )
 
