@@ -1,8 +1,9 @@
 """Abort rules for unstable runs (docs/harness.md "Abort rules").
 
 1. non-finite train loss (NaN or Inf): abort at once;
-2. rising loss: the train loss exceeds ``rise_factor`` x the median of the previous ``window`` losses for
-   ``patience`` consecutive steps (checked once ``window`` losses have been seen);
+2. rising loss: the train loss exceeds ``rise_factor`` x the median of the last ``window`` normal losses
+   for ``patience`` consecutive steps (checked once ``window`` losses have been seen; a loss above the
+   threshold is kept out of the window, so a sustained rise cannot drag its own reference up);
 3. weight blow-up: some layer's weight norm exceeds ``weight_norm_factor`` x its early median (the
    median of its first ``early_points`` stats records).
 
@@ -70,8 +71,8 @@ class AbortMonitor:
                         f"for {self.above} steps, at step {step} (loss {loss:.4g})"
                     )
                     return self.reason
-            else:
-                self.above = 0
+                return None  # a loss above the threshold does not enter the reference window
+            self.above = 0
         self.losses.append(loss)
         return None
 

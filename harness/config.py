@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -271,6 +272,9 @@ def _format_validation(exc: ValidationError, prefix: str = "") -> str:
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
         key = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "<config>"
         msg = err["msg"].removeprefix("Value error, ")
+        m = re.match(r"^([A-Za-z_][\w.]*): (.*)$", msg, re.S)
+        if m and err["type"] == "value_error":
+            key, msg = f"{key}.{m.group(1)}" if loc or prefix else m.group(1), m.group(2)
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         lines.append(f"{key}: {msg}")

@@ -115,10 +115,10 @@ def _plots(sweep_dir: Path, rows: list[dict[str, Any]], agg: list[dict[str, Any]
             mean, std, n = p[metric]
             if not isinstance(x, (int, float)) or mean is None:
                 continue
+            # one line per assignment of the other swept keys
             label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(p["params"].items())
-                              if k != key and v is not None) or p["variant"]
-            groups.setdefault(f"{p['variant']}: {label}" if label != p["variant"] else label, []).append(
-                (float(x), mean, std or 0.0))
+                              if k != key and v is not None) or "base"
+            groups.setdefault(label, []).append((float(x), mean, std or 0.0))
         if not groups:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -1,0 +1,143 @@
+"""Config loading and validation: every error names its dotted key; shipped configs are valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from muonlab.harness.config import (
+    ConfigError,
+    load_run_config,
+    load_sweep_config,
+    parse_cli_overrides,
+    shipped_configs_dir,
+    validate_run,
+    validate_sweep,
+)
+
+BASE = {"train": {"steps": 10}}
+
+
+def _err(data: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_run(data)
+    return str(info.value)
+
+
+def test_minimal_config_validates() -> None:
+    cfg = validate_run(BASE)
+    assert cfg.optimizer.name == "muon" and cfg.train.steps == 10
+
+
+def test_unknown_key_is_named() -> None:
+    msg = _err({**BASE, "optimizer": {"lrr": 0.1}})
+    assert "optimizer.lrr" in msg and "unknown key" in msg
+
+
+def test_unknown_top_level_section_is_named() -> None:
+    assert "trian" in _err({**BASE, "trian": {}})
+
+
+def test_wrong_type_is_named() -> None:
+    assert "train.batch_size" in _err({"train": {"steps": 10, "batch_size": "eight"}})
+
+
+def test_out_of_range_is_named() -> None:
+    assert "schedule.warmup_frac" in _err({**BASE, "schedule": {"warmup_frac": 1.5}})
+
+
+def test_steps_and_budget_exclusive() -> None:
+    msg = _err({"train": {"steps": 10, "token_budget": 1000}})
+    assert "steps" in msg and "token_budget" in msg
+    assert "steps" in _err({"train": {}})
+
+
+def test_unknown_preset_is_named() -> None:
+    msg = _err({**BASE, "optimizer": {"preset": "nope"}})
+    assert "optimizer.preset" in msg and "keller" in msg
+
+
+def test_unknown_spec_override_is_named() -> None:
+    msg = _err({**BASE, "optimizer": {"overrides": {"nesterovv": True}}})
+    assert "optimizer.overrides" in msg and "nesterovv" in msg
+
+
+def test_invalid_spec_value_is_named() -> None:
+    msg = _err({**BASE, "optimizer": {"overrides": {"momentum": 1.5}}})
+    assert "momentum" in msg
+
+
+def test_adamw_needs_lr() -> None:
+    assert "lr" in _err({**BASE, "optimizer": {"name": "adamw"}})
+
+
+def test_unknown_model_field_is_named() -> None:
+    assert "model.d_modle" in _err({**BASE, "model": {"d_modle": 3}})
+
+
+def test_consistent_rms_and_lr_scale() -> None:
+    cfg = validate_run({**BASE, "optimizer": {"preset": "keller", "lr": 0.01, "lr_scale": 2.0, "consistent_rms": 0.2,
+                                              "weight_decay": -0.05}})
+    spec = cfg.optimizer.muon_spec()
+    assert spec.shape_scale == "moonlight" and spec.rms_scale == 0.2 and spec.weight_decay == -0.05
+    assert cfg.optimizer.muon_lr() == pytest.approx(0.02)
+
+
+def test_cli_overrides_parse_literals() -> None:
+    o = parse_cli_overrides(["optimizer.lr=0.01", "train.compile=true", "name=abc", "data.sources=['a', 'b']"])
+    assert o == {"optimizer.lr": 0.01, "train.compile": True, "name": "abc", "data.sources": ["a", "b"]}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_cli_overrides(["optimizer.lr"])
+
+
+def test_toml_and_yaml_files(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('[train]\nsteps = 7\n[optimizer]\nlr = 0.01\n')
+    (tmp_path / "a.yaml").write_text("train:\n  steps: 7\noptimizer:\n  lr: 0.01\n")
+    a = load_run_config(tmp_path / "a.toml", {"train.batch_size": 3})
+    b = load_run_config(tmp_path / "a.yaml", {"train.batch_size": 3})
+    assert a == b and a.train.batch_size == 3 and a.sha256() == b.sha256()
+    (tmp_path / "bad.toml").write_text("[train\n")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_run_config(tmp_path / "bad.toml")
+    with pytest.raises(ConfigError, match="no such file"):
+        load_run_config(tmp_path / "missing.toml")
+
+
+def test_sweep_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="sweep.grid"):
+        validate_sweep({**BASE, "sweep": {"grid": {"optimizer.weight_decay": []}}})
+    with pytest.raises(ConfigError, match="sweep.pilot"):
+        validate_sweep({**BASE, "sweep": {"pilot": "zzz"}})
+    with pytest.raises(ConfigError, match="optimizer.momentumm"):
+        validate_sweep({**BASE, "sweep": {"grid": {"optimizer.momentumm": [0.9]}}})
+    with pytest.raises(ConfigError, match="sweep.bogus"):
+        validate_sweep({**BASE, "sweep": {"bogus": 1}})
+
+
+SHIPPED = sorted(shipped_configs_dir().glob("*.toml"))
+
+
+def test_all_expected_configs_are_shipped() -> None:
+    names = {p.stem for p in SHIPPED}
+    assert {"tiny_sweep", "wd_dose_response", "wd_dense", "decay_placement", "residual_scale", "muon_vs_adamw",
+            "normuon_cwd", "ngpt"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_config_is_valid(path: Path) -> None:
+    from muonlab.harness.sweep import expand_points, make_run
+    from muonlab.harness.train import resolve_model_config, seq_len_of
+
+    sweep = load_sweep_config(path)
+    points = expand_points(sweep)
+    assert points
+    for point in points:
+        run = make_run(sweep, point, 0)
+        mcfg = resolve_model_config(run.config, 4096)
+        if path.stem != "tiny_sweep":
+            # the 88M sweeps: 16,384 tokens per step on CUDA (auto), with a token budget
+            assert run.config.train.batch_size * seq_len_of(run.config, mcfg) == 16384
+            assert run.config.train.token_budget is not None
+            assert run.config.train.device in ("cuda", "auto")
+            assert mcfg.d_model == 512 and mcfg.n_layers == 22
