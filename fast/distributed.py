@@ -21,9 +21,9 @@ Exactness. On one process `muonlab.fast.orthogonalize` of a ``[B, m, n]`` stack 
 to every matrix of the stack, so a matrix's result does not depend on which other matrices share its batch
 (checked bit-for-bit on CPU by conformance/distributed; cuBLAS may pick a different kernel per batch size,
 so on CUDA agreement is to rounding). The oracle of every mode is therefore *per-tensor single-process*
-``orthogonalize(x, spec)``. Tensors travel in ``spec.compute_dtype`` when it is narrower than theirs: the
-orthogonalizer's first operation is that very cast, and its result is a value of that dtype, so the
-narrower wire changes no bit and halves the bytes for bf16 compute.
+``orthogonalize(x, spec)``. Tensors travel in their own dtype both ways: the orthogonalizer normalizes
+before it rounds to ``spec.compute_dtype``, so sending bf16 instead of fp32 (as dion does) would change
+results; exactness is worth the bytes here.
 
 All functions are collectives: every rank of ``group`` must call them with the same shapes, dtypes and
 spec, in the same order.
@@ -43,7 +43,7 @@ from muonlab.reference.presets import resolve_spec
 from muonlab.reference.spec import MuonSpec
 
 from .backend import Backend, check_backend
-from .orthogonalize import as_matrices, compute_dtype, orthogonalize
+from .orthogonalize import as_matrices, orthogonalize
 
 __all__ = [
     "DistributedMode",
@@ -144,13 +144,6 @@ def orthogonalize_local(
         for i, part in zip(members, torch.split(o, sizes)):
             out[i] = part.reshape(tensors[i].shape)
     return out
-
-
-def _wire_dtype(dtype: torch.dtype, spec: MuonSpec) -> torch.dtype:
-    """The dtype a tensor travels in before orthogonalization: the compute dtype when it is narrower (the
-    orthogonalizer casts to it first, so the cast moves but changes nothing), else ``dtype``."""
-    cd = compute_dtype(spec)
-    return cd if cd.itemsize < dtype.itemsize else dtype
 
 
 # -- replicated ---------------------------------------------------------------------------------------
@@ -260,7 +253,7 @@ def orthogonalize_replicated(
         values[i] = finish(i, o) if finish is not None else o
     if finish is None:
         dtypes = [t.dtype for t in ts]
-        wire = [_wire_dtype(d, s) for d in dtypes]
+        wire = list(dtypes)
     else:
         # finish may change the dtype (NorMuon computes in its state's dtype); every rank must know it.
         probe = [v.dtype if v is not None else None for v in values]
@@ -390,7 +383,7 @@ def orthogonalize_sharded(
     chunks = [_chunk(sh[0], world) for sh in shapes]
     rowlen = [math.prod(sh[1:]) for sh in shapes]
     dtypes = [x.dtype for x in locs]
-    wire = [_wire_dtype(d, s) for d in dtypes]
+    wire = list(dtypes)
     owned = [i for i in range(len(locs)) if owners[i] == rank]
 
     # 1. shards -> owners.

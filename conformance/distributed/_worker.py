@@ -1,0 +1,365 @@
+"""One rank of the distributed conformance run: `python _worker.py RANK WORLD PORT OUT_JSON`.
+
+Process start-up and ``init_process_group`` are slow, so one launch runs every check and writes
+``{check: [ok, detail]}`` to ``OUT_JSON``; `test_distributed.py` asserts each check on every rank. All ranks
+build the same full tensors from one seed, so each rank can evaluate the single-process oracle itself.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import muonlab.fast.distributed as D
+from muonlab import reference as ref
+from muonlab.fast.decay import apply_update, coupled_decay, decay_lr
+from muonlab.fast.momentum import apply_momentum
+from muonlab.fast.orthogonalize import as_matrices, orthogonalize
+from muonlab.fast.scaling import update_scale
+from muonlab.fast.state import init_muon_state, state_dtype
+from muonlab.fast.step import muon_step as fast_muon_step
+from muonlab.reference.presets import get_preset
+from muonlab.reference.spec import MuonSpec
+from muonlab.reference.state import normuon_state_shape
+
+# Fewer rows than ranks ((1, 5), (2, 3) on 3 ranks), a batch of matrices (3-D), a conv filter (4-D), a tall
+# and a wide matrix, and 13 tensors: not divisible by 2 or 3.
+SHAPES: list[tuple[int, ...]] = [
+    (4, 6), (4, 6), (4, 6), (6, 4), (1, 5), (2, 3), (5, 5), (3, 2, 4), (4, 2, 2, 2), (7, 3), (16, 8), (16, 8), (9, 12),
+]
+
+Results = dict[str, list[Any]]
+
+
+def full_tensors(seed: int, dtypes: list[torch.dtype] | None = None) -> list[torch.Tensor]:
+    """The same tensors on every rank."""
+    g = torch.Generator().manual_seed(seed)
+    out = [torch.randn(s, generator=g) for s in SHAPES]
+    if dtypes is not None:
+        out = [t.to(d) for t, d in zip(out, dtypes)]
+    return out
+
+
+def n_matrices(shape: tuple[int, ...], spec: MuonSpec) -> int:
+    return math.prod(as_matrices(torch.empty(shape), spec)[0].shape[:-2])
+
+
+class Counter:
+    """Counts the matrices `muonlab.fast.distributed` hands to `orthogonalize` (redundant-work check)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._orig = D.orthogonalize
+
+    def __enter__(self) -> Counter:
+        def counting(x: torch.Tensor, spec: Any, **kw: Any) -> torch.Tensor:
+            self.count += x.shape[0]
+            return self._orig(x, spec, **kw)
+
+        D.orthogonalize = counting  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        D.orthogonalize = self._orig  # type: ignore[assignment]
+
+
+def total(count: int) -> int:
+    t = torch.tensor([count], dtype=torch.int64)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def same_on_all_ranks(x: torch.Tensor) -> bool:
+    """Bitwise equal on every rank (gathered as float64 bytes)."""
+    world = dist.get_world_size()
+    flat = x.detach().reshape(-1).to(torch.float64)
+    got = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(got, flat)
+    return all(torch.equal(got[0], g) for g in got)
+
+
+def shard(t: torch.Tensor) -> torch.Tensor:
+    return D.local_shard(t, dist.get_world_size(), dist.get_rank()).clone()
+
+
+def bitwise(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[bool, str]:
+    bad = [i for i, (x, y) in enumerate(zip(a, b)) if x.dtype != y.dtype or x.shape != y.shape or not torch.equal(x, y)]
+    return not bad, f"mismatch at tensors {bad}"
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    den = float(np.linalg.norm(b))
+    return float(np.linalg.norm(a - b)) / den if den > 0 else float(np.linalg.norm(a))
+
+
+# -- checks -------------------------------------------------------------------------------------------
+
+
+def check_owners(world: int) -> tuple[bool, str]:
+    owners = D.assign_owners(SHAPES, world)
+    for shape in set(SHAPES):
+        per = [sum(1 for s, o in zip(SHAPES, owners) if s == shape and o == r) for r in range(world)]
+        if max(per) - min(per) > 1:
+            return False, f"shape {shape}: per-rank counts {per}"
+    loads = [sum(1 for o in owners if o == r) for r in range(world)]
+    return max(loads) - min(loads) <= 1, f"tensors per rank {loads}"
+
+
+def check_shard_rule(world: int) -> tuple[bool, str]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    bad = []
+    for rows in range(0, 8):
+        full = torch.arange(rows * 2, dtype=torch.float32).reshape(rows, 2)
+        local = distribute_tensor(full, mesh, [Shard(0)]).to_local()
+        ours = D.local_shard(full, world, dist.get_rank())
+        if local.shape[0] != D.shard_sizes(rows, world)[dist.get_rank()] or not torch.equal(local, ours):
+            bad.append(rows)
+    return not bad, f"rows with a different split: {bad}"
+
+
+def check_replicated(spec: MuonSpec, world: int) -> tuple[bool, str]:
+    xs = full_tensors(1)
+    with Counter() as c:
+        got = D.orthogonalize_replicated(xs, spec)
+    ok, msg = bitwise(got, [orthogonalize(x, spec) for x in xs])
+    want_total = sum(n_matrices(s, spec) for s in SHAPES)
+    done = total(c.count)
+    return ok and done == want_total, f"{msg}; matrices orthogonalized {done} (want {want_total} once each)"
+
+
+def check_sharded(spec: MuonSpec, world: int, dtypes: list[torch.dtype] | None = None) -> tuple[bool, str]:
+    xs = full_tensors(2, dtypes)
+    with Counter() as c:
+        got = D.orthogonalize_sharded([shard(x) for x in xs], SHAPES, spec)
+    ok, msg = bitwise(got, [shard(orthogonalize(x, spec)) for x in xs])
+    want_total = sum(n_matrices(s, spec) for s in SHAPES)
+    done = total(c.count)
+    return ok and done == want_total, f"{msg}; matrices orthogonalized {done} (want {want_total} once each)"
+
+
+def check_gathered(spec: MuonSpec, world: int) -> tuple[bool, str]:
+    xs = full_tensors(3)
+    with Counter() as c:
+        got = D.orthogonalize_gathered([shard(x) for x in xs], SHAPES, spec)
+    ok, msg = bitwise(got, [shard(orthogonalize(x, spec)) for x in xs])
+    sharded = D.orthogonalize_sharded([shard(x) for x in xs], SHAPES, spec)
+    ok2, msg2 = bitwise(got, sharded)
+    want = world * sum(n_matrices(s, spec) for s in SHAPES)
+    done = total(c.count)
+    return ok and ok2 and done == want, f"oracle: {msg}; vs sharded: {msg2}; matrices {done} (want {want})"
+
+
+def check_vs_reference(mode: str, world: int) -> tuple[bool, str]:
+    errs = {}
+    for dt, tol in (("float64", 1e-10), ("float32", 1e-3)):
+        spec = get_preset("keller").replace(compute_dtype=dt)
+        xs = full_tensors(4, [torch.float64] * len(SHAPES))
+        if mode == "replicated":
+            got = D.orthogonalize_replicated(xs, spec)
+        else:
+            parts = D.orthogonalize_sharded([shard(x) for x in xs], SHAPES, spec)
+            got = D.gather_full(parts, SHAPES)
+        worst = max(rel(g.numpy(), ref.orthogonalize(x.numpy(), spec)) for g, x in zip(got, xs))
+        errs[dt] = (worst, tol)
+    return all(e <= t for e, t in errs.values()), f"max relative Frobenius error vs reference: {errs}"
+
+
+def check_dtensor(spec: MuonSpec, world: int) -> tuple[bool, str]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    xs = full_tensors(5)
+    dts = [distribute_tensor(x, mesh, [Shard(0)]) for x in xs]
+    got = D.orthogonalize_sharded(dts, None, spec)
+    if not all(isinstance(g, DTensor) and tuple(g.placements) == (Shard(0),) for g in got):
+        return False, "outputs are not Shard(0) DTensors"
+    fulls = [g.full_tensor() for g in got]  # type: ignore[attr-defined]
+    return bitwise(fulls, [orthogonalize(x, spec) for x in xs])
+
+
+def check_bad_shard(spec: MuonSpec, world: int) -> tuple[bool, str]:
+    xs = full_tensors(6)
+    locs = [shard(x) for x in xs]
+    locs[0] = xs[0]  # the full tensor where a shard belongs
+    try:
+        D.orthogonalize_sharded(locs, SHAPES, spec)
+    except ValueError as e:
+        return "shards[0]" in str(e), str(e)
+    return False, "no ValueError"
+
+
+# -- whole optimizer steps -----------------------------------------------------------------------------
+
+
+def dist_muon_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    states: list[dict[str, Any]],
+    full_shapes: list[tuple[int, ...]],
+    spec: MuonSpec,
+    lr: float,
+    mode: D.DistributedMode,
+) -> None:
+    """Stages 1-7 with stages 3-4 distributed: momentum, decay and the update run on whatever this rank holds
+    (shards in ``"sharded"``/``"gathered"``), orthogonalization and NorMuon on owners (the intended hook)."""
+    for p, st, full in zip(params, states, full_shapes):
+        if not st:
+            st.update(init_muon_state(p, spec))
+            if spec.normuon:  # S is replicated: the full parameter's statistic shape.
+                st["second_moment"] = torch.zeros(normuon_state_shape(full, spec), dtype=state_dtype(p))
+    steps = []
+    for st in states:
+        st["step"] += 1
+        steps.append(int(st["step"].item()))
+    bufs = [st["momentum_buffer"] for st in states]
+    gl = [g.to(b.dtype) for g, b in zip(grads, bufs)]
+    lam = spec.weight_decay
+    if spec.decay_placement in ("update", "both") and lam != 0.0:
+        gl = coupled_decay(gl, params, lam)
+    ns = apply_momentum(bufs, gl, spec, steps)
+    moments = [st["second_moment"] for st in states] if spec.normuon else None
+    shapes_arg = None if mode in ("none", "replicated") else full_shapes
+    outs = D.muon_directions(ns, spec, mode=mode, second_moments=moments, full_shapes=shapes_arg)
+    decoupled = spec.decay_placement in ("param", "both") and lam != 0.0
+    for p, o, full in zip(params, outs, full_shapes):
+        lr_u = lr * update_scale(full, spec)  # the FULL shape: a shard's shape would scale wrongly
+        factor = decay_lr(lr, lr_u, spec) * lam if decoupled else None
+        apply_update(p, o, lr_update=lr_u, decay_factor=factor, cautious=spec.cautious)
+
+
+def check_steps(spec: MuonSpec, mode: D.DistributedMode, world: int, steps: int = 3) -> tuple[bool, str]:
+    """Distributed steps on the rank-averaged gradient vs (a) one-process `muonlab.fast` bitwise and
+    (b) the float64 reference within the DESIGN tolerance; NorMuon ``S`` identical on every rank."""
+    rank = dist.get_rank()
+    w0 = full_tensors(7)
+    lr = 0.02
+    local_params = [shard(w).clone() if mode != "replicated" else w.clone() for w in w0]
+    single = [w.clone() for w in w0]
+    ref_p = [w.double().numpy() for w in w0]
+    ref_s = [ref.init_muon_state(p, spec) for p in ref_p]
+    d_states: list[dict[str, Any]] = [{} for _ in w0]
+    s_states: list[dict[str, Any]] = [{} for _ in w0]
+    for t in range(steps):
+        g = torch.Generator().manual_seed(100 + t)
+        per_rank = [[torch.randn(s, generator=g) for s in SHAPES] for _ in range(world)]
+        mine = per_rank[rank]
+        avg_local = [m.clone() for m in mine]
+        for a in avg_local:
+            dist.all_reduce(a)
+            a.div_(world)
+        avg_full = [sum(pr[i] for pr in per_rank) / world for i in range(len(SHAPES))]
+        grads = avg_local if mode == "replicated" else [shard(a) for a in avg_local]
+        dist_muon_step(local_params, grads, d_states, SHAPES, spec, lr, mode)
+        fast_muon_step(single, avg_local, s_states, spec, lr=lr)
+        for i, a in enumerate(avg_full):
+            ref_p[i], ref_s[i] = ref.muon_step(ref_p[i], a.double().numpy(), ref_s[i], spec, lr)
+    want = single if mode == "replicated" else [shard(w) for w in single]
+    ok_bits, msg = bitwise(local_params, want)
+    full_now = local_params if mode == "replicated" else D.gather_full(local_params, SHAPES)
+    errs = [rel(f.double().numpy() - w.double().numpy(), r - w.double().numpy()) for f, r, w in zip(full_now, ref_p, w0)]
+    ok_ref = max(errs) <= 1e-3 * steps
+    ok_s = True
+    if spec.normuon:
+        ok_s = all(same_on_all_ranks(st["second_moment"]) for st in d_states)
+        ok_s = ok_s and all(torch.equal(d["second_moment"], s["second_moment"]) for d, s in zip(d_states, s_states))
+    return ok_bits and ok_ref and ok_s, (
+        f"vs one-process fast: {msg}; max relative error of W_T - W_0 vs reference {max(errs):.2e}; "
+        f"S identical on all ranks and to one process: {ok_s}"
+    )
+
+
+def check_ddp_accumulation(spec: MuonSpec, world: int) -> tuple[bool, str]:
+    """DDP with gradient accumulation (two half micro-batches under ``no_sync``) gives the same replicated
+    step as one full batch, and both match the reference on the averaged gradient."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    rank = dist.get_rank()
+    results = []
+    for micro in (1, 2):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 4, bias=False), torch.nn.Linear(4, 3, bias=False))
+        w0 = [p.detach().clone() for p in model.parameters()]
+        ddp = DDP(model)
+        g = torch.Generator().manual_seed(11 + rank)
+        x, y = torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)
+        for k, (xb, yb) in enumerate(zip(x.chunk(micro), y.chunk(micro))):
+            loss = torch.nn.functional.mse_loss(ddp(xb), yb, reduction="sum") / x.shape[0]
+            if k < micro - 1:
+                with ddp.no_sync():
+                    loss.backward()
+            else:
+                loss.backward()
+        params = [p.data for p in model.parameters()]
+        grads = [p.grad.detach().clone() for p in model.parameters()]  # type: ignore[union-attr]
+        dist_muon_step(params, grads, [{}, {}], [tuple(p.shape) for p in params], spec, 0.02, "replicated")
+        results.append(([p.clone() for p in params], grads, w0))
+    (p1, g1, w0), (p2, g2, _) = results
+    diff = max(rel(a.double().numpy(), b.double().numpy()) for a, b in zip(p1, p2))
+    ref_new = [ref.muon_step(w.double().numpy(), gg.double().numpy(), ref.init_muon_state(w.double().numpy(), spec), spec, 0.02)[0] for w, gg in zip(w0, g1)]
+    err = max(rel(p.double().numpy() - w.double().numpy(), r - w.double().numpy()) for p, r, w in zip(p1, ref_new, w0))
+    same = all(same_on_all_ranks(p) for p in p2)
+    return diff <= 1e-5 and err <= 1e-3 and same, (
+        f"accumulated vs one batch: rel diff {diff:.2e}; vs reference {err:.2e}; identical on ranks: {same}"
+    )
+
+
+def main() -> None:
+    rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    fp32 = get_preset("keller").replace(compute_dtype="float32")
+    bf16 = get_preset("keller")
+    normuon = get_preset("modded_normuon").replace(compute_dtype="float32")
+    dion = get_preset("dion").replace(compute_dtype="float32", normuon=True, cautious="ge", weight_decay=0.1)
+    checks: dict[str, Callable[[], tuple[bool, str]]] = {
+        "owners_balanced": lambda: check_owners(world),
+        "shard_rule_matches_dtensor": lambda: check_shard_rule(world),
+        "replicated_bitwise_fp32": lambda: check_replicated(fp32, world),
+        "replicated_bitwise_bf16": lambda: check_replicated(bf16, world),
+        "replicated_vs_reference": lambda: check_vs_reference("replicated", world),
+        "sharded_bitwise_fp32": lambda: check_sharded(fp32, world),
+        "sharded_bitwise_bf16": lambda: check_sharded(bf16, world),
+        "sharded_mixed_dtypes": lambda: check_sharded(
+            fp32, world, [torch.float64, torch.float32, torch.bfloat16] * 4 + [torch.float32]
+        ),
+        "sharded_vs_reference": lambda: check_vs_reference("sharded", world),
+        "gathered_bitwise_and_equals_sharded": lambda: check_gathered(fp32, world),
+        "sharded_dtensor_in_out": lambda: check_dtensor(fp32, world),
+        "sharded_bad_shard_raises": lambda: check_bad_shard(fp32, world),
+        "step_replicated_keller": lambda: check_steps(fp32, "replicated", world),
+        "step_replicated_normuon": lambda: check_steps(normuon, "replicated", world),
+        "step_sharded_normuon": lambda: check_steps(normuon, "sharded", world),
+        "step_sharded_dion_cautious": lambda: check_steps(dion, "sharded", world),
+        "step_gathered_normuon": lambda: check_steps(normuon, "gathered", world),
+        "ddp_accumulation_invariance": lambda: check_ddp_accumulation(fp32, world),
+    }
+    results: Results = {}
+    for name, fn in checks.items():
+        try:
+            ok, detail = fn()
+        except Exception:  # recorded, so one failure does not hide the others
+            ok, detail = False, traceback.format_exc()
+        results[name] = [bool(ok), detail]
+    dist.barrier()
+    dist.destroy_process_group()
+    with open(out, "w") as f:
+        json.dump(results, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Multi-process conformance of `muonlab.fast.distributed` on the CPU with the gloo backend.
+
+One launch per world size (2 and 3 processes) runs every check of `_worker.py` on every rank; each check
+below asserts one of those results on all ranks. The checks compare each mode with the single-process
+`muonlab.fast.orthogonalize` bit for bit, with the float64 reference (`muonlab.reference.orthogonalize`,
+`muon_step`) on the full rank-averaged gradient, and count the matrices each rank orthogonalizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.distributed
+
+WORKER = Path(__file__).with_name("_worker.py")
+CHECKS = [
+    "owners_balanced",
+    "shard_rule_matches_dtensor",
+    "replicated_bitwise_fp32",
+    "replicated_bitwise_bf16",
+    "replicated_vs_reference",
+    "sharded_bitwise_fp32",
+    "sharded_bitwise_bf16",
+    "sharded_mixed_dtypes",
+    "sharded_vs_reference",
+    "gathered_bitwise_and_equals_sharded",
+    "sharded_dtensor_in_out",
+    "sharded_bad_shard_raises",
+    "step_replicated_keller",
+    "step_replicated_normuon",
+    "step_sharded_normuon",
+    "step_sharded_dion_cautious",
+    "step_gathered_normuon",
+    "ddp_accumulation_invariance",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _launch(world: int, out: Path) -> list[dict[str, list[Any]]]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(r), str(world), str(port), str(out / f"{r}.json")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for r in range(world)
+    ]
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=150)[0].decode(errors="replace"))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail(f"world {world}: a rank did not finish in 150 s")
+    for r, p in enumerate(procs):
+        if p.returncode != 0:
+            pytest.fail(f"world {world}: rank {r} exited with {p.returncode}:\n{logs[r][-4000:]}")
+    return [json.loads((out / f"{r}.json").read_text()) for r in range(world)]
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"world{w}")
+def world_results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, list[Any]]]:
+    return _launch(int(request.param), tmp_path_factory.mktemp(f"world{request.param}"))
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_check(world_results: list[dict[str, list[Any]]], check: str) -> None:
+    for rank, res in enumerate(world_results):
+        assert check in res, f"rank {rank} did not run {check}"
+        ok, detail = res[check]
+        assert ok, f"rank {rank}: {check}: {detail}"
+
+
+def test_every_worker_check_is_asserted(world_results: list[dict[str, list[Any]]]) -> None:
+    assert sorted(world_results[0]) == sorted(CHECKS)
