@@ -67,21 +67,20 @@ def plain_bf16_ns(g: torch.Tensor, spec: MuonSpec) -> torch.Tensor:
 
 def fast_direction(
     w: torch.Tensor, grads: list[torch.Tensor], spec: MuonSpec
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Stages 1-4 of the fast path after ``len(grads)`` steps from zero state: (last ``O``, state)."""
+) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    """Stages 1-4 of the fast path for ``len(grads)`` steps from zero state: (``O`` of each step, state)."""
     state: dict[str, Any] = {}
-    o = torch.empty(0)
-    for g in grads:
-        o = muon_update([w], [g], [state], spec, backend="torch")[0]
-    return o, state
+    outs = [muon_update([w], [g], [state], spec, backend="torch")[0] for g in grads]
+    return outs, state
 
 
-def ref_direction(w: Array, grads: list[Array], spec: MuonSpec) -> tuple[Array, R.MuonState]:
+def ref_direction(w: Array, grads: list[Array], spec: MuonSpec) -> tuple[list[Array], R.MuonState]:
     st = R.init_muon_state(w, spec)
-    o = np.zeros_like(w)
+    outs = []
     for g in grads:
         o, st = R.muon_update(w, g, st, spec)
-    return o, st
+        outs.append(o)
+    return outs, st
 
 
 def clone_state(state: dict[str, Any]) -> dict[str, Any]:

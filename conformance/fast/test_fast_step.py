@@ -1,0 +1,223 @@
+"""Whole optimizer steps of `muonlab.fast.Muon` against the float64 reference (`muonlab.reference.muon_step`).
+
+For every preset and for hypothesis-drawn specs, on 1xN, Nx1, tall, wide, square, 3-D and 4-D parameters:
+
+* stages 1-4: the direction ``O`` (after NorMuon) — fp32 rel Frobenius <= 1e-3; bf16 <= 8e-2 with cosine
+  >= 0.998 (on 16x32 / 32x16, see test_fast_orthogonalize for why not on tiny matrices); momentum buffers
+  rtol 1e-6 (fp32) and NorMuon ``S`` rtol 1e-5 (fp32 path), docs/variants.md section 12;
+* the applied step: ``U = (W_old - eta_d lambda mask (.) W_old - W_new) / eta_u`` with the fast path's own
+  mask must equal its ``O`` (the apply is exact up to rounding) and match the reference ``O``; masks agree
+  exactly on fp32 (except ``|O W| < 1e-6 max``) and on >= 98% of entries under bf16; sphere variants compare
+  the step ``W_new - W_old``;
+* 10-step fp32 trajectories: weights within rel 1e-3 of the reference.
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from fasthelpers import BF16_COS, BF16_MASK, BF16_REL, FAST, FP32_REL, SHAPES, cos, fast_direction, np64, ref_direction, rel
+from hypothesis import given
+from hypothesis import strategies as st
+
+from muonlab import reference as R
+from muonlab.fast import Muon
+from muonlab.fast.decay import cautious_mask
+from muonlab.fast.step import muon_update
+from muonlab.reference import MuonSpec
+
+LR = 0.05
+BF16_SHAPES = [(16, 32), (32, 16)]
+
+
+def _data(shape: tuple[int, ...], seed: int, steps: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=gen)
+    return w, [torch.randn(shape, generator=gen) for _ in range(steps)]
+
+
+def _fast_run(spec: MuonSpec, w0: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
+    p = torch.nn.Parameter(w0.clone())
+    opt = Muon([p], spec, lr=LR, backend="torch")
+    for g in grads:
+        p.grad = g.clone()
+        opt.step()
+    return p.detach().clone()
+
+
+def _ref_run(spec: MuonSpec, w0: torch.Tensor, grads: list[torch.Tensor]) -> Any:
+    w = np64(w0)
+    state = R.init_muon_state(w, spec)
+    for g in grads:
+        w, state = R.muon_step(w, np64(g), state, spec, lr=LR)
+    return w
+
+
+def check_one_step(spec: MuonSpec, shape: tuple[int, ...], seed: int, history: int = 3) -> dict[str, float]:
+    """``history - 1`` warm-up steps (so momentum and ``S`` are non-trivial), then one compared step."""
+    w0, grads = _data(shape, seed, history)
+    bf16 = spec.compute_dtype == "bfloat16"
+    tol = BF16_REL if bf16 else FP32_REL
+    os_f, st_f = fast_direction(w0, grads, spec)
+    os_r, st_r = ref_direction(np64(w0), [np64(g) for g in grads], spec)
+    of, o_r = np64(os_f[-1]), os_r[-1]
+    errs = {"O": rel(of, o_r), "O_max": max(rel(np64(a), b) for a, b in zip(os_f, os_r))}
+    assert errs["O_max"] <= tol, errs
+    if bf16:
+        assert cos(of, o_r) >= BF16_COS
+    else:
+        # rtol 1e-6 relative to the buffer's scale (the sum form cancels: entries near 0 carry fp32
+        # rounding of the O(1) terms).
+        scale = float(np.abs(st_r.momentum).max())
+        np.testing.assert_allclose(np64(st_f["momentum_buffer"]), st_r.momentum, rtol=1e-6, atol=1e-6 * scale)
+        if spec.normuon:
+            # S is a lerp of mean(O^2) over the steps: first order, its (normwise) relative error is at most
+            # twice the largest O error (x4 for margin). PE sets amplify fp32 rounding of O to ~1e-5 on
+            # rank-1 inputs; elsewhere this is the section-12 rtol of 1e-5.
+            assert rel(np64(st_f["second_moment"]), st_r.second_moment) <= 1e-5 + 4.0 * errs["O_max"]
+    # The applied step, through the optimizer (same history); its own O from a copy of its state.
+    p = torch.nn.Parameter(w0.clone())
+    opt = Muon([p], spec, lr=LR, backend="torch")
+    for g in grads[:-1]:
+        p.grad = g.clone()
+        opt.step()
+    w_prev = p.detach().clone()
+    state_copy = copy.deepcopy(opt.state[p]) if opt.state[p] else {}
+    o_applied = muon_update([w_prev.clone()], [grads[-1]], [state_copy], spec, backend="torch")[0]
+    p.grad = grads[-1].clone()
+    opt.step()
+    w_new = p.detach().clone()
+    r_prev = _ref_run(spec, w0, grads[:-1])
+    r_new = _ref_run(spec, w0, grads)
+    wp = np64(w_prev)
+    if spec.sphere != "none":
+        errs["step"] = rel(np64(w_new) - wp, r_new - r_prev)
+        assert errs["step"] <= tol, errs
+        return errs
+    eta_u = LR * R.update_scale(shape, spec)
+    decays = spec.decay_placement in ("param", "both") and spec.weight_decay != 0.0
+    factor = R.decay_lr(LR, eta_u, spec) * spec.weight_decay if decays else 0.0
+    oa = np64(o_applied)
+    mask_f = np64(cautious_mask(o_applied, w_prev, spec.cautious))
+    u_f = (wp - factor * mask_f * wp - np64(w_new)) / eta_u
+    errs["apply"] = rel(u_f, oa)
+    assert errs["apply"] <= 1e-3, errs
+    # Against the reference: the reference's own O on its own (nearly equal) pre-step weights.
+    mask_r = R.cautious_mask(o_r, r_prev, spec.cautious)
+    u_r = (r_prev - factor * mask_r * r_prev - r_new) / eta_u
+    errs["U"] = rel(u_f, u_r)
+    assert errs["U"] <= tol, errs
+    if spec.cautious != "off":
+        prod = o_r * r_prev
+        differ = mask_f != R.cautious_mask(o_r, r_prev, spec.cautious)
+        if bf16:
+            assert float(np.mean(differ)) <= BF16_MASK
+        else:
+            assert not np.any(differ & (np.abs(prod) >= 1e-6 * np.abs(prod).max()))
+    return errs
+
+
+PRESETS = list(R.PRESETS)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_preset_one_step_fp32(name: str, shape: tuple[int, ...]) -> None:
+    check_one_step(R.get_preset(name).replace(compute_dtype="float32"), shape, zlib.crc32(repr((name, shape)).encode()))
+
+
+@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("shape", BF16_SHAPES)
+def test_preset_one_step_bf16(name: str, shape: tuple[int, ...]) -> None:
+    check_one_step(R.get_preset(name).replace(compute_dtype="bfloat16"), shape, zlib.crc32(repr((name, shape, 1)).encode()))
+
+
+@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_preset_trajectory_fp32(name: str, shape: tuple[int, ...]) -> None:
+    spec = R.get_preset(name).replace(compute_dtype="float32")
+    w0, grads = _data(shape, zlib.crc32(repr((name, shape, 2)).encode()), 10)
+    wf = np64(_fast_run(spec, w0, grads))
+    wr = _ref_run(spec, w0, grads)
+    assert rel(wf, wr) <= FP32_REL
+    np.testing.assert_allclose(wf, wr, rtol=1e-3, atol=1e-3 * float(np.abs(wr).max()))
+
+
+# -- hypothesis over MuonSpec fields ----------------------------------------------------------------------
+
+@st.composite
+def specs(draw: st.DrawFn) -> MuonSpec:
+    sphere = draw(st.sampled_from(["none", "none", "renormalize", "geodesic"]))
+    kw: dict[str, Any] = dict(
+        momentum=draw(st.sampled_from([0.0, 0.9, 0.95])),
+        momentum_form=draw(st.sampled_from(["ema", "sum", "optax"])),
+        nesterov=draw(st.booleans()),
+        ns_coefficients=draw(st.sampled_from(["keller", "leloykun", "polar_express", "polar_express_paper", "cubic"])),
+        ns_steps=draw(st.integers(3, 8)),
+        norm_scale=draw(st.sampled_from([1.0, 1.01, 1.02])),
+        eps=draw(st.sampled_from([1e-7, 1e-8, 1e-6])),
+        eps_mode=draw(st.sampled_from(["add", "clamp"])),
+        nd_mode=draw(st.sampled_from(["flatten", "batch"])),
+        scale_shape=draw(st.sampled_from(["matrix", "last2"])),
+        shape_scale=draw(st.sampled_from(["keller", "moonlight", "dion", "none"])),
+        normuon=draw(st.booleans()),
+        beta2=draw(st.sampled_from([0.9, 0.95])),
+        normuon_axis=draw(st.sampled_from(["row", "col", "longer"])),
+        normuon_rescale=draw(st.sampled_from(["frobenius", "rms"])),
+        normuon_eps_mode=draw(st.sampled_from(["add", "clamp"])),
+        sphere=sphere,
+        sphere_axis=draw(st.sampled_from(["row", "col", "matrix"])),
+        angle_mode=draw(st.sampled_from(["exp", "renorm", "retract", "fixed"])),
+    )
+    if sphere == "none":
+        kw.update(
+            weight_decay=draw(st.sampled_from([0.0, 0.1, 0.5, -0.05])),
+            decay_placement=draw(st.sampled_from(["param", "update", "both"])),
+            decay_lr=draw(st.sampled_from(["base", "scaled", "lr2"])),
+            cautious=draw(st.sampled_from(["off", "ge", "gt"])),
+        )
+    return MuonSpec(**kw)
+
+
+@FAST
+@given(spec=specs(), shape=st.sampled_from(SHAPES), seed=st.integers(0, 2**31 - 1))
+def test_random_spec_one_step_fp32(spec: MuonSpec, shape: tuple[int, ...], seed: int) -> None:
+    check_one_step(spec.replace(compute_dtype="float32"), shape, seed)
+
+
+@FAST
+@given(spec=specs(), shape=st.sampled_from(BF16_SHAPES), seed=st.integers(0, 2**31 - 1))
+def test_random_spec_one_step_bf16(spec: MuonSpec, shape: tuple[int, ...], seed: int) -> None:
+    check_one_step(spec.replace(compute_dtype="bfloat16"), shape, seed)
+
+
+@FAST
+@given(spec=specs(), shape=st.sampled_from(SHAPES), seed=st.integers(0, 2**31 - 1))
+def test_random_spec_trajectory_fp32(spec: MuonSpec, shape: tuple[int, ...], seed: int) -> None:
+    s = spec.replace(compute_dtype="float32")
+    w0, grads = _data(shape, seed, 10)
+    wf = np64(_fast_run(s, w0, grads))
+    wr = _ref_run(s, w0, grads)
+    assert rel(wf, wr) <= FP32_REL
+
+
+def test_bf16_params_keep_fp32_state_and_follow_reference() -> None:
+    spec = R.get_preset("keller").replace(compute_dtype="float32")
+    w0, grads = _data((8, 12), 3, 4)
+    p = torch.nn.Parameter(w0.bfloat16())
+    opt = Muon([p], spec, lr=LR, backend="torch")
+    for g in grads:
+        p.grad = g.bfloat16()
+        opt.step()
+    assert p.dtype == torch.bfloat16
+    assert opt.state[p]["momentum_buffer"].dtype == torch.float32
+    wr = _ref_run(spec, w0.bfloat16().float(), [g.bfloat16().float() for g in grads])
+    # bf16 storage rounds each step's write (half an ulp, 2^-9 relative): after 4 steps the weights lie
+    # within 4 ulps of the float64 trajectory, elementwise.
+    wf = np64(p)
+    assert np.all(np.abs(wf - wr) <= 4 * 2.0**-8 * np.maximum(np.abs(wr), 2.0**-4))
