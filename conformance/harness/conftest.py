@@ -43,6 +43,12 @@ def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return p
 
 
+@pytest.fixture(scope="session")
+def micro() -> Any:
+    """The `micro_config` factory."""
+    return micro_config
+
+
 def micro_config(text_file: Path, cache_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     """A run config dict for a ~0.15M-parameter model, 16-token sequences, on ``text_file``."""
     cfg: dict[str, Any] = {

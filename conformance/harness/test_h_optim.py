@@ -1,0 +1,105 @@
+"""Optimizer construction, lr schedules and manifold statistics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from muonlab.harness.config import OptimizerSection, ScheduleSection
+from muonlab.harness.optim import build_optimizer, build_scheduler, lr_lambda, needs_manual_normalize
+from muonlab.harness.stats import ManifoldTracker
+
+
+def test_schedule_shapes() -> None:
+    f = lr_lambda(ScheduleSection(warmup_frac=0.1, cooldown_frac=0.5, cooldown="linear", final_lr_frac=0.0), 10)
+    # warmup 1 step, cooldown over the last 5 steps reaching 0 at the last step
+    assert [f(t) for t in range(10)] == pytest.approx([1.0, 1.0, 1.0, 1.0, 1.0, 0.8, 0.6, 0.4, 0.2, 0.0])
+    g = lr_lambda(ScheduleSection(warmup_frac=0.4, cooldown_frac=0.2, cooldown="cosine", final_lr_frac=0.1), 10)
+    assert [g(t) for t in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert g(8) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert g(9) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="total_steps"):
+        lr_lambda(ScheduleSection(), 0)
+
+
+def _model(ngpt: bool = False) -> nn.Module:
+    from muonlab.harness.model import GPT, MODEL_CONFIGS
+    import dataclasses
+
+    base = MODEL_CONFIGS["tiny_ngpt" if ngpt else "tiny"]
+    torch.manual_seed(0)
+    return GPT(dataclasses.replace(base, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64, seq_len=16,
+                                   vocab_size=64))
+
+
+def test_adamw_no_decay_on_vectors() -> None:
+    model = _model()
+    opt = build_optimizer(model, OptimizerSection(name="adamw", lr=1e-3, weight_decay=0.1))
+    assert isinstance(opt, torch.optim.AdamW)
+    for g in opt.param_groups:
+        assert all((p.ndim >= 2) == (g["weight_decay"] == 0.1) for p in g["params"])
+
+
+def test_muon_groups_and_lr_scale() -> None:
+    model = _model()
+    cfg = OptimizerSection(name="muon", preset="keller", lr=0.01, lr_scale=3.0, weight_decay=0.05, adamw_lr=0.004)
+    opt = build_optimizer(model, cfg)
+    muon = [g for g in opt.param_groups if g["algorithm"] == "muon"]
+    adamw = [g for g in opt.param_groups if g["algorithm"] == "adamw"]
+    assert muon and adamw
+    assert all(g["lr"] == pytest.approx(0.03) and g["weight_decay"] == 0.05 for g in muon)
+    assert all(g["lr"] == pytest.approx(0.004) for g in adamw)
+    sched = build_scheduler(opt, ScheduleSection(warmup_frac=0.5), 4)
+    assert muon[0]["lr"] == pytest.approx(0.015)  # LambdaLR applied step 0's factor 1/2
+    opt.step()  # no gradients: nothing moves
+    sched.step()
+    assert muon[0]["lr"] == pytest.approx(0.03)
+
+
+def test_ngpt_sphere_groups_follow_model_axes() -> None:
+    model = _model(ngpt=True)
+    cfg = OptimizerSection(name="muon", preset="ngpt", overrides={"sphere": "geodesic", "angle_mode": "exp"})
+    opt = build_optimizer(model, cfg)
+    ids = {id(p): n for n, p in model.named_parameters()}
+    axes = model.ngpt_sphere_axes()
+    seen = 0
+    for g in opt.param_groups:
+        if g["algorithm"] != "muon":
+            continue
+        for p in g["params"]:
+            name = ids[id(p)]
+            assert g["spec"].sphere == "geodesic" and g["spec"].sphere_axis == axes.get(name, "row")
+            seen += 1
+    assert seen >= 6
+    assert needs_manual_normalize(model) and not needs_manual_normalize(_model())
+
+
+def test_update_alignment_of_constant_updates_is_one() -> None:
+    lin = nn.Linear(4, 3, bias=False)
+    tracker = ManifoldTracker(lin, every=2, rank_fn=lambda w: 1.0)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    x = torch.ones(1, 4)
+    records = []
+    for step in range(1, 5):
+        opt.zero_grad()
+        lin.weight.grad = torch.ones_like(lin.weight)  # the same gradient every step
+        tracker.before_update(step)
+        opt.step()
+        r = tracker.after_update(step, tokens=step)
+        if r:
+            records += r
+    del x
+    assert [r["step"] for r in records] == [2, 4]
+    assert all(r["update_alignment"] == pytest.approx(1.0) for r in records)
+    assert records[0]["grad_norm"] == pytest.approx(math.sqrt(12))
+    # opposite consecutive updates: alignment -1
+    tracker = ManifoldTracker(lin, every=2, rank_fn=lambda w: 1.0)
+    for step in range(1, 3):
+        lin.weight.grad = torch.ones_like(lin.weight) * (1 if step % 2 else -1)
+        tracker.before_update(step)
+        opt.step()
+        r = tracker.after_update(step, tokens=step)
+    assert r is not None and r[0]["update_alignment"] == pytest.approx(-1.0)

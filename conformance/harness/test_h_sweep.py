@@ -1,0 +1,110 @@
+"""A micro end-to-end sweep: 2 runs x 20 steps -> results.csv, RESULTS.md and PNG plots; resume skips runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from muonlab.harness.cli import main
+from muonlab.harness.config import validate_sweep
+from muonlab.harness.report import aggregate, pick_winner
+from muonlab.harness.sweep import expand_points, read_results, run_sweep
+
+
+def _sweep_dict(micro: Any, text_file: Path, cache: Path) -> dict[str, Any]:
+    base = micro(text_file, cache, train={"steps": 20, "log_every": 2, "eval_every": 10, "stats_every": 5,
+                                          "checkpoint_every": 10})
+    base["sweep"] = {
+        "name": "micro",
+        "pilot": "adamw",
+        "target_factor": 1.05,
+        "variants": [
+            {"name": "adamw", "set": {"optimizer.name": "adamw", "optimizer.lr": 0.003, "optimizer.weight_decay": 0.1,
+                                      "optimizer.adamw_lr": None}},
+            {"name": "muon"},
+        ],
+        "phases": [{"name": "main", "seeds": [0]}],
+    }
+    return base
+
+
+def test_micro_sweep_end_to_end(tmp_path: Path, text_file: Path, data_dir: Path, micro: Any) -> None:
+    sweep = validate_sweep(_sweep_dict(micro, text_file, tmp_path / "cache"))
+    out = tmp_path / "sweep"
+    logs: list[str] = []
+    csv_path = run_sweep(sweep, out, data_dir=data_dir, progress=False, command="muonlab sweep micro.toml",
+                         log=logs.append)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert sorted(r["run"] for r in rows) == ["adamw_s0", "muon_s0"]
+    target = json.loads((out / "target.json").read_text())
+    pilot_final = json.loads((out / "runs" / "adamw_s0" / "metrics.json").read_text())["final_smoothed_loss"]
+    assert target["target_loss"] == pytest.approx(1.05 * pilot_final)
+    for r in rows:
+        assert float(r["target_loss"]) == pytest.approx(target["target_loss"])
+        assert r["unstable"] == "False" and r["status"] == "complete"
+        assert float(r["val_loss"]) > 0
+    adamw = next(r for r in rows if r["run"] == "adamw_s0")
+    assert adamw["tokens_to_target_loss"] != ""  # the pilot reaches 1.05x its own final loss
+    md = (out / "RESULTS.md").read_text()
+    for name in ("adamw_s0", "muon_s0", "(winner)", "Reproducibility", "muonlab sweep micro.toml",
+                 sweep.sha256()):
+        assert name in md
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert {"loss_vs_tokens.png", "endpoints.png", "weight_norms.png"} <= set(pngs)
+    for p in out.glob("*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+    # the winner has the lowest val loss among stable configs
+    agg = aggregate(read_results(csv_path))
+    best = min(agg, key=lambda p: p["val_loss"][0])
+    assert pick_winner(agg, "val_loss") == best["point"]
+    assert f"**{best['point']}** (winner)" in md
+
+    # resuming the finished sweep trains nothing; report can be re-run from the CLI
+    logs.clear()
+    run_sweep(sweep, out, data_dir=data_dir, progress=False, log=logs.append)
+    assert sum("skipped" in line for line in logs) == 2 and not any("training" in line for line in logs)
+    (out / "RESULTS.md").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "RESULTS.md").is_file()
+
+
+def test_unstable_runs_are_excluded_from_winner() -> None:
+    rows = [
+        {"run": "a_s0", "point": "a", "variant": "a", "seed": 0, "unstable": True, "val_loss": 1.0},
+        {"run": "b_s0", "point": "b", "variant": "b", "seed": 0, "unstable": False, "val_loss": 3.0},
+        {"run": "b_s1", "point": "b", "variant": "b", "seed": 1, "unstable": False, "val_loss": 4.0},
+    ]
+    agg = aggregate(rows)
+    assert pick_winner(agg, "val_loss") == "b"
+    b = next(p for p in agg if p["point"] == "b")
+    assert b["val_loss"][0] == pytest.approx(3.5) and b["val_loss"][2] == 2
+
+
+def test_phases_pick_top_k(tmp_path: Path) -> None:
+    sweep = validate_sweep({
+        "train": {"steps": 1},
+        "sweep": {"grid": {"optimizer.weight_decay": [0.0, 0.1, 0.2]},
+                  "phases": [{"name": "p1"}, {"name": "p2", "seeds": [0, 1], "top_k": 2}]},
+    })
+    points = expand_points(sweep)
+    assert [p.name for p in points] == ["base_weight_decay=0.0", "base_weight_decay=0.1", "base_weight_decay=0.2"]
+    from muonlab.harness.sweep import _rank_points
+
+    rows = [{"point": p.name, "unstable": u, "val_loss": v} for p, u, v in
+            zip(points, (False, True, False), (3.0, 1.0, 2.0))]
+    assert [p.name for p in _rank_points(rows, points, "val_loss")] == ["base_weight_decay=0.2",
+                                                                        "base_weight_decay=0.0"]
+
+
+def test_sweep_dir_of_another_sweep_is_refused(tmp_path: Path, text_file: Path, micro: Any) -> None:
+    from muonlab.harness.rundir import RunDirError
+
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"sweep_sha256": "0" * 64}))
+    sweep = validate_sweep(_sweep_dict(micro, text_file, tmp_path / "cache"))
+    with pytest.raises(RunDirError, match="different sweep"):
+        run_sweep(sweep, out, progress=False)
