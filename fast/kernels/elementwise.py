@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_launchable, interpreted, scalar_arg
+from ._common import check_launchable, interpreted, needs_bf16_rounding, round_bf16, scalar_arg
 
 __all__ = ["fused_apply", "fused_apply_torch", "fused_momentum", "fused_momentum_torch"]
 
@@ -29,6 +29,11 @@ CautiousMode = Literal["off", "ge", "gt"]
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _CAUTIOUS = {"off": 0, "ge": 1, "gt": 2}
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 for float64 tensors, float32 otherwise (the kernels' arithmetic dtype)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _block(interpret: bool) -> tuple[int, int]:
@@ -62,6 +67,7 @@ def _momentum_impl(
     EMA: tl.constexpr,
     NESTEROV: tl.constexpr,
     F64: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
     BLOCK: tl.constexpr,
 ) -> None:
     """One block of `fused_momentum`; ``omb_val`` is ``1 - beta`` computed on the host (float ``beta``)."""
@@ -92,8 +98,12 @@ def _momentum_impl(
             out = g + beta * m_new
         else:
             out = m_new
-    tl.store(buf_ptr + offs, m_new.to(buf_ptr.dtype.element_ty), mask=inside)
-    tl.store(n_ptr + offs, out.to(n_ptr.dtype.element_ty), mask=inside)
+    if ROUND_BF16:
+        tl.store(buf_ptr + offs, round_bf16(m_new), mask=inside)
+        tl.store(n_ptr + offs, round_bf16(out), mask=inside)
+    else:
+        tl.store(buf_ptr + offs, m_new.to(buf_ptr.dtype.element_ty), mask=inside)
+        tl.store(n_ptr + offs, out.to(n_ptr.dtype.element_ty), mask=inside)
 
 
 _momentum_kernel = triton.jit(_momentum_impl)
@@ -133,7 +143,7 @@ def fused_momentum(
     _check_form(form, nesterov)
     _check_pair(buf, grad, ("buf", "grad"))
     check_launchable(_momentum_kernel, buf, "fused_momentum")
-    beta_ptr, beta_val = scalar_arg(beta, buf.device, "beta")
+    beta_ptr, beta_val = scalar_arg(beta, buf.device, "beta", _compute_dtype(buf))
     n = torch.empty_like(buf)
     numel = buf.numel()
     if numel == 0:
@@ -151,6 +161,7 @@ def fused_momentum(
         EMA=form == "ema",
         NESTEROV=nesterov,
         F64=buf.dtype == torch.float64,
+        ROUND_BF16=needs_bf16_rounding(_momentum_kernel, buf.dtype),
         BLOCK=block,
         num_warps=warps,
     )
@@ -163,7 +174,7 @@ def fused_momentum_torch(
     """Torch twin of `fused_momentum` (same arguments, same math, several eager ops)."""
     _check_form(form, nesterov)
     _check_pair(buf, grad, ("buf", "grad"))
-    beta_ptr, beta_val = scalar_arg(beta, buf.device, "beta")
+    beta_ptr, beta_val = scalar_arg(beta, buf.device, "beta", _compute_dtype(buf))
     work = buf if buf.dtype in (torch.float32, torch.float64) else buf.float()
     b: float | torch.Tensor = beta_val if beta_ptr is None else beta_ptr.to(work.dtype)
     g = grad.to(work.dtype)
@@ -198,6 +209,7 @@ def _apply_impl(
     HAS_DECAY: tl.constexpr,
     CAUTIOUS: tl.constexpr,
     F64: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
     BLOCK: tl.constexpr,
 ) -> None:
     """One block of `fused_apply` over the flat ``[B, rows, cols]`` parameter."""
@@ -232,7 +244,10 @@ def _apply_impl(
                 keep = prod > 0.0
             w = w - w * keep.to(w.dtype) * d
     w = w - u * lr
-    tl.store(p_ptr + offs, w.to(p_ptr.dtype.element_ty), mask=inside)
+    if ROUND_BF16:
+        tl.store(p_ptr + offs, round_bf16(w), mask=inside)
+    else:
+        tl.store(p_ptr + offs, w.to(p_ptr.dtype.element_ty), mask=inside)
 
 
 _apply_kernel = triton.jit(_apply_impl)
@@ -299,8 +314,11 @@ def fused_apply(
     _check_pair(param, update, ("param", "update"))
     s3 = _check_scale(scale, param)
     check_launchable(_apply_kernel, param, "fused_apply")
-    lr_ptr, lr_val = scalar_arg(lr_update, param.device, "lr_update")
-    d_ptr, d_val = scalar_arg(decay_factor, param.device, "decay_factor")
+    lr_ptr, lr_val = scalar_arg(lr_update, param.device, "lr_update", _compute_dtype(param))
+    d_ptr, d_val = scalar_arg(decay_factor, param.device, "decay_factor", _compute_dtype(param))
+    decay = d_ptr is not None or d_val != 0.0
+    if param.dtype == torch.float64 and isinstance(decay_factor, (int, float)):
+        decay = float(decay_factor) != 0.0
     numel = param.numel()
     if numel == 0:
         return
@@ -321,9 +339,10 @@ def fused_apply(
         HAS_SCALE=s3 is not None,
         LR_IS_PTR=lr_ptr is not None,
         D_IS_PTR=d_ptr is not None,
-        HAS_DECAY=d_ptr is not None or d_val != 0.0,
+        HAS_DECAY=decay,
         CAUTIOUS=mode,
         F64=param.dtype == torch.float64,
+        ROUND_BF16=needs_bf16_rounding(_apply_kernel, param.dtype),
         BLOCK=block,
         num_warps=warps,
     )
@@ -342,14 +361,14 @@ def fused_apply_torch(
     mode = _check_cautious(cautious)
     _check_pair(param, update, ("param", "update"))
     s3 = _check_scale(scale, param)
-    lr_ptr, lr_val = scalar_arg(lr_update, param.device, "lr_update")
-    d_ptr, d_val = scalar_arg(decay_factor, param.device, "decay_factor")
+    lr_ptr, lr_val = scalar_arg(lr_update, param.device, "lr_update", _compute_dtype(param))
+    d_ptr, d_val = scalar_arg(decay_factor, param.device, "decay_factor", _compute_dtype(param))
     work = param if param.dtype in (torch.float32, torch.float64) else param.float()
     u = update.to(work.dtype)
     if s3 is not None:
         u = u * s3.to(work.dtype).reshape(u.shape)
     lr: float | torch.Tensor = lr_val if lr_ptr is None else lr_ptr.to(work.dtype)
-    if d_ptr is not None or d_val != 0.0:
+    if isinstance(decay_factor, torch.Tensor) or d_val != 0.0:
         d: float | torch.Tensor = d_val if d_ptr is None else d_ptr.to(work.dtype)
         if mode == 0:
             work.sub_(work * d)

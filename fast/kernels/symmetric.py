@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_launchable, interpreted
+from ._common import check_launchable, interpreted, needs_bf16_rounding, round_bf16
 
 __all__ = ["ba_plus_caa", "ba_plus_caa_torch", "xxt", "xxt_torch"]
 
@@ -50,6 +50,7 @@ def _sym_kernel_impl(
     EPILOGUE: tl.constexpr,
     IEEE: tl.constexpr,
     UPCAST: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BK: tl.constexpr,
@@ -98,7 +99,10 @@ def _sym_kernel_impl(
             other=0.0,
         )
         acc = alpha * acc + beta * a_blk.to(tl.float32)
-    res = acc.to(out_ptr.dtype.element_ty)
+    if ROUND_BF16:
+        res = round_bf16(acc)
+    else:
+        res = acc.to(out_ptr.dtype.element_ty)
     out_base = out_ptr + bat * sob
     # On/below the diagonal in place; strictly below also into the mirror position (j, i).
     tl.store(
@@ -178,6 +182,7 @@ def _launch(x3: torch.Tensor, a3: torch.Tensor | None, out3: torch.Tensor, alpha
         EPILOGUE=a3 is not None,
         IEEE=ieee,
         UPCAST=upcast,
+        ROUND_BF16=needs_bf16_rounding(_sym_kernel, out3.dtype),
         BM=bm,
         BN=bn,
         BK=bk,
