@@ -1,0 +1,76 @@
+"""Peers: ``torch.optim.Muon`` (torch 2.13, ``adjust_lr_fn`` None / "original" / "match_rms_adamw") against
+the ``torch`` / ``torch_match_rms_adamw`` presets, and ``optax.contrib.muon`` against the ``optax`` preset.
+
+torch.optim.Muon casts its NS to bf16 unconditionally, and so does the ``torch`` preset, so each step's
+update is held to the bf16 bounds (rel <= 8e-2, cosine >= 0.998) over 5 steps on 2-D params, and the final
+weights to rel 1e-3 (the updates are small next to the weights). optax runs in fp32 like the ``optax`` preset:
+the net displacement after 5 steps is held to rel 1e-3. optax stores ``[in, out]``; the test transposes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fasthelpers import BF16_COS, BF16_REL, cos, np64, rel
+
+from muonlab import reference as R
+from muonlab.fast import Muon
+
+SHAPES = [(16, 32), (32, 16), (24, 24)]
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize(("adjust", "preset"), [(None, "torch"), ("original", "torch"), ("match_rms_adamw", "torch_match_rms_adamw")])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_torch_optim_muon(adjust: str | None, preset: str, shape: tuple[int, int]) -> None:
+    peer_cls = getattr(torch.optim, "Muon", None)
+    if peer_cls is None:
+        pytest.skip("torch.optim.Muon not available")
+    gen = torch.Generator().manual_seed(3)
+    w0 = torch.randn(shape, generator=gen)
+    p_peer = torch.nn.Parameter(w0.clone())
+    p_ours = torch.nn.Parameter(w0.clone())
+    spec = R.get_preset(preset)
+    peer = peer_cls([p_peer], lr=spec.lr, weight_decay=spec.weight_decay, adjust_lr_fn=adjust)
+    ours = Muon([p_ours], preset, backend="torch")
+    for _ in range(5):
+        g = torch.randn(shape, generator=gen)
+        before_peer, before_ours = np64(p_peer), np64(p_ours)
+        p_peer.grad, p_ours.grad = g.clone(), g.clone()
+        peer.step()
+        ours.step()
+        d_peer = before_peer * (1 - spec.lr * spec.weight_decay) - np64(p_peer)
+        d_ours = before_ours * (1 - spec.lr * spec.weight_decay) - np64(p_ours)
+        assert rel(d_ours, d_peer) <= BF16_REL
+        assert cos(d_ours, d_peer) >= BF16_COS
+    assert rel(np64(p_ours), np64(p_peer)) <= 1e-3
+    # Same state layout as the peer: the momentum buffer.
+    torch.testing.assert_close(ours.state[p_ours]["momentum_buffer"], peer.state[p_peer]["momentum_buffer"], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("shape", [(16, 32), (32, 16)])
+def test_optax_contrib_muon(shape: tuple[int, int]) -> None:
+    pytest.importorskip("optax")
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    jax.config.update("jax_enable_x64", False)
+    spec = R.get_preset("optax")
+    gen = torch.Generator().manual_seed(4)
+    w0 = torch.randn(shape, generator=gen)
+    p = torch.nn.Parameter(w0.clone())
+    ours = Muon([p], "optax", backend="torch")
+    tx = optax.contrib.muon(learning_rate=spec.lr, beta=spec.momentum, eps=spec.eps, nesterov=spec.nesterov)
+    params = {"w": jnp.asarray(w0.numpy().T)}  # optax stores [in, out]
+    state = tx.init(params)
+    for _ in range(5):
+        g = torch.randn(shape, generator=gen)
+        p.grad = g.clone()
+        ours.step()
+        updates, state = tx.update({"w": jnp.asarray(g.numpy().T)}, state, params)
+        params = optax.apply_updates(params, updates)
+    peer = np.asarray(params["w"], dtype=np.float64).T
+    assert rel(np64(p) - np64(w0), peer - np64(w0)) <= 1e-3
