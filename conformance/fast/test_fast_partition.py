@@ -111,5 +111,5 @@ def test_full_model_trains_with_one_muon(preset: str) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
