@@ -221,3 +221,20 @@ def test_bf16_params_keep_fp32_state_and_follow_reference() -> None:
     # within 4 ulps of the float64 trajectory, elementwise.
     wf = np64(p)
     assert np.all(np.abs(wf - wr) <= 4 * 2.0**-8 * np.maximum(np.abs(wr), 2.0**-4))
+
+
+@pytest.mark.parametrize("name", ["keller", "modded_normuon", "moonlight", "optax", "ngpt"])
+def test_triton_backend_matches_torch_backend(name: str) -> None:
+    """The kernel route (`use_triton`; the Triton interpreter on CPU) against the torch route, fp32."""
+    pytest.importorskip("triton")
+    spec = R.get_preset(name).replace(compute_dtype="float32")
+    w0, grads = _data((8, 12), 11, 3)
+    out = {}
+    for backend in ("torch", "triton"):
+        p = torch.nn.Parameter(w0.clone())
+        opt = Muon([p], spec, lr=LR, backend=backend)  # type: ignore[arg-type]
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        out[backend] = np64(p) - np64(w0)
+    assert rel(out["triton"], out["torch"]) <= 1e-4
