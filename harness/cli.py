@@ -74,23 +74,28 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_corpus_build(args: argparse.Namespace) -> int:
     from . import corpus
 
-    data_dir = _data_dir(args.data_dir) if (args.data_dir or not args.out) else None
-    out = Path(args.out) if args.out else Path(data_dir or ".") / "corpus-debian-v1.txt.xz"
-    sums = Path(args.sums) if args.sums else (data_dir / "SHA256SUMS" if data_dir else None)
+    name = getattr(corpus, "CORPUS_NAME", "corpus-debian-v1.txt.xz")
     if args.verify_only:
-        if sums is None or not sums.is_file():
-            raise ConfigError("--sums: a SHA256SUMS file is needed to verify (or pass --data-dir)")
-        ok = corpus.verify_corpus(out, sums)
-        print(f"{out}: {'OK' if ok else 'MISMATCH'}")
+        data_dir = _data_dir(args.data_dir) if (args.data_dir or not (args.out and args.sums)) else None
+        path = Path(args.out) if args.out else Path(data_dir or ".") / name
+        sums = Path(args.sums) if args.sums else Path(data_dir or ".") / "SHA256SUMS"
+        ok = corpus.verify_corpus(path, sums)
+        print(f"{path}: {'OK' if ok else 'MISMATCH'} (against {sums})")
         return 0 if ok else 1
-    expected = None
-    if sums is not None and sums.is_file():
+    out = Path(args.out) if args.out else Path(name)
+    kwargs = {}
+    sums = Path(args.sums) if args.sums else (_data_dir(args.data_dir) / "SHA256SUMS" if args.data_dir else None)
+    if sums is not None:
         from .tokenizer import read_sha256sums
 
-        expected = read_sha256sums(sums).get(out.name)
-    work = Path(args.work_dir) if args.work_dir else out.parent / ".corpus-work"
-    path = corpus.build_corpus(out, work_dir=work, packages_dir=Path(args.packages_dir) if args.packages_dir else None,
-                               expected_sha256=expected)
+        kwargs["expected_sha256"] = read_sha256sums(sums).get(out.name) or read_sha256sums(sums).get(name)
+    work = Path(args.work_dir) if args.work_dir else out.resolve().parent / ".corpus-work"
+    try:
+        path = corpus.build_corpus(out, work_dir=work,
+                                   packages_dir=Path(args.packages_dir) if args.packages_dir else None, **kwargs)
+    except corpus.CorpusMismatchError as exc:
+        print(f"muonlab: error: {exc}", file=sys.stderr)
+        return 1
     print(path)
     return 0
 
@@ -124,10 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("corpus", help="the training corpus")
     csub = p.add_subparsers(dest="corpus_command", required=True)
     b = csub.add_parser("build", help="build (or verify) corpus-debian-v1.txt.xz from Debian packages")
-    b.add_argument("--out", help="output file (default DATA_DIR/corpus-debian-v1.txt.xz)")
+    b.add_argument("--out", help="output file (default ./corpus-debian-v1.txt.xz; with --verify-only the file to "
+                   "check, default DATA_DIR/corpus-debian-v1.txt.xz)")
     b.add_argument("--work-dir", help="scratch dir for downloads and extraction")
     b.add_argument("--packages-dir", help="dir with the already-downloaded .deb files")
-    b.add_argument("--data-dir", help="data dir holding SHA256SUMS")
+    b.add_argument("--data-dir", help="data dir holding SHA256SUMS (and, for --verify-only, the corpus)")
     b.add_argument("--sums", help="SHA256SUMS file to check against")
     b.add_argument("--verify-only", action="store_true", help="only check the file's sha256")
     b.set_defaults(func=cmd_corpus_build)

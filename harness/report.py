@@ -138,7 +138,7 @@ def _plots(sweep_dir: Path, rows: list[dict[str, Any]], agg: list[dict[str, Any]
         out.append((f"Dose-response: {key}", fname))
 
     # endpoint bars
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 5.5))
     names = [p["point"] for p in agg]
     for ax, key, label in zip(axes, ("val_loss", "tokens_to_target_loss", "minutes_to_target_loss"),
                               ("val loss at budget", "tokens to target", "minutes to target")):
@@ -155,8 +155,8 @@ def _plots(sweep_dir: Path, rows: list[dict[str, Any]], agg: list[dict[str, Any]
         if key == "val_loss" and any(m > 0 for m in means):
             lo = min(m for m in means if m > 0)
             ax.set_ylim(lo * 0.95, max(means) * 1.02)
-    fig.tight_layout()
-    fig.savefig(sweep_dir / "endpoints.png", dpi=110)
+    fig.subplots_adjust(bottom=0.3, wspace=0.3)
+    fig.savefig(sweep_dir / "endpoints.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     out.append(("Endpoints (val loss, tokens and minutes to target)", "endpoints.png"))
 
