@@ -25,11 +25,32 @@ from muonlab.reference.presets import resolve_spec
 from muonlab.reference.spec import MuonSpec
 
 from .backend import Backend, check_backend
+from .distributed import DistributedMode
 from .step import adamw_step, muon_step
 
 __all__ = ["Muon"]
 
 _ALGORITHMS = ("muon", "adamw")
+_MODES: tuple[DistributedMode, ...] = ("none", "replicated", "sharded", "gathered")
+
+
+def _is_dtensor(x: object) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(x, DTensor)
+
+
+def _local(x: torch.Tensor) -> torch.Tensor:
+    """The rank-local tensor of a DTensor (shares its storage), else ``x``."""
+    return cast(torch.Tensor, x.to_local()) if _is_dtensor(x) else x  # type: ignore[attr-defined]
+
+
+def _check_sharded_spec(spec: MuonSpec, mode: str, name: str) -> None:
+    if mode in ("sharded", "gathered") and spec.sphere != "none" and spec.sphere_axis in ("col", "matrix"):
+        raise ValueError(
+            f"{name}.sphere_axis: {spec.sphere_axis!r} with sphere={spec.sphere!r} needs norms across ranks, "
+            f"unsupported with distributed={mode!r} (use sphere_axis='row', or distributed='replicated')"
+        )
 
 
 def _check_lr(lr: object, name: str) -> float | torch.Tensor:
@@ -73,6 +94,13 @@ class Muon(Optimizer):
     (`muonlab.reference.PRESETS`) or a `MuonSpec`; ``overrides`` are `MuonSpec` field names (unknown names
     raise `ValueError` naming them); ``lr=None`` uses ``spec.lr``. ``backend`` ``"auto"`` uses the Triton
     kernels on CUDA tensors when Triton imports, ``"torch"`` never, ``"triton"`` always.
+
+    ``distributed`` (docs/distributed.md) splits orthogonalization and NorMuon over the ranks of
+    ``process_group`` (default: the world, or the DTensor mesh's group): ``"replicated"`` under DDP (plain
+    full parameters, identical gradients after DDP's all-reduce), ``"sharded"`` under FSDP2 (``Shard(0)``
+    DTensor parameters; each owner rank orthogonalizes whole matrices), ``"gathered"`` (same input as
+    ``"sharded"``, every rank computes everything). ``"none"`` is the single-process optimizer. Every rank
+    must construct the optimizer with the same parameters and call ``step`` together.
     """
 
     def __init__(
@@ -82,9 +110,18 @@ class Muon(Optimizer):
         lr: float | torch.Tensor | None = None,
         *,
         backend: Backend = "auto",
+        distributed: DistributedMode = "none",
+        process_group: Any = None,
         **overrides: Any,
     ) -> None:
+        if not isinstance(distributed, str) or distributed not in _MODES:
+            raise ValueError(f"distributed: expected one of {', '.join(map(repr, _MODES))}, got {distributed!r}")
+        if distributed == "none" and process_group is not None:
+            raise ValueError("process_group: only used with distributed='replicated', 'sharded' or 'gathered'")
         self.spec: MuonSpec = resolve_spec(preset, **overrides)
+        _check_sharded_spec(self.spec, distributed, "spec")
+        self.distributed: DistributedMode = distributed
+        self.process_group: Any = process_group
         self.backend: Backend = check_backend(backend)
         self._explicit_lr = lr is not None
         base_lr = _check_lr(self.spec.lr if lr is None else lr, "lr")
@@ -101,6 +138,8 @@ class Muon(Optimizer):
             raise ValueError(f"param_groups[{index}]['algorithm']: expected 'muon' or 'adamw', got {algorithm!r}")
         group["algorithm"] = algorithm
         spec = _spec_from(group.get("spec", self.spec), f"param_groups[{index}]['spec']")
+        if algorithm == "muon":
+            _check_sharded_spec(spec, self.distributed, f"param_groups[{index}]['spec']")
         group["spec"] = spec
         base_lr: float | torch.Tensor = self.defaults["lr"] if self._explicit_lr or "spec" not in param_group else spec.lr
         if algorithm == "muon":
@@ -126,8 +165,37 @@ class Muon(Optimizer):
                 )
             if p.is_complex():
                 raise ValueError(f"param_groups[{index}]['params'][{j}]: complex parameters are not supported")
+            if algorithm == "muon":
+                self._check_layout(p, f"param_groups[{index}]['params'][{j}]")
         group["params"] = plist
         super().add_param_group(group)
+
+    def _check_layout(self, p: torch.Tensor, name: str) -> None:
+        """Muon parameters match the mode: ``Shard(0)`` DTensors on a 1-D mesh for ``"sharded"`` /
+        ``"gathered"``, plain tensors otherwise."""
+        if self.distributed in ("sharded", "gathered"):
+            from torch.distributed.tensor import Shard
+
+            if not _is_dtensor(p):
+                raise TypeError(
+                    f"{name}: distributed={self.distributed!r} needs DTensor parameters sharded on dim 0 "
+                    f"(FSDP2 fully_shard), got a plain {type(p).__name__}"
+                )
+            dt = cast(Any, p)
+            if dt.device_mesh.ndim != 1 or tuple(dt.placements) != (Shard(0),):
+                raise ValueError(
+                    f"{name}: distributed={self.distributed!r} supports Shard(0) on a 1-D mesh, got placements "
+                    f"{tuple(dt.placements)} on a {dt.device_mesh.ndim}-D mesh"
+                )
+        elif _is_dtensor(p):
+            raise TypeError(
+                f"{name}: a DTensor parameter needs distributed='sharded' or 'gathered', got {self.distributed!r}"
+            )
+
+    def _group_of(self, params: list[torch.Tensor]) -> Any:
+        if self.process_group is not None or self.distributed not in ("sharded", "gathered"):
+            return self.process_group
+        return cast(Any, params[0]).device_mesh.get_group()
 
     # -- state dict -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -174,14 +242,23 @@ class Muon(Optimizer):
                 if has:
                     entries.append((gi, pi, p.grad))
             live.append(row)
+        entries = [(gi, pi, _local(g)) for gi, pi, g in entries]
         by_device: dict[torch.device, list[int]] = {}
         for k, (_, _, g) in enumerate(entries):
             by_device.setdefault(g.device, []).append(k)
         flags: dict[int, tuple[bool, bool]] = {}
-        for idx in by_device.values():
-            checks = torch.stack(
+        for dev in sorted(by_device, key=str):
+            idx = by_device[dev]
+            found = torch.stack(
                 [torch.stack([entries[k][2].isnan().any(), entries[k][2].isinf().any()]) for k in idx]
-            ).tolist()
+            )
+            if self.distributed in ("sharded", "gathered"):
+                # A shard sees only its rows: every rank must take the same decision (or collectives hang).
+                import torch.distributed as dist
+
+                found = found.to(torch.int32)
+                dist.all_reduce(found, op=dist.ReduceOp.MAX, group=self.process_group)
+            checks = found.tolist()
             for k, (nan, inf) in zip(idx, checks):
                 if nan or inf:
                     flags[k] = (bool(nan), bool(inf))
@@ -210,12 +287,14 @@ class Muon(Optimizer):
             params = [p for p, ok in zip(group["params"], row) if ok]
             if not params:
                 continue
-            grads = [cast(torch.Tensor, p.grad) for p in params]
+            grads = [_local(cast(torch.Tensor, p.grad)) for p in params]
             states = [self.state[p] for p in params]
             spec = cast(MuonSpec, group["spec"])
+            local = [_local(p) for p in params]  # DTensor -> its shard (a view: updates land in the param)
             if group["algorithm"] == "muon":
+                sharded = self.distributed in ("sharded", "gathered")
                 muon_step(
-                    params,
+                    local,
                     grads,
                     states,
                     spec,
@@ -223,11 +302,14 @@ class Muon(Optimizer):
                     momentum=float(group["momentum"]),
                     weight_decay=float(group["weight_decay"]),
                     backend=self.backend,
+                    distributed=self.distributed,
+                    process_group=self._group_of(params),
+                    full_shapes=[tuple(p.shape) for p in params] if sharded else None,
                 )
             else:
                 b1, b2 = group["betas"]
                 adamw_step(
-                    params,
+                    local,
                     grads,
                     states,
                     lr=group["lr"],

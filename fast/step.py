@@ -28,13 +28,14 @@ from muonlab.reference.spec import MuonSpec
 
 from .adamw import adam_direction, adam_moments, adamw_apply
 from .backend import Backend, kernel_module, use_triton
+from .distributed import DistributedMode, Group, muon_directions
 from .decay import Scalar, apply_update, coupled_decay, decay_lr, decoupled_decay
 from .momentum import apply_momentum
 from .normuon import normuon_normalize
 from .orthogonalize import as_matrices, compute_dtype, newton_schulz, polar_factor
 from .scaling import update_scale
 from .sphere import sphere_step
-from .state import init_adam_state, init_muon_state
+from .state import init_adam_state, init_muon_state, normuon_state_shape, state_dtype
 
 __all__ = ["adamw_step", "muon_step", "muon_update", "orthogonalize_stack"]
 
@@ -47,6 +48,29 @@ def _advance(states: Sequence[State]) -> list[int]:
         st["step"] += 1
         steps.append(int(st["step"].item()))
     return steps
+
+
+def _full_shapes(
+    params: Sequence[torch.Tensor], distributed: DistributedMode, full_shapes: Sequence[Sequence[int]] | None
+) -> list[tuple[int, ...]]:
+    """The global shape of each parameter: its own shape unless shards come with ``full_shapes``."""
+    if distributed not in ("none", "replicated", "sharded", "gathered"):
+        raise ValueError(
+            f"distributed: expected one of 'none', 'replicated', 'sharded', 'gathered', got {distributed!r}"
+        )
+    if full_shapes is None:
+        if distributed in ("sharded", "gathered"):
+            raise ValueError(f"full_shapes: required with distributed={distributed!r} (the global shapes)")
+        return [tuple(p.shape) for p in params]
+    if distributed in ("none", "replicated"):
+        raise ValueError(f"full_shapes: only for distributed='sharded' or 'gathered', got {distributed!r}")
+    out = [tuple(int(d) for d in s) for s in full_shapes]
+    if len(out) != len(params):
+        raise ValueError(f"full_shapes: expected {len(params)} shapes, got {len(out)}")
+    for i, (p, s) in enumerate(zip(params, out)):
+        if tuple(p.shape[1:]) != s[1:] or p.shape[0] > s[0]:
+            raise ValueError(f"full_shapes[{i}]: {s} cannot hold a dim-0 shard of shape {tuple(p.shape)}")
+    return out
 
 
 def _momentum(
@@ -93,24 +117,53 @@ def muon_update(
     momentum: float | None = None,
     weight_decay: float | None = None,
     backend: Backend = "auto",
+    distributed: DistributedMode = "none",
+    process_group: Group = None,
+    full_shapes: Sequence[Sequence[int]] | None = None,
 ) -> list[torch.Tensor]:
     """Stages 1-4 for parameters that share ``spec``: the update directions ``O`` (after NorMuon, before the
     shape scale), each of its parameter's shape. ``states`` are updated in place (an empty dict is
-    initialized); ``momentum`` / ``weight_decay`` default to the spec's (a param group's live values)."""
+    initialized); ``momentum`` / ``weight_decay`` default to the spec's (a param group's live values).
+
+    ``distributed`` (`muonlab.fast.distributed.DistributedMode`) routes stages 3-4 through
+    `muonlab.fast.distributed.muon_directions` over ``process_group``: ``"replicated"`` takes full tensors
+    identical on every rank (DDP); ``"sharded"`` / ``"gathered"`` take this rank's dim-0 shards (plain local
+    tensors, e.g. ``DTensor.to_local()``) with ``full_shapes`` the global shapes. NorMuon ``S`` always has the
+    *full* shape (`normuon_state_shape` of ``full_shapes[i]``) and is replicated on every rank. ``"none"`` is
+    the single-process path below, unchanged. Every rank must call with the same list of shapes.
+    """
     plist = list(params)
     if not plist:
         return []
     beta = spec.momentum if momentum is None else momentum
     lam = spec.weight_decay if weight_decay is None else weight_decay
-    for p, st in zip(plist, states):
+    shapes = _full_shapes(plist, distributed, full_shapes)
+    for p, st, full in zip(plist, states, shapes):
         if not st:
             st.update(init_muon_state(p, spec))
+            if spec.normuon and tuple(full) != tuple(p.shape):  # S of the whole matrix, not of the shard
+                st["second_moment"] = torch.zeros(
+                    normuon_state_shape(full, spec), dtype=state_dtype(p), device=p.device
+                )
     steps = _advance(states)
     bufs = [st["momentum_buffer"] for st in states]
     gl = [g.to(b.dtype) for g, b in zip(grads, bufs)]
     if spec.decay_placement in ("update", "both") and lam != 0.0:
         gl = coupled_decay(gl, plist, lam)
     ns = _momentum(plist, gl, bufs, spec, steps, beta, backend)
+
+    if distributed != "none":
+        # Stage 3-4 on owner ranks, whole matrices only (docs/distributed.md).
+        moments = [st["second_moment"] for st in states] if spec.normuon else None
+        return muon_directions(
+            ns,
+            spec,
+            mode=distributed,
+            second_moments=moments,
+            full_shapes=None if distributed == "replicated" else shapes,
+            group=process_group,
+            backend=backend,
+        )
 
     # Stage 3-4: one stack per (device, m, n).
     buckets: dict[tuple[torch.device, int, int], list[int]] = {}
@@ -145,14 +198,32 @@ def muon_step(
     momentum: float | None = None,
     weight_decay: float | None = None,
     backend: Backend = "auto",
+    distributed: DistributedMode = "none",
+    process_group: Group = None,
+    full_shapes: Sequence[Sequence[int]] | None = None,
 ) -> None:
-    """One Muon step (stages 1-8) in place on ``params`` (``ndim >= 2``, finite ``grads``)."""
+    """One Muon step (stages 1-8) in place on ``params`` (``ndim >= 2``, finite ``grads``).
+
+    ``distributed``, ``process_group`` and ``full_shapes`` as in `muon_update`; with shards the shape scale
+    (stage 5) uses the full shape, and stages 6-8 run on the local rows (a ``"row"`` sphere only)."""
     plist = list(params)
     lam = spec.weight_decay if weight_decay is None else weight_decay
-    updates = muon_update(plist, grads, states, spec, momentum=momentum, weight_decay=lam, backend=backend)
+    shapes = _full_shapes(plist, distributed, full_shapes)
+    updates = muon_update(
+        plist,
+        grads,
+        states,
+        spec,
+        momentum=momentum,
+        weight_decay=lam,
+        backend=backend,
+        distributed=distributed,
+        process_group=process_group,
+        full_shapes=full_shapes,
+    )
     decoupled = spec.decay_placement in ("param", "both") and lam != 0.0
-    for p, o in zip(plist, updates):
-        lr_update = lr * update_scale(p.shape, spec)
+    for p, o, full in zip(plist, updates, shapes):
+        lr_update = lr * update_scale(full, spec)
         factor = decay_lr(lr, lr_update, spec) * lam if decoupled else None
         if spec.sphere == "none":
             apply_update(p, o, lr_update=lr_update, decay_factor=factor, cautious=spec.cautious, backend=backend)
