@@ -317,6 +317,265 @@ def check_ddp_accumulation(spec: MuonSpec, world: int) -> tuple[bool, str]:
     )
 
 
+# -- the optimizer: Muon(distributed=...) ----------------------------------------------------------------
+
+
+def _small_model() -> torch.nn.Module:
+    """Matrices of several shapes (one with fewer rows than ranks), a conv filter and biases (AdamW)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(2, 3, 2),  # 4-D filter (3, 2, 2, 2) + bias
+        torch.nn.Flatten(),
+        torch.nn.Linear(12, 8),
+        torch.nn.Tanh(),
+        torch.nn.Linear(8, 8, bias=False),
+        torch.nn.Linear(8, 1, bias=False),  # (1, 8): fewer rows than ranks
+    )
+
+
+def _muon_for(model: torch.nn.Module, spec: MuonSpec, **kw: Any) -> Any:
+    from muonlab.fast import Muon
+
+    mats = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    groups: list[dict[str, Any]] = [{"params": mats}]
+    if rest:
+        groups.append({"params": rest, "algorithm": "adamw"})
+    return Muon(groups, spec, lr=0.02, **kw)
+
+
+def _keys(sd: dict[str, Any]) -> list[str]:
+    out = []
+    for pid, st in sorted(sd["state"].items()):
+        out += [f"{pid}.{k}:{tuple(v.shape) if isinstance(v, torch.Tensor) else ''}" for k, v in sorted(st.items())]
+    return out
+
+
+def keys_same_on_all_ranks(sd: dict[str, Any], *, shapes: bool = True) -> bool:
+    keys = _keys(sd) if shapes else [k.split(":")[0] for k in _keys(sd)]
+    got: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(got, keys)
+    return bool(keys) and all(g == got[0] for g in got)
+
+
+def check_optimizer_ddp(spec: MuonSpec, world: int, steps: int = 3) -> tuple[bool, str]:
+    """A DDP-wrapped model stepped by ``Muon(distributed="replicated")`` vs one-process `Muon` stepping a copy
+    of the model on the same (rank-averaged, by DDP) gradients: bitwise, with identical state on all ranks."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    rank = dist.get_rank()
+    model = _small_model()
+    single = _small_model()
+    ddp = DDP(model)
+    opt = _muon_for(model, spec, distributed="replicated")
+    opt_single = _muon_for(single, spec)
+    grads_same = True
+    for t in range(steps):
+        g = torch.Generator().manual_seed(1000 * t + rank)
+        x, y = torch.randn(4, 2, 3, 3, generator=g), torch.randn(4, 1, generator=g)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(ddp(x), y).backward()
+        for p, q in zip(model.parameters(), single.parameters()):
+            assert p.grad is not None
+            grads_same = grads_same and same_on_all_ranks(p.grad)
+            q.grad = p.grad.clone()
+        opt.step()
+        opt_single.step()
+    ok_bits, msg = bitwise([p.detach() for p in model.parameters()], [q.detach() for q in single.parameters()])
+    sd = opt.state_dict()
+    state_same = all(
+        same_on_all_ranks(v) for st in sd["state"].values() for v in st.values() if isinstance(v, torch.Tensor)
+    )
+    state_vs_single = all(
+        torch.equal(v, opt_single.state_dict()["state"][pid][k])
+        for pid, st in sd["state"].items()
+        for k, v in st.items()
+    )
+    keys = keys_same_on_all_ranks(sd)
+    ok = ok_bits and grads_same and state_same and state_vs_single and keys
+    return ok, (
+        f"params vs one process: {msg}; DDP grads identical on ranks: {grads_same}; state identical on ranks: "
+        f"{state_same}, equal to one process: {state_vs_single}; state_dict keys identical: {keys}"
+    )
+
+
+def _dtensor_params(seed: int) -> list[torch.nn.Parameter]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    return [torch.nn.Parameter(distribute_tensor(w, mesh, [Shard(0)])) for w in full_tensors(seed)]
+
+
+def _avg_grads(t: int) -> list[torch.Tensor]:
+    """Full gradients, different on each rank, averaged over the ranks (identical everywhere)."""
+    g = torch.Generator().manual_seed(500 + 31 * t + dist.get_rank())
+    out = [torch.randn(s, generator=g) for s in SHAPES]
+    for a in out:
+        dist.all_reduce(a)
+        a.div_(dist.get_world_size())
+    return out
+
+
+def _step_dtensor(
+    opt: Any, params: list[torch.nn.Parameter], t: int, single: Any = None, single_params: Any = None
+) -> None:
+    """One step of ``opt`` on Shard(0) gradients of the averaged gradient (and of ``single`` on the full one)."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    for i, (p, a) in enumerate(zip(params, _avg_grads(t))):
+        p.grad = distribute_tensor(a, p.device_mesh, [Shard(0)])  # type: ignore[attr-defined]
+        if single_params is not None:
+            single_params[i].grad = a.clone()
+    opt.step()
+    if single is not None:
+        single.step()
+
+
+def check_optimizer_dtensor(spec: MuonSpec, mode: D.DistributedMode, world: int, steps: int = 3) -> tuple[bool, str]:
+    """``Muon(distributed=mode)`` on ``Shard(0)`` DTensor parameters (the layout FSDP2 ``fully_shard``
+    produces) vs one-process `Muon` on the full parameters and the rank-averaged gradients: bitwise."""
+    from muonlab.fast import Muon
+
+    params = _dtensor_params(8)
+    single = [torch.nn.Parameter(w) for w in full_tensors(8)]
+    opt = Muon(params, spec, lr=0.02, distributed=mode)
+    opt_single = Muon(single, spec, lr=0.02)
+    with Counter() as c:
+        for t in range(steps):
+            _step_dtensor(opt, params, t, opt_single, single)
+    done = total(c.count)
+    want = steps * (world if mode == "gathered" else 1) * sum(n_matrices(s, spec) for s in SHAPES)
+    fulls = [p.detach().full_tensor() for p in params]  # type: ignore[attr-defined]
+    ok_bits, msg = bitwise(fulls, [q.detach() for q in single])
+    moved = all(not torch.equal(f, w) for f, w in zip(fulls, full_tensors(8)))
+    ok_bits = ok_bits and moved and done == want
+    msg += f"; every parameter moved: {moved}; matrices orthogonalized {done} (want {want})"
+    sd, sd1 = opt.state_dict(), opt_single.state_dict()
+    mom = all(
+        torch.equal(sd["state"][i]["momentum_buffer"], shard(sd1["state"][i]["momentum_buffer"]))
+        for i in range(len(SHAPES))
+    )
+    s_ok = True
+    if spec.normuon:
+        s_ok = all(torch.equal(sd["state"][i]["second_moment"], sd1["state"][i]["second_moment"]) for i in range(len(SHAPES)))
+        s_ok = s_ok and all(same_on_all_ranks(sd["state"][i]["second_moment"]) for i in range(len(SHAPES)))
+    keys = keys_same_on_all_ranks(sd, shapes=False)
+    return ok_bits and mom and s_ok and keys, (
+        f"params vs one process: {msg}; momentum = shard of one process's: {mom}; S full, identical on ranks "
+        f"and to one process: {s_ok}; state_dict keys identical on ranks: {keys}"
+    )
+
+
+def check_optimizer_fully_shard(spec: MuonSpec, world: int, steps: int = 3) -> tuple[bool, str]:
+    """FSDP2: ``fully_shard(model)`` stepped by ``Muon(distributed="sharded")`` vs one-process `Muon` on a copy
+    of the model fed the FSDP-reduced (rank-averaged) gradients: bitwise."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    from muonlab.fast import Muon
+
+    def mk() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Linear(6, 5, bias=False), torch.nn.Tanh(), torch.nn.Linear(5, 1, bias=False)  # 5 and 1 rows
+        )
+
+    model, single = mk(), mk()
+    w0 = [p.detach().clone() for p in single.parameters()]
+    fully_shard(model)
+    opt = Muon(model.parameters(), spec, lr=0.02, distributed="sharded")
+    opt_single = Muon(single.parameters(), spec, lr=0.02)
+    for t in range(steps):
+        g = torch.Generator().manual_seed(70 + 10 * t + dist.get_rank())
+        x, y = torch.randn(4, 6, generator=g), torch.randn(4, 1, generator=g)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        for p, q in zip(model.parameters(), single.parameters()):
+            q.grad = p.grad.full_tensor()  # type: ignore[union-attr]
+        opt.step()
+        opt.zero_grad()
+        opt_single.step()
+        opt_single.zero_grad()
+    params = list(model.parameters())
+    is_dt = all(isinstance(p, DTensor) for p in params)
+    fulls = [p.detach().full_tensor() for p in params]  # type: ignore[attr-defined]
+    ok, msg = bitwise(fulls, [q.detach() for q in single.parameters()])
+    moved = all(not torch.equal(f, w) for f, w in zip(fulls, w0))
+    keys = keys_same_on_all_ranks(opt.state_dict(), shapes=False)
+    return ok and is_dt and moved and keys, (
+        f"params vs one process: {msg}; DTensor params: {is_dt}; moved: {moved}; state_dict keys identical: {keys}"
+    )
+
+
+def check_resume(spec: MuonSpec, mode: D.DistributedMode, world: int, k: int = 2) -> tuple[bool, str]:
+    """k steps, a per-rank ``torch.save`` of the local parameters and ``optimizer.state_dict()``, a fresh
+    optimizer that loads them, k more steps == 2k uninterrupted steps, bit for bit."""
+    import io
+
+    from muonlab.fast import Muon
+
+    def fresh() -> tuple[list[torch.nn.Parameter], Any]:
+        if mode == "replicated":
+            ps = [torch.nn.Parameter(w) for w in full_tensors(9)]
+        else:
+            ps = _dtensor_params(9)
+        return ps, Muon(ps, spec, lr=0.02, distributed=mode)
+
+    def step(opt: Any, ps: list[torch.nn.Parameter], t: int) -> None:
+        if mode == "replicated":
+            for p, a in zip(ps, _avg_grads(t)):
+                p.grad = a
+            opt.step()
+        else:
+            _step_dtensor(opt, ps, t)
+
+    def local(ps: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+        return [p.detach().to_local() if mode != "replicated" else p.detach() for p in ps]  # type: ignore[attr-defined]
+
+    ps, opt = fresh()
+    for t in range(2 * k):
+        step(opt, ps, t)
+    straight = [x.clone() for x in local(ps)]
+
+    ps, opt = fresh()
+    for t in range(k):
+        step(opt, ps, t)
+    buf = io.BytesIO()
+    torch.save({"params": [x.clone() for x in local(ps)], "optim": opt.state_dict()}, buf)
+    del ps, opt
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    ps, opt = fresh()
+    with torch.no_grad():
+        for x, saved in zip(local(ps), ckpt["params"]):
+            x.copy_(saved)
+    opt.load_state_dict(ckpt["optim"])
+    for t in range(k, 2 * k):
+        step(opt, ps, t)
+    return bitwise(local(ps), straight)
+
+
+def check_optimizer_validation(world: int) -> tuple[bool, str]:
+    from muonlab.fast import Muon
+
+    sphere = get_preset("keller").replace(compute_dtype="float32", sphere="renormalize", sphere_axis="col", weight_decay=0.0)
+    cases: list[tuple[str, Callable[[], Any]]] = [
+        ("distributed", lambda: Muon([torch.nn.Parameter(torch.randn(3, 3))], distributed="fsdp")),  # type: ignore[arg-type]
+        ("sphere_axis", lambda: Muon(_dtensor_params(10), sphere, distributed="sharded")),
+        ("DTensor", lambda: Muon([torch.nn.Parameter(torch.randn(3, 3))], distributed="sharded")),
+        ("DTensor", lambda: Muon(_dtensor_params(10), distributed="replicated")),
+    ]
+    bad = []
+    for needle, make in cases:
+        try:
+            make()
+            bad.append(f"{needle}: no error")
+        except (ValueError, TypeError) as e:
+            if needle not in str(e):
+                bad.append(f"{needle}: {e}")
+    return not bad, f"problems: {bad}"
+
+
 def main() -> None:
     rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     torch.set_num_threads(1)
@@ -347,6 +606,15 @@ def main() -> None:
         "step_sharded_dion_cautious": lambda: check_steps(dion, "sharded", world),
         "step_gathered_normuon": lambda: check_steps(normuon, "gathered", world),
         "ddp_accumulation_invariance": lambda: check_ddp_accumulation(fp32, world),
+        "optimizer_ddp_replicated_keller": lambda: check_optimizer_ddp(fp32, world),
+        "optimizer_ddp_replicated_normuon": lambda: check_optimizer_ddp(normuon, world),
+        "optimizer_dtensor_sharded_normuon": lambda: check_optimizer_dtensor(normuon, "sharded", world),
+        "optimizer_dtensor_sharded_dion_cautious": lambda: check_optimizer_dtensor(dion, "sharded", world),
+        "optimizer_dtensor_gathered_keller": lambda: check_optimizer_dtensor(fp32, "gathered", world),
+        "optimizer_fully_shard_normuon": lambda: check_optimizer_fully_shard(normuon, world),
+        "optimizer_resume_replicated_normuon": lambda: check_resume(normuon, "replicated", world),
+        "optimizer_resume_sharded_normuon": lambda: check_resume(normuon, "sharded", world),
+        "optimizer_validation": lambda: check_optimizer_validation(world),
     }
     results: Results = {}
     for name, fn in checks.items():

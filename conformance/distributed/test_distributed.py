@@ -3,7 +3,10 @@
 One launch per world size (2 and 3 processes) runs every check of `_worker.py` on every rank; each check
 below asserts one of those results on all ranks. The checks compare each mode with the single-process
 `muonlab.fast.orthogonalize` bit for bit, with the float64 reference (`muonlab.reference.orthogonalize`,
-`muon_step`) on the full rank-averaged gradient, and count the matrices each rank orthogonalizes.
+`muon_step`) on the full rank-averaged gradient, and count the matrices each rank orthogonalizes. The
+``optimizer_*`` checks drive `muonlab.fast.Muon(distributed=...)`: a DDP-wrapped model (``"replicated"``) and
+``Shard(0)`` DTensor parameters (``"sharded"``, ``"gathered"``) against one-process `Muon` bit for bit, and a
+per-rank ``torch.save`` checkpoint that resumes bit-exactly.
 """
 
 from __future__ import annotations
@@ -40,6 +43,15 @@ CHECKS = [
     "step_sharded_dion_cautious",
     "step_gathered_normuon",
     "ddp_accumulation_invariance",
+    "optimizer_ddp_replicated_keller",
+    "optimizer_ddp_replicated_normuon",
+    "optimizer_dtensor_sharded_normuon",
+    "optimizer_dtensor_sharded_dion_cautious",
+    "optimizer_dtensor_gathered_keller",
+    "optimizer_fully_shard_normuon",
+    "optimizer_resume_replicated_normuon",
+    "optimizer_resume_sharded_normuon",
+    "optimizer_validation",
 ]
 
 
