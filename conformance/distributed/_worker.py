@@ -507,6 +507,38 @@ def check_optimizer_fully_shard(spec: MuonSpec, world: int, steps: int = 3) -> t
     )
 
 
+def check_nonfinite_agreed(spec: MuonSpec, world: int) -> tuple[bool, str]:
+    """A NaN in rank 0's shard only: with ``nonfinite="raise"`` every rank raises and nothing changes; with
+    ``"skip"`` every rank skips that parameter and steps the others (no rank is left in a collective)."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from muonlab.fast import Muon
+
+    def grads(params: list[torch.nn.Parameter]) -> None:
+        for p, a in zip(params, _avg_grads(0)):
+            local = distribute_tensor(a, p.device_mesh, [Shard(0)])  # type: ignore[attr-defined]
+            if p is params[0] and dist.get_rank() == 0:
+                local.to_local()[0, 0] = float("nan")
+            p.grad = local
+
+    params = _dtensor_params(11)
+    before = [p.detach().full_tensor() for p in params]  # type: ignore[attr-defined]
+    opt = Muon(params, spec.replace(nonfinite="raise"), lr=0.02, distributed="sharded")
+    grads(params)
+    try:
+        opt.step()
+        raised = False
+    except ValueError:
+        raised = True
+    unchanged = all(torch.equal(p.detach().full_tensor(), b) for p, b in zip(params, before))  # type: ignore[attr-defined]
+    opt = Muon(params, spec.replace(nonfinite="skip"), lr=0.02, distributed="sharded")
+    grads(params)
+    opt.step()
+    after = [p.detach().full_tensor() for p in params]  # type: ignore[attr-defined]
+    skipped = torch.equal(after[0], before[0]) and all(not torch.equal(a, b) for a, b in zip(after[1:], before[1:]))
+    return raised and unchanged and skipped, f"raised on this rank: {raised}; unchanged: {unchanged}; skip: {skipped}"
+
+
 def check_resume(spec: MuonSpec, mode: D.DistributedMode, world: int, k: int = 2) -> tuple[bool, str]:
     """k steps, a per-rank ``torch.save`` of the local parameters and ``optimizer.state_dict()``, a fresh
     optimizer that loads them, k more steps == 2k uninterrupted steps, bit for bit."""
@@ -612,6 +644,7 @@ def main() -> None:
         "optimizer_dtensor_sharded_dion_cautious": lambda: check_optimizer_dtensor(dion, "sharded", world),
         "optimizer_dtensor_gathered_keller": lambda: check_optimizer_dtensor(fp32, "gathered", world),
         "optimizer_fully_shard_normuon": lambda: check_optimizer_fully_shard(normuon, world),
+        "optimizer_nonfinite_agreed_sharded": lambda: check_nonfinite_agreed(fp32, world),
         "optimizer_resume_replicated_normuon": lambda: check_resume(normuon, "replicated", world),
         "optimizer_resume_sharded_normuon": lambda: check_resume(normuon, "sharded", world),
         "optimizer_validation": lambda: check_optimizer_validation(world),

@@ -49,6 +49,7 @@ CHECKS = [
     "optimizer_dtensor_sharded_dion_cautious",
     "optimizer_dtensor_gathered_keller",
     "optimizer_fully_shard_normuon",
+    "optimizer_nonfinite_agreed_sharded",
     "optimizer_resume_replicated_normuon",
     "optimizer_resume_sharded_normuon",
     "optimizer_validation",
