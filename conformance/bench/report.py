@@ -1,0 +1,103 @@
+"""Print a markdown table of the side-by-side benchmarks (medians and ratios) for docs/benchmarks.md.
+
+    python conformance/bench/report.py [--threads N] [--rounds R] [--gpt2-cpu] [--only SUBSTRING]
+
+Each case's baseline and candidate are timed in alternating rounds (`torch.utils.benchmark.Timer`, one
+``timeit`` per round and side), so a load change on a shared machine hits both sides alike; the table gives
+the median of the rounds and ``ratio = baseline / candidate`` (above 1: the candidate is faster). CUDA-only
+cases are listed as skipped on CPU. ``--gpt2-cpu`` adds the GPT-2 small full step on CPU (seconds per
+step; timed over ``--gpt2-rounds`` rounds). Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.utils.benchmark as tbench
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchcases as bc  # noqa: E402
+
+
+def _median_rounds(baseline: bc.Fn, candidate: bc.Fn, rounds: int, number: int) -> tuple[float, float]:
+    """Median seconds per call of each side over ``rounds`` alternating rounds of ``number`` calls."""
+    base_t, cand_t = [], []
+    tb = tbench.Timer(stmt="fn()", globals={"fn": baseline}, num_threads=torch.get_num_threads())
+    tc = tbench.Timer(stmt="fn()", globals={"fn": candidate}, num_threads=torch.get_num_threads())
+    for _ in range(rounds):
+        base_t.append(tb.timeit(number).median)
+        cand_t.append(tc.timeit(number).median)
+    return statistics.median(base_t), statistics.median(cand_t)
+
+
+def _fmt(seconds: float) -> str:
+    if seconds >= 1.0:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} us"
+
+
+def _environment(dev: torch.device, threads: int) -> list[str]:
+    import triton
+
+    lines = [
+        f"- device: {dev.type}"
+        + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else f" ({platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs)"),
+        f"- torch {torch.__version__}, triton {triton.__version__}, Python {platform.python_version()}, torch threads {threads}",
+    ]
+    if hasattr(os, "getloadavg"):
+        lines.append(f"- load average at start: {os.getloadavg()[0]:.2f}")
+    lines.append(f"- command: `python {' '.join(['conformance/bench/report.py', *sys.argv[1:]])}`")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--rounds", type=int, default=15, help="alternating rounds per case")
+    parser.add_argument("--gpt2-cpu", action="store_true", help="also time the GPT-2 small full step on CPU")
+    parser.add_argument("--gpt2-rounds", type=int, default=3, help="rounds of the GPT-2 small step on CPU")
+    parser.add_argument("--only", default="", help="run the cases whose name contains this")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    dev = bc.device()
+    if dev.type == "cuda":
+        os.environ.pop("TRITON_INTERPRET", None)
+
+    print("\n".join(_environment(dev, torch.get_num_threads())))
+    print()
+    print("| case | baseline | candidate | baseline median | candidate median | ratio (baseline / candidate) | note |")
+    print("|---|---|---|---:|---:|---:|---|")
+    for case in bc.cases():
+        if args.only and args.only not in case.name:
+            continue
+        gpt2 = case.name.startswith("step/gpt2")
+        if case.cuda_only and dev.type != "cuda":
+            print(f"| {case.name} | {case.baseline_label} | {case.candidate_label} | - | - | - | CUDA only: not measured |")
+            continue
+        if gpt2 and dev.type != "cuda" and not args.gpt2_cpu:
+            print(f"| {case.name} | {case.baseline_label} | {case.candidate_label} | - | - | - | CPU: run with --gpt2-cpu |")
+            continue
+        baseline, candidate = case.build(dev)
+        baseline()
+        candidate()
+        rounds = args.gpt2_rounds if gpt2 and dev.type != "cuda" else args.rounds
+        number = 1 if gpt2 or case.name.startswith("step/") else 3
+        b, c = _median_rounds(baseline, candidate, rounds, number)
+        note = case.note + ("; " if case.note else "") + f"{rounds} rounds x {number}"
+        print(f"| {case.name} | {case.baseline_label} | {case.candidate_label} | {_fmt(b)} | {_fmt(c)} | {b / c:.2f}x | {note} |")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
