@@ -50,12 +50,16 @@ def _fast_run(spec: MuonSpec, w0: torch.Tensor, grads: list[torch.Tensor]) -> to
     return p.detach().clone()
 
 
-def _ref_run(spec: MuonSpec, w0: torch.Tensor, grads: list[torch.Tensor]) -> Any:
+def _ref_run_state(spec: MuonSpec, w0: torch.Tensor, grads: list[torch.Tensor]) -> tuple[Any, Any]:
     w = np64(w0)
     state = R.init_muon_state(w, spec)
     for g in grads:
         w, state = R.muon_step(w, np64(g), state, spec, lr=LR)
-    return w
+    return w, state
+
+
+def _ref_run(spec: MuonSpec, w0: torch.Tensor, grads: list[torch.Tensor]) -> Any:
+    return _ref_run_state(spec, w0, grads)[0]
 
 
 def check_one_step(
@@ -98,8 +102,11 @@ def check_one_step(
     p.grad = grads[-1].clone()
     opt.step()
     w_new = p.detach().clone()
-    r_prev = _ref_run(spec, w0, grads[:-1])
+    r_prev, r_state = _ref_run_state(spec, w0, grads[:-1])
     r_new = _ref_run(spec, w0, grads)
+    # The reference's O on its own trajectory (with coupled decay, O depends on the evolving W, so the
+    # fixed-W directions above are not the ones applied).
+    o_r = R.muon_update(r_prev, np64(grads[-1]), r_state, spec)[0]
     wp = np64(w_prev)
     if spec.sphere != "none":
         errs["step"] = rel(np64(w_new) - wp, r_new - r_prev)
