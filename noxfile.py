@@ -73,7 +73,7 @@ def gpu(session: nox.Session) -> None:
     session.run(
         "python", "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
     )
-    session.run("pytest", "conformance", "--ignore=conformance/bench", "-q", *session.posargs, env={"MUONLAB_DEVICE": "cuda"})
+    session.run("pytest", "conformance", "--ignore=conformance/bench", "-q", *session.posargs, env={"MUONLAB_DEVICE": "cuda", "MUONLAB_TRITON": "1"})
 
 
 @nox.session(python=PYTHON)
