@@ -178,6 +178,10 @@ class TrainSection(_Strict):
     smoothing: float = Field(default=0.9, ge=0, lt=1)
     """EMA coefficient of the smoothed train loss (per step, bias-corrected)."""
     compile: bool = False
+    distributed: Literal["replicated", "gathered", "sharded", "none"] = "replicated"
+    """Muon's ``distributed`` mode when launched with ``WORLD_SIZE > 1`` (torchrun; ignored by one process):
+    ``"replicated"`` (DDP, each rank orthogonalizes a share of the matrices) or ``"none"`` (every rank
+    orthogonalizes everything). ``"sharded"`` / ``"gathered"`` need FSDP2 and are refused by the trainer."""
 
     @model_validator(mode="after")
     def _length(self) -> TrainSection:

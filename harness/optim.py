@@ -58,7 +58,7 @@ def _adamw(model: nn.Module, cfg: OptimizerSection) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adamw_betas, eps=cfg.adamw_eps)
 
 
-def _muon(model: nn.Module, cfg: OptimizerSection) -> torch.optim.Optimizer:
+def _muon(model: nn.Module, cfg: OptimizerSection, distributed: str = "none") -> torch.optim.Optimizer:
     from muonlab.fast import Muon, partition_params
 
     spec = cfg.muon_spec()
@@ -78,13 +78,16 @@ def _muon(model: nn.Module, cfg: OptimizerSection) -> torch.optim.Optimizer:
             {"params": ps, "algorithm": "muon", "spec": spec.replace(sphere_axis=axis)}
             for axis, ps in sorted(by_axis.items())
         ] + rest
-    return Muon(groups, preset=cfg.preset, lr=cfg.muon_lr(), backend=cfg.backend, **overrides)
+    return Muon(groups, preset=cfg.preset, lr=cfg.muon_lr(), backend=cfg.backend,
+                distributed=distributed, **overrides)  # type: ignore[arg-type]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerSection) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: OptimizerSection, *, distributed: str = "none") -> torch.optim.Optimizer:
+    """``model`` is the bare module (not a DDP wrapper). ``distributed`` is Muon's mode (docs/distributed.md):
+    ``"replicated"`` for a DDP run; AdamW ignores it (DDP's gradient all-reduce is all it needs)."""
     if cfg.name == "adamw":
         return _adamw(model, cfg)
-    return _muon(model, cfg)
+    return _muon(model, cfg, distributed)
 
 
 def needs_manual_normalize(model: nn.Module) -> bool:

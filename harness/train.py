@@ -7,6 +7,10 @@ optimizer and scheduler state, every RNG state, the step and the loop's own stat
 previous update, elapsed training time), so ``resume=True`` continues bit-identically.
 
 ``elapsed_s`` counts training-step time only (no evaluation, statistics or checkpoint I/O).
+
+Under ``torchrun`` (``WORLD_SIZE > 1``, `harness.distributed`): the model is wrapped in DDP, Muon runs with
+``distributed=train.distributed``, each rank takes its slice of the global batch, the logged losses are
+all-reduced means, rank 0 alone writes the run dir and evaluates, and every rank loads the checkpoint on resume.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import distributed as dd
 from . import rundir as rd
 from .abort import AbortMonitor
 from .config import RunConfig
@@ -155,25 +160,41 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
-    """Train one run into ``run_dir``; returns the metrics.json summary.
+    """Train one run into ``run_dir``; returns the metrics.json summary (on every rank).
 
     ``stop_after`` ends the loop after that many completed steps, with a checkpoint (used to test resume).
+    With ``WORLD_SIZE > 1`` in the environment the run is data-parallel (module docstring).
     """
     from .data import default_data_dir
-    from .model import GPT
 
-    run_dir = Path(run_dir)
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    world, _, _ = dd.env_world()
+    if world > 1:
+        if cfg.train.distributed not in dd.DDP_MODES:
+            raise ValueError(
+                f"train.distributed: {cfg.train.distributed!r} needs FSDP2 (sharded parameters), which the harness "
+                f"does not set up; use 'replicated' or 'none' with torchrun")
+        dd.local_batch_size(cfg.train.batch_size, world)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
+    env, device = dd.setup(resolve_device(cfg.train.device))
+    try:
+        return _train(cfg, Path(run_dir), Path(data_dir) if data_dir is not None else default_data_dir(),
+                      env=env, device=device, resume=resume, force=force, progress=progress and env.is_main,
+                      stop_after=stop_after)
+    finally:
+        dd.teardown(env)
+
+
+def _train(cfg: RunConfig, run_dir: Path, data_dir: Path, *, env: dd.DistEnv, device: torch.device, resume: bool,
+           force: bool, progress: bool, stop_after: int | None) -> dict[str, Any]:
+    from .model import GPT
     # -- everything that can fail on bad input happens before the run dir is touched -----------------------
     if resume and rd.latest_checkpoint(run_dir) is None:
         raise rd.RunDirError(f"{run_dir}: nothing to resume (no checkpoint in {run_dir / rd.CKPT_DIR})")
     if not resume and rd.is_nonempty(run_dir) and not force:
         raise rd.RunDirError(
             f"{run_dir}: run dir exists and is not empty; pass --resume to continue it or --force to overwrite it")
-    tok, shards = load_data(cfg, data_dir, progress=progress)
+    tok, shards = dd.main_first(env, lambda: load_data(cfg, data_dir, progress=progress))
     mcfg = resolve_model_config(cfg, tok.vocab_size)
     seq_len = seq_len_of(cfg, mcfg)
     total = total_steps_of(cfg, seq_len)
@@ -184,7 +205,7 @@ def train(
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     model = GPT(mcfg).to(device)
-    optimizer = build_optimizer(model, cfg.optimizer)
+    optimizer = build_optimizer(model, cfg.optimizer, distributed=cfg.train.distributed if env.enabled else "none")
     scheduler = build_scheduler(optimizer, cfg.schedule, total)
     normalize = needs_manual_normalize(model)
     monitor = AbortMonitor(window=cfg.abort.window, rise_factor=cfg.abort.rise_factor, patience=cfg.abort.patience,
@@ -204,6 +225,7 @@ def train(
         "tokens_per_step": tokens_per_step,
         "token_budget": total * tokens_per_step,
         "device": str(device),
+        "world_size": env.world_size,
         "git": rd.git_info(),
         "versions": rd.versions(),
         "data": {
@@ -231,19 +253,30 @@ def train(
         tracker.load_state_dict(ckpt["tracker"], device)
         step, ema_m, elapsed = int(ckpt["step"]), float(ckpt["ema"]), float(ckpt["elapsed_s"])
         _set_rng_state(ckpt["rng"])
-        rd.truncate_jsonl(run_dir / rd.METRICS, step)
-        rd.truncate_jsonl(run_dir / rd.STATS, step)
+        dd.barrier(env)  # every rank has read the run dir before rank 0 rewrites its logs
+        if env.is_main:
+            rd.truncate_jsonl(run_dir / rd.METRICS, step)
+            rd.truncate_jsonl(run_dir / rd.STATS, step)
     else:
-        rd.prepare_run_dir(run_dir, resume=False, force=force)
-        rd.atomic_write_json(run_dir / rd.CONFIG, config_record)
+        dd.barrier(env)  # every rank has checked the run dir before rank 0 clears it
+        if env.is_main:
+            rd.prepare_run_dir(run_dir, resume=False, force=force)
+            rd.atomic_write_json(run_dir / rd.CONFIG, config_record)
 
     beta = cfg.train.smoothing
     autocast: Any = nullcontext
     if cfg.train.dtype == "bfloat16" and device.type == "cuda":
         autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
-    fwd = torch.compile(model) if cfg.train.compile else model
+    wrapped: torch.nn.Module = model
+    if env.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    fwd = torch.compile(wrapped) if cfg.train.compile else wrapped
 
     def checkpoint() -> None:
+        if not env.is_main:
+            return
         rd.save_checkpoint(run_dir, step, {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -258,6 +291,8 @@ def train(
         }, keep=cfg.train.keep_checkpoints)
 
     def write_summary(status: str) -> dict[str, Any]:
+        if not env.is_main:
+            return {}
         summary: dict[str, Any] = {
             "status": status,
             "unstable": monitor.aborted,
@@ -274,8 +309,9 @@ def train(
         rd.atomic_write_json(run_dir / rd.SUMMARY, summary)
         return summary
 
-    metrics_w = rd.JsonlWriter(run_dir / rd.METRICS)
-    stats_w = rd.JsonlWriter(run_dir / rd.STATS)
+    metrics_w = rd.JsonlWriter(run_dir / rd.METRICS) if env.is_main else None
+    stats_w = rd.JsonlWriter(run_dir / rd.STATS) if env.is_main else None
+    # the global batch of a step is the same for every world size; each rank trains on its rows
     batches = shards.batches("train", cfg.train.batch_size, seq_len, cfg.seed, start_step=step)
     bar = None
     if progress:
@@ -283,16 +319,18 @@ def train(
 
         bar = tqdm(total=total, initial=step, desc=cfg.name, unit="step", dynamic_ncols=True, leave=False)
     status = "running"
+    stop = False
     try:
         model.train()
-        while step < total and not monitor.aborted:
+        while step < total and not monitor.aborted and not stop:
             x, y = next(batches)
+            x, y = dd.rank_slice(x, env), dd.rank_slice(y, env)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             t0 = time.perf_counter()
             lr = float(optimizer.param_groups[0]["lr"])
             with autocast():
                 _, loss = fwd(x, y)
-            loss_v = float(loss.detach())
+            loss_v = dd.mean(loss.detach(), env)  # equal slices: the mean of the rank means is the global mean
             finite = math.isfinite(loss_v)
             if finite:
                 loss.backward()
@@ -316,9 +354,12 @@ def train(
                 records = tracker.after_update(step, tokens)
                 if records:
                     for r in records:
-                        stats_w.write(r)
+                        if stats_w is not None:
+                            stats_w.write(r)
                     reason = monitor.observe_weight_norms(step, {r["layer"]: r["weight_norm"] for r in records})
-            last = step == total or reason is not None or step == stop_after
+            if env.enabled:  # identical inputs give identical decisions; this keeps the ranks in lockstep anyway
+                stop = dd.any_rank(reason is not None, env, device)
+            last = step == total or reason is not None or stop or step == stop_after
             if step % cfg.train.log_every == 0 or last:
                 rec: dict[str, Any] = {
                     "step": step,
@@ -329,9 +370,10 @@ def train(
                     "elapsed_s": elapsed,
                     "tokens_per_s": tokens / elapsed if elapsed > 0 else None,
                 }
-                if finite and (step % cfg.train.eval_every == 0 or step == total):
+                if env.is_main and finite and (step % cfg.train.eval_every == 0 or step == total):
                     rec["val_loss"] = evaluate(model, val_batches, device, autocast)
-                metrics_w.write(rec)
+                if metrics_w is not None:
+                    metrics_w.write(rec)
                 if bar is not None:
                     bar.set_postfix(loss=f"{smoothed:.3f}", tok_s=f"{rec['tokens_per_s'] or 0:.0f}")
             if bar is not None:
@@ -342,15 +384,17 @@ def train(
                 write_summary("running")
             if stop_after is not None and step >= stop_after:
                 break
-        if monitor.aborted:
+        if monitor.aborted or stop:
             status = "aborted"
         elif step >= total:
             status = "complete"
         else:
             status = "stopped"
-        return write_summary(status)
+        return dict(dd.broadcast_object(write_summary(status), env))
     finally:
-        metrics_w.close()
-        stats_w.close()
+        if metrics_w is not None:
+            metrics_w.close()
+        if stats_w is not None:
+            stats_w.close()
         if bar is not None:
             bar.close()
