@@ -79,10 +79,14 @@ def setup(device: torch.device) -> tuple[DistEnv, torch.device]:
     return DistEnv(world_size=world, rank=rank, local_rank=local, owns_group=owns), device
 
 
-def teardown(env: DistEnv) -> None:
+def teardown(env: DistEnv, *, sync: bool = True) -> None:
+    """Destroy the group `setup` created; ``sync`` first waits for every rank (so no rank tears down its
+    connections while a peer still finishes the last collective). Pass ``sync=False`` on an error path."""
     import torch.distributed as dist
 
     if env.owns_group and dist.is_initialized():
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()
 
 

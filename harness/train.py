@@ -178,11 +178,14 @@ def train(
         torch.set_num_threads(cfg.train.threads)
     env, device = dd.setup(resolve_device(cfg.train.device))
     try:
-        return _train(cfg, Path(run_dir), Path(data_dir) if data_dir is not None else default_data_dir(),
-                      env=env, device=device, resume=resume, force=force, progress=progress and env.is_main,
-                      stop_after=stop_after)
-    finally:
-        dd.teardown(env)
+        summary = _train(cfg, Path(run_dir), Path(data_dir) if data_dir is not None else default_data_dir(),
+                         env=env, device=device, resume=resume, force=force, progress=progress and env.is_main,
+                         stop_after=stop_after)
+    except BaseException:
+        dd.teardown(env, sync=False)
+        raise
+    dd.teardown(env)
+    return summary
 
 
 def _train(cfg: RunConfig, run_dir: Path, data_dir: Path, *, env: dd.DistEnv, device: torch.device, resume: bool,
