@@ -98,3 +98,14 @@ def test_torchrun_rejects_indivisible_batch(tmp_path: Path, text_file: Path, dat
     assert proc.returncode != 0
     assert "train.batch_size: 3 is not divisible by the world size 2" in proc.stderr
     assert not run.exists()
+
+
+@pytest.mark.parametrize("mode", ["sharded", "gathered"])
+def test_fsdp_modes_refused_under_torchrun(tmp_path: Path, text_file: Path, data_dir: Path, micro: Any,
+                                           monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    cfg = validate_run(micro(text_file, tmp_path / "cache", train={"distributed": mode}))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ValueError, match=f"train.distributed: '{mode}' needs FSDP2"):
+        train(cfg, tmp_path / "run", data_dir=data_dir, progress=False)
+    assert not (tmp_path / "run").exists()
