@@ -79,7 +79,7 @@ def _muon(model: nn.Module, cfg: OptimizerSection, distributed: str = "none") ->
             for axis, ps in sorted(by_axis.items())
         ] + rest
     return Muon(groups, preset=cfg.preset, lr=cfg.muon_lr(), backend=cfg.backend,
-                distributed=distributed, **overrides)  # type: ignore[arg-type]
+                distributed=distributed, **overrides)
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerSection, *, distributed: str = "none") -> torch.optim.Optimizer:
