@@ -13,6 +13,7 @@ CONFIG is a TOML or YAML file, or the name of a shipped config (``tiny_sweep`` =
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -45,9 +46,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     summary = train(cfg, out, data_dir=_data_dir(args.data_dir), resume=args.resume, force=args.force,
                     progress=not args.no_progress)
-    print(f"{out}: {summary['status']}; val_loss {summary.get('val_loss')}; "
-          f"smoothed train loss {summary.get('final_smoothed_loss')}"
-          + (f"; UNSTABLE: {summary['abort_reason']}" if summary.get("unstable") else ""))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns rank 0's summary
+        print(f"{out}: {summary['status']}; val_loss {summary.get('val_loss')}; "
+              f"smoothed train loss {summary.get('final_smoothed_loss')}"
+              + (f"; UNSTABLE: {summary['abort_reason']}" if summary.get("unstable") else ""))
     return 0 if summary["status"] in ("complete", "stopped") else 3
 
 
