@@ -33,6 +33,7 @@ __all__ = [
     "newton_schulz",
     "normalize_frobenius",
     "orthogonalize",
+    "orthogonalize_stack",
     "polar_factor",
 ]
 
@@ -161,6 +162,21 @@ def polar_factor(x: torch.Tensor) -> torch.Tensor:
     return ((u * keep.unsqueeze(-2)) @ vh).to(x.dtype)
 
 
+def orthogonalize_stack(x: torch.Tensor, spec: MuonSpec, backend: Backend = "auto") -> torch.Tensor:
+    """``Orth`` of a ``[B, m, n]`` stack in ``spec.compute_dtype`` (one batched call)."""
+    if spec.orthogonalizer == "svd":
+        return polar_factor(x.to(compute_dtype(spec)))
+    return newton_schulz(
+        x,
+        schedule(spec.ns_coefficients, spec.ns_steps),
+        norm_scale=spec.norm_scale,
+        eps=spec.eps,
+        eps_mode=spec.eps_mode,
+        compute=compute_dtype(spec),
+        backend=backend,
+    )
+
+
 def orthogonalize(x: torch.Tensor, spec: MuonSpec | str, *, backend: Backend = "auto") -> torch.Tensor:
     """``O = Orth(x)`` per ``spec`` (as `muonlab.reference.orthogonalize`), computed in ``spec.compute_dtype``
     and returned in ``x.dtype`` with ``x``'s shape.
@@ -176,16 +192,5 @@ def orthogonalize(x: torch.Tensor, spec: MuonSpec | str, *, backend: Backend = "
     mats, restore = as_matrices(x, s, "x")
     if mats.numel() == 0:
         raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
-    if s.orthogonalizer == "svd":
-        out = polar_factor(mats.to(compute_dtype(s)))
-    else:
-        out = newton_schulz(
-            mats,
-            schedule(s.ns_coefficients, s.ns_steps),
-            norm_scale=s.norm_scale,
-            eps=s.eps,
-            eps_mode=s.eps_mode,
-            compute=compute_dtype(s),
-            backend=backend,
-        )
+    out = orthogonalize_stack(mats, s, backend)
     return restore(out.to(x.dtype))

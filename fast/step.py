@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 
-from muonlab.reference.coefficients import schedule
 from muonlab.reference.spec import MuonSpec
 
 from .adamw import adam_direction, adam_moments, adamw_apply
@@ -32,12 +31,12 @@ from .distributed import DistributedMode, Group, muon_directions
 from .decay import Scalar, apply_update, coupled_decay, decay_lr, decoupled_decay
 from .momentum import apply_momentum
 from .normuon import normuon_normalize
-from .orthogonalize import as_matrices, compute_dtype, newton_schulz, polar_factor
+from .orthogonalize import as_matrices, orthogonalize_stack
 from .scaling import update_scale
 from .sphere import sphere_step
 from .state import init_adam_state, init_muon_state, normuon_state_shape, state_dtype
 
-__all__ = ["adamw_step", "muon_step", "muon_update", "orthogonalize_stack"]
+__all__ = ["adamw_step", "muon_step", "muon_update"]
 
 State = dict[str, Any]
 
@@ -91,21 +90,6 @@ def _momentum(
             for b, g in zip(bufs, grads)
         ]
     return apply_momentum(bufs, grads, spec, steps, beta=beta)
-
-
-def orthogonalize_stack(x: torch.Tensor, spec: MuonSpec, backend: Backend = "auto") -> torch.Tensor:
-    """``Orth`` of a ``[B, m, n]`` stack in ``spec.compute_dtype`` (one batched call)."""
-    if spec.orthogonalizer == "svd":
-        return polar_factor(x.to(compute_dtype(spec)))
-    return newton_schulz(
-        x,
-        schedule(spec.ns_coefficients, spec.ns_steps),
-        norm_scale=spec.norm_scale,
-        eps=spec.eps,
-        eps_mode=spec.eps_mode,
-        compute=compute_dtype(spec),
-        backend=backend,
-    )
 
 
 def muon_update(
