@@ -70,10 +70,15 @@ def bench(session: nox.Session) -> None:
 def gpu(session: nox.Session) -> None:
     """The same suite on CUDA (kernels compiled, not interpreted) plus the GPU-only checks; needs a CUDA device."""
     _install(session)
+    session.run("python", "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')")
     session.run(
-        "python", "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
+        "pytest",
+        "conformance",
+        "--ignore=conformance/bench",
+        "-q",
+        *session.posargs,
+        env={"MUONLAB_DEVICE": "cuda", "MUONLAB_TRITON": "1"},
     )
-    session.run("pytest", "conformance", "--ignore=conformance/bench", "-q", *session.posargs, env={"MUONLAB_DEVICE": "cuda", "MUONLAB_TRITON": "1"})
 
 
 @nox.session(python=PYTHON)

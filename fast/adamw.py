@@ -31,7 +31,11 @@ def adam_moments(exp_avgs: Tensors, exp_avg_sqs: Tensors, grads: Tensors, betas:
 
 
 def adam_direction(
-    exp_avgs: Tensors, exp_avg_sqs: Tensors, steps: Sequence[int], betas: tuple[float, float], eps: float,
+    exp_avgs: Tensors,
+    exp_avg_sqs: Tensors,
+    steps: Sequence[int],
+    betas: tuple[float, float],
+    eps: float,
     mode: AdamEpsMode,
 ) -> Tensors:
     """The AdamW direction ``u`` per tensor at its 1-based step ``t`` (new tensors)."""
@@ -47,13 +51,13 @@ def adam_direction(
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_add_(denom, eps)
     out = torch._foreach_div(exp_avgs, denom)
-    torch._foreach_mul_(out, [math.sqrt(c2) / c1 for c1, c2 in zip(bc1, bc2)])
+    torch._foreach_mul_(out, [math.sqrt(c2) / c1 for c1, c2 in zip(bc1, bc2, strict=True)])
     return list(out)
 
 
 def adamw_apply(params: Tensors, directions: Tensors, lr: Scalar, weight_decay: float) -> None:
     """``W <- W (1 - eta lambda) - eta u`` in place (float32 arithmetic for low-precision params)."""
-    for p, u in zip(params, directions):
+    for p, u in zip(params, directions, strict=True):
         work = p if p.dtype in (torch.float32, torch.float64) else p.float()
         if weight_decay != 0.0:
             work.mul_(1.0 - lr * weight_decay)

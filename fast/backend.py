@@ -14,8 +14,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-from types import ModuleType
 from functools import lru_cache
+from types import ModuleType
 from typing import Literal, get_args
 
 import torch

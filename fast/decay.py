@@ -39,12 +39,12 @@ def decay_lr(lr: Scalar, lr_update: Scalar, spec: MuonSpec) -> Scalar:
 
 def coupled_decay(grads: list[torch.Tensor], weights: list[torch.Tensor], weight_decay: float) -> list[torch.Tensor]:
     """``G + lambda W`` for each pair (new tensors; the gradients are not written)."""
-    return list(torch._foreach_add(grads, [w.to(g.dtype) for g, w in zip(grads, weights)], alpha=weight_decay))
+    return list(
+        torch._foreach_add(grads, [w.to(g.dtype) for g, w in zip(grads, weights, strict=True)], alpha=weight_decay)
+    )
 
 
-def decoupled_decay(
-    weight: torch.Tensor, update: torch.Tensor, decay_factor: Scalar, mode: Cautious
-) -> torch.Tensor:
+def decoupled_decay(weight: torch.Tensor, update: torch.Tensor, decay_factor: Scalar, mode: Cautious) -> torch.Tensor:
     """``W <- W - decay_factor mask (.) W`` in place (``decay_factor = eta_d lambda``); returns ``weight``."""
     if mode == "off":
         return weight.sub_(weight * decay_factor)

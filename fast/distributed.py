@@ -49,9 +49,9 @@ __all__ = [
     "DistributedMode",
     "Finish",
     "assign_owners",
-    "muon_directions",
     "gather_full",
     "local_shard",
+    "muon_directions",
     "orthogonalize_gathered",
     "orthogonalize_local",
     "orthogonalize_replicated",
@@ -141,7 +141,7 @@ def orthogonalize_local(
         sizes = [views[i].shape[0] for i in members]
         stack = views[members[0]] if len(members) == 1 else torch.cat([views[i] for i in members])
         o = orthogonalize(stack, s, backend=backend)
-        for i, part in zip(members, torch.split(o, sizes)):
+        for i, part in zip(members, torch.split(o, sizes), strict=True):
             out[i] = part.reshape(tensors[i].shape)
     return out
 
@@ -215,7 +215,7 @@ def sync_from_owners(tensors: Sequence[torch.Tensor], owners: Sequence[int], *, 
     got = _gather_owned(
         vals, owners, [t.shape for t in ts], [t.dtype for t in ts], [t.dtype for t in ts], group, ts[0].device
     )
-    for t, g in zip(ts, got):
+    for t, g in zip(ts, got, strict=True):
         if g.data_ptr() != t.data_ptr():
             t.copy_(g)
 
@@ -249,7 +249,7 @@ def orthogonalize_replicated(
     mine = [i for i in range(len(ts)) if owners[i] == rank]
     done = orthogonalize_local([ts[i] for i in mine], s, backend=backend)
     values: list[torch.Tensor | None] = [None] * len(ts)
-    for i, o in zip(mine, done):
+    for i, o in zip(mine, done, strict=True):
         values[i] = finish(i, o) if finish is not None else o
     if finish is None:
         dtypes = [t.dtype for t in ts]
@@ -316,7 +316,7 @@ def _unwrap(
 
 
 def _check_shards(locs: Sequence[torch.Tensor], shapes: Sequence[tuple[int, ...]], world: int, rank: int) -> None:
-    for i, (x, full) in enumerate(zip(locs, shapes)):
+    for i, (x, full) in enumerate(zip(locs, shapes, strict=True)):
         if len(full) < 2:
             raise ValueError(f"full_shapes[{i}]: expected at least 2 dims, got {full}")
         want = (shard_sizes(full[0], world)[rank], *full[1:])
@@ -329,7 +329,7 @@ def _check_shards(locs: Sequence[torch.Tensor], shapes: Sequence[tuple[int, ...]
 
 def _rewrap(results: list[torch.Tensor], wrappers: Sequence[DTensor | None]) -> list[torch.Tensor]:
     out: list[torch.Tensor] = []
-    for r, w in zip(results, wrappers):
+    for r, w in zip(results, wrappers, strict=True):
         if w is None:
             out.append(r)
         else:
@@ -411,16 +411,14 @@ def orthogonalize_sharded(
     # 2. owners compute.
     done = orthogonalize_local(assembled, s, backend=backend)
     results: dict[int, torch.Tensor] = {}
-    for i, o in zip(owned, done):
+    for i, o in zip(owned, done, strict=True):
         results[i] = finish(i, o) if finish is not None else o
     if finish is None:
         out_dtypes = dtypes
         back_wire = wire
     else:
         probe = [results[i].dtype if i in results else None for i in range(len(locs))]
-        out_dtypes = (
-            [finish_dtype] * len(locs) if finish_dtype is not None else _agree_dtypes(probe, owners, group)
-        )
+        out_dtypes = [finish_dtype] * len(locs) if finish_dtype is not None else _agree_dtypes(probe, owners, group)
         back_wire = out_dtypes
 
     # 3. owners -> shards.
@@ -435,9 +433,7 @@ def orthogonalize_sharded(
         for i in mine:
             padded = _padded(results[i], chunks[i] * world, wdt).reshape(world, -1)
             blocks.append(padded)
-        send = (
-            torch.cat(blocks, dim=1).reshape(-1) if blocks else torch.empty(0, dtype=wdt, device=device)
-        )
+        send = torch.cat(blocks, dim=1).reshape(-1) if blocks else torch.empty(0, dtype=wdt, device=device)
         out_split = [sum(chunks[i] * rowlen[i] for i in frm[d]) for d in range(world)]
         recv = torch.empty(sum(out_split), dtype=wdt, device=device)
         dist.all_to_all_single(recv, send, out_split, [per_dst] * world, group=group)
@@ -464,7 +460,6 @@ def gather_full(
     _check_shards(locs, shapes, world, rank)
     if not locs:
         return []
-    device = locs[0].device
     chunks = [_chunk(sh[0], world) for sh in shapes]
     out: list[torch.Tensor] = [torch.empty(0)] * len(locs)
     for dt in sorted({x.dtype for x in locs}, key=str):

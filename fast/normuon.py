@@ -44,10 +44,7 @@ def normuon_normalize(o: torch.Tensor, s: torch.Tensor, spec: MuonSpec, *, beta2
     vbar = (o * o).mean(dim=red, keepdim=True)
     s.lerp_(vbar, 1.0 - b2)
     eps = spec.normuon_eps
-    if spec.normuon_eps_mode == "add":
-        o_hat = o / (s.sqrt() + eps)
-    else:
-        o_hat = o / s.clamp(min=eps).sqrt()
+    o_hat = o / (s.sqrt() + eps) if spec.normuon_eps_mode == "add" else o / s.clamp(min=eps).sqrt()
     hat_norm = _frobenius(o_hat)
     if spec.normuon_rescale == "frobenius":
         denom = hat_norm + eps if spec.normuon_eps_mode == "add" else hat_norm.clamp(min=eps)

@@ -56,7 +56,9 @@ def _check_sharded_spec(spec: MuonSpec, mode: str, name: str) -> None:
 def _check_lr(lr: object, name: str) -> float | torch.Tensor:
     if isinstance(lr, torch.Tensor):
         if lr.ndim != 0 or not lr.is_floating_point():
-            raise ValueError(f"{name}: a tensor learning rate must be a 0-D floating tensor, got {tuple(lr.shape)} {lr.dtype}")
+            raise ValueError(
+                f"{name}: a tensor learning rate must be a 0-D floating tensor, got {tuple(lr.shape)} {lr.dtype}"
+            )
         return lr
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
         raise ValueError(f"{name}: expected a real number or a 0-D tensor, got {lr!r}")
@@ -141,7 +143,9 @@ class Muon(Optimizer):
         if algorithm == "muon":
             _check_sharded_spec(spec, self.distributed, f"param_groups[{index}]['spec']")
         group["spec"] = spec
-        base_lr: float | torch.Tensor = self.defaults["lr"] if self._explicit_lr or "spec" not in param_group else spec.lr
+        base_lr: float | torch.Tensor = (
+            self.defaults["lr"] if self._explicit_lr or "spec" not in param_group else spec.lr
+        )
         if algorithm == "muon":
             group["lr"] = _check_lr(group.get("lr", base_lr), f"param_groups[{index}]['lr']")
             group.setdefault("momentum", spec.momentum)
@@ -218,7 +222,7 @@ class Muon(Optimizer):
         super().load_state_dict(sd)
         saved_ids = [pid for g in groups for pid in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
-        for pid, p in zip(saved_ids, params):
+        for pid, p in zip(saved_ids, params, strict=True):
             saved = state_dict["state"].get(pid)
             if saved is None:
                 continue
@@ -263,7 +267,7 @@ class Muon(Optimizer):
                 import torch.distributed as dist
 
                 dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=self.process_group)
-            for k, flagged in zip(idx, bad.tolist()):
+            for k, flagged in zip(idx, bad.tolist(), strict=True):
                 if flagged:
                     g = entries[k][2]
                     flags[k] = (bool(g.isnan().any()), bool(g.isinf().any()))
@@ -290,8 +294,8 @@ class Muon(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         live = self._finite_filter()
-        for group, row in zip(self.param_groups, live):
-            params = [p for p, ok in zip(group["params"], row) if ok]
+        for group, row in zip(self.param_groups, live, strict=True):
+            params = [p for p, ok in zip(group["params"], row, strict=True) if ok]
             if not params:
                 continue
             grads = [_local(cast(torch.Tensor, p.grad)) for p in params]

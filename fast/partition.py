@@ -64,12 +64,14 @@ class ParamPlan:
         rows += [(n, "x".join(map(str, p.shape)) or "scalar", "adamw", self.reasons[n]) for n, p in self.adamw]
         header = ("name", "shape", "route", "reason")
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip()]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
         lines.append("  ".join("-" * w for w in widths))
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         n_m = sum(p.numel() for _, p in self.muon)
         n_a = sum(p.numel() for _, p in self.adamw)
-        lines.append(f"muon: {len(self.muon)} tensors, {n_m} elements; adamw: {len(self.adamw)} tensors, {n_a} elements")
+        lines.append(
+            f"muon: {len(self.muon)} tensors, {n_m} elements; adamw: {len(self.adamw)} tensors, {n_a} elements"
+        )
         return "\n".join(lines)
 
 
@@ -120,10 +122,17 @@ def partition_params(
     owner = _module_of(model)
     embed_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    used: dict[str, bool] = {f"{label}:{pat}": False for label, pats in (("muon", muon), ("adamw", adamw)) for pat in pats}
+    used: dict[str, bool] = {
+        f"{label}:{pat}": False for label, pats in (("muon", muon), ("adamw", adamw)) for pat in pats
+    }
     plan = ParamPlan()
     for name, p in named:
-        hits = {label for label, pats in (("muon", muon), ("adamw", adamw)) for pat in pats if fnmatch.fnmatchcase(name, pat)}
+        hits = {
+            label
+            for label, pats in (("muon", muon), ("adamw", adamw))
+            for pat in pats
+            if fnmatch.fnmatchcase(name, pat)
+        }
         for label, pats in (("muon", muon), ("adamw", adamw)):
             for pat in pats:
                 if fnmatch.fnmatchcase(name, pat):

@@ -37,9 +37,7 @@ def init_muon_state(param: torch.Tensor, spec: MuonSpec) -> dict[str, Any]:
         "momentum_buffer": torch.zeros_like(param, dtype=dtype, memory_format=torch.contiguous_format),
     }
     if spec.normuon:
-        state["second_moment"] = torch.zeros(
-            normuon_state_shape(param.shape, spec), dtype=dtype, device=param.device
-        )
+        state["second_moment"] = torch.zeros(normuon_state_shape(param.shape, spec), dtype=dtype, device=param.device)
     return state
 
 

@@ -27,8 +27,8 @@ from muonlab.reference.spec import MuonSpec
 
 from .adamw import adam_direction, adam_moments, adamw_apply
 from .backend import Backend, kernel_module, use_triton
-from .distributed import DistributedMode, Group, muon_directions
 from .decay import Scalar, apply_update, coupled_decay, decay_lr, decoupled_decay
+from .distributed import DistributedMode, Group, muon_directions
 from .momentum import apply_momentum
 from .normuon import normuon_normalize
 from .orthogonalize import as_matrices, orthogonalize_stack
@@ -66,7 +66,7 @@ def _full_shapes(
     out = [tuple(int(d) for d in s) for s in full_shapes]
     if len(out) != len(params):
         raise ValueError(f"full_shapes: expected {len(params)} shapes, got {len(out)}")
-    for i, (p, s) in enumerate(zip(params, out)):
+    for i, (p, s) in enumerate(zip(params, out, strict=True)):
         if tuple(p.shape[1:]) != s[1:] or p.shape[0] > s[0]:
             raise ValueError(f"full_shapes[{i}]: {s} cannot hold a dim-0 shard of shape {tuple(p.shape)}")
     return out
@@ -86,8 +86,7 @@ def _momentum(
         fused_momentum = kernel_module("elementwise").fused_momentum
         form = "ema" if spec.momentum_form == "ema" else "sum"
         return [
-            fused_momentum(b, g, beta=beta, form=form, nesterov=spec.nesterov)
-            for b, g in zip(bufs, grads)
+            fused_momentum(b, g, beta=beta, form=form, nesterov=spec.nesterov) for b, g in zip(bufs, grads, strict=True)
         ]
     return apply_momentum(bufs, grads, spec, steps, beta=beta)
 
@@ -122,7 +121,7 @@ def muon_update(
     beta = spec.momentum if momentum is None else momentum
     lam = spec.weight_decay if weight_decay is None else weight_decay
     shapes = _full_shapes(plist, distributed, full_shapes)
-    for p, st, full in zip(plist, states, shapes):
+    for p, st, full in zip(plist, states, shapes, strict=True):
         if not st:
             st.update(init_muon_state(p, spec))
             if spec.normuon and tuple(full) != tuple(p.shape):  # S of the whole matrix, not of the shard
@@ -131,7 +130,7 @@ def muon_update(
                 )
     steps = _advance(states)
     bufs = [st["momentum_buffer"] for st in states]
-    gl = [g.to(b.dtype) for g, b in zip(grads, bufs)]
+    gl = [g.to(b.dtype) for g, b in zip(grads, bufs, strict=True)]
     if spec.decay_placement in ("update", "both") and lam != 0.0:
         gl = coupled_decay(gl, plist, lam)
     ns = _momentum(plist, gl, bufs, spec, steps, beta, backend)
@@ -163,11 +162,11 @@ def muon_update(
         o = orthogonalize_stack(stack, spec, backend)
         if spec.normuon:
             s_list = [states[i]["second_moment"] for i in members]
-            s_stack = torch.cat([s.reshape(b, *s.shape[-2:]) for s, b in zip(s_list, sizes)])
+            s_stack = torch.cat([s.reshape(b, *s.shape[-2:]) for s, b in zip(s_list, sizes, strict=True)])
             o = normuon_normalize(o, s_stack, spec)
-            for s, part in zip(s_list, torch.split(s_stack, sizes)):
+            for s, part in zip(s_list, torch.split(s_stack, sizes), strict=True):
                 s.copy_(part.reshape(s.shape))
-        for i, part in zip(members, torch.split(o, sizes)):
+        for i, part in zip(members, torch.split(o, sizes), strict=True):
             out[i] = part.reshape(plist[i].shape)
     return out
 
@@ -206,7 +205,7 @@ def muon_step(
         full_shapes=full_shapes,
     )
     decoupled = spec.decay_placement in ("param", "both") and lam != 0.0
-    for p, o, full in zip(plist, updates, shapes):
+    for p, o, full in zip(plist, updates, shapes, strict=True):
         lr_update = lr * update_scale(full, spec)
         factor = decay_lr(lr, lr_update, spec) * lam if decoupled else None
         if spec.sphere == "none":
@@ -234,12 +233,12 @@ def adamw_step(
     plist = list(params)
     if not plist:
         return
-    for p, st in zip(plist, states):
+    for p, st in zip(plist, states, strict=True):
         if not st:
             st.update(init_adam_state(p))
     steps = _advance(states)
     m = [st["exp_avg"] for st in states]
     v = [st["exp_avg_sq"] for st in states]
-    gl = [g.to(b.dtype) for g, b in zip(grads, m)]
+    gl = [g.to(b.dtype) for g, b in zip(grads, m, strict=True)]
     adam_moments(m, v, gl, betas)
     adamw_apply(plist, adam_direction(m, v, steps, betas, eps, eps_mode), lr, weight_decay)

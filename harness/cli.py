@@ -44,12 +44,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_run_config(resolve_config_path(args.config), parse_cli_overrides(args.override))
     out = Path(args.out) if args.out else Path("runs") / cfg.name
-    summary = train(cfg, out, data_dir=_data_dir(args.data_dir), resume=args.resume, force=args.force,
-                    progress=not args.no_progress)
+    summary = train(
+        cfg, out, data_dir=_data_dir(args.data_dir), resume=args.resume, force=args.force, progress=not args.no_progress
+    )
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns rank 0's summary
-        print(f"{out}: {summary['status']}; val_loss {summary.get('val_loss')}; "
-              f"smoothed train loss {summary.get('final_smoothed_loss')}"
-              + (f"; UNSTABLE: {summary['abort_reason']}" if summary.get("unstable") else ""))
+        print(
+            f"{out}: {summary['status']}; val_loss {summary.get('val_loss')}; "
+            f"smoothed train loss {summary.get('final_smoothed_loss')}"
+            + (f"; UNSTABLE: {summary['abort_reason']}" if summary.get("unstable") else "")
+        )
     return 0 if summary["status"] in ("complete", "stopped") else 3
 
 
@@ -60,8 +63,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep = load_sweep_config(path, parse_cli_overrides(args.override))
     out = Path(args.out) if args.out else Path("sweeps") / sweep.sweep.name
     command = "muonlab " + " ".join(shlex.quote(a) for a in args.argv)
-    csv_path = run_sweep(sweep, out, data_dir=_data_dir(args.data_dir), progress=not args.no_progress,
-                         force=args.force, command=command)
+    csv_path = run_sweep(
+        sweep, out, data_dir=_data_dir(args.data_dir), progress=not args.no_progress, force=args.force, command=command
+    )
     print(f"{csv_path}\n{out / 'RESULTS.md'}")
     return 0
 
@@ -93,8 +97,9 @@ def cmd_corpus_build(args: argparse.Namespace) -> int:
         kwargs["expected_sha256"] = read_sha256sums(sums).get(out.name) or read_sha256sums(sums).get(name)
     work = Path(args.work_dir) if args.work_dir else out.resolve().parent / ".corpus-work"
     try:
-        path = corpus.build_corpus(out, work_dir=work,
-                                   packages_dir=Path(args.packages_dir) if args.packages_dir else None, **kwargs)
+        path = corpus.build_corpus(
+            out, work_dir=work, packages_dir=Path(args.packages_dir) if args.packages_dir else None, **kwargs
+        )
     except corpus.CorpusMismatchError as exc:
         print(f"muonlab: error: {exc}", file=sys.stderr)
         return 1
@@ -108,8 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("config", help="TOML/YAML config file or shipped config name")
-        p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                       help="dotted-key override, e.g. -o optimizer.lr=0.01 (repeatable)")
+        p.add_argument(
+            "-o",
+            "--override",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="dotted-key override, e.g. -o optimizer.lr=0.01 (repeatable)",
+        )
         p.add_argument("--out", help="output directory")
         p.add_argument("--data-dir", help="data dir (default: harness.data.default_data_dir())")
         p.add_argument("--force", action="store_true", help="overwrite an existing non-empty output dir")
@@ -131,8 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("corpus", help="the training corpus")
     csub = p.add_subparsers(dest="corpus_command", required=True)
     b = csub.add_parser("build", help="build (or verify) corpus-debian-v1.txt.xz from Debian packages")
-    b.add_argument("--out", help="output file (default ./corpus-debian-v1.txt.xz; with --verify-only the file to "
-                   "check, default DATA_DIR/corpus-debian-v1.txt.xz)")
+    b.add_argument(
+        "--out",
+        help="output file (default ./corpus-debian-v1.txt.xz; with --verify-only the file to "
+        "check, default DATA_DIR/corpus-debian-v1.txt.xz)",
+    )
     b.add_argument("--work-dir", help="scratch dir for downloads and extraction")
     b.add_argument("--packages-dir", help="dir with the already-downloaded .deb files")
     b.add_argument("--data-dir", help="data dir holding SHA256SUMS (and, for --verify-only, the corpus)")

@@ -61,8 +61,14 @@ CORPUS_SHA256 = "fb2775cd996eea9002b19643b7bc788643a3dfc90237f2a8b61cf113a2c6665
 CORPUS_TEXT_SHA256 = "586ef8553f51052bf713051fb0a78cb64969e8ee94155478026af25972858ddb"
 """sha256 of the decompressed corpus (95,633,396 bytes)."""
 PACKAGES = ("dict-gcide", "linux-doc-6.1", "python3.11-doc", "perl-doc", "wordnet-base", "fortunes")
-VERIFIED_VERSIONS = {"dict-gcide": "0.48.5+nmu2", "linux-doc-6.1": "6.1.192-2", "python3.11-doc": "3.11.2-6+deb12u9",
-                     "perl-doc": "5.36.0-7+deb12u4", "wordnet-base": "1:3.0-37", "fortunes": "1:1.99.1-7.3"}
+VERIFIED_VERSIONS = {
+    "dict-gcide": "0.48.5+nmu2",
+    "linux-doc-6.1": "6.1.192-2",
+    "python3.11-doc": "3.11.2-6+deb12u9",
+    "perl-doc": "5.36.0-7+deb12u4",
+    "wordnet-base": "1:3.0-37",
+    "fortunes": "1:1.99.1-7.3",
+}
 """Debian bookworm versions with which the rebuild matched `CORPUS_SHA256` byte for byte."""
 SECTION_SHA256 = {
     "gcide": "802beb667e1fb666203e750f1faea60d5c202ac5430c2083c4180494609f10a7",
@@ -102,6 +108,7 @@ class BuildReport:
 
 
 # -- sections ------------------------------------------------------------------------------------------
+
 
 def _bkey(p: Path) -> bytes:
     return p.as_posix().encode()
@@ -169,8 +176,10 @@ def _fortunes(root: Path) -> Iterator[bytes]:
     d = root / "usr/share/games/fortunes"
     if not d.is_dir():
         raise FileNotFoundError(f"fortunes: {d} missing")
-    files = sorted((f for f in d.iterdir() if f.is_file() and not f.is_symlink()
-                    and not f.name.endswith((".dat", ".u8"))), key=lambda f: f.name.encode())
+    files = sorted(
+        (f for f in d.iterdir() if f.is_file() and not f.is_symlink() and not f.name.endswith((".dat", ".u8"))),
+        key=lambda f: f.name.encode(),
+    )
     for f in files:
         yield b"".join(line for line in _lines(f.read_bytes()) if line.rstrip(b"\n") != b"%")
 
@@ -255,6 +264,7 @@ def _tee(chunks: Iterator[bytes], h: hashlib._Hash) -> Iterator[bytes]:
 
 # -- packages ------------------------------------------------------------------------------------------
 
+
 def _find_debs(d: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for pkg in PACKAGES:
@@ -268,8 +278,9 @@ def _find_debs(d: Path) -> dict[str, Path]:
 
 def _deb_version(deb: Path) -> str:
     try:
-        return subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], check=True, capture_output=True,
-                              text=True).stdout.strip()
+        return subprocess.run(
+            ["dpkg-deb", "-f", str(deb), "Version"], check=True, capture_output=True, text=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return deb.name.split("_")[1].replace("%3a", ":")
 
@@ -278,8 +289,7 @@ def download_packages(dest: Path) -> dict[str, Path]:
     """``apt-get download`` the six packages into ``dest`` (needs apt and a prior ``apt-get update``)."""
     dest.mkdir(parents=True, exist_ok=True)
     if shutil.which("apt-get") is None:
-        raise RuntimeError("apt-get not found: pass packages_dir with the six .deb files "
-                           f"({', '.join(PACKAGES)})")
+        raise RuntimeError(f"apt-get not found: pass packages_dir with the six .deb files ({', '.join(PACKAGES)})")
     subprocess.run(["apt-get", "download", *PACKAGES], cwd=dest, check=True)
     return _find_debs(dest)
 
@@ -299,8 +309,14 @@ def extract_packages(debs: dict[str, Path], root: Path) -> dict[str, Path]:
     return trees
 
 
-def build_corpus(out: Path, *, work_dir: Path, packages_dir: Path | None = None,
-                 expected_sha256: str | None = CORPUS_SHA256, compressor: str = "auto") -> Path:
+def build_corpus(
+    out: Path,
+    *,
+    work_dir: Path,
+    packages_dir: Path | None = None,
+    expected_sha256: str | None = CORPUS_SHA256,
+    compressor: str = "auto",
+) -> Path:
     """Download (or take from ``packages_dir``), extract and concatenate the corpus into ``out``.
 
     Returns ``out``; writes it and ``<out>.build.json`` (the `BuildReport`: section hashes, text hash,
@@ -324,18 +340,27 @@ def build_corpus(out: Path, *, work_dir: Path, packages_dir: Path | None = None,
     report.expected_sha256 = expected_sha256
     Path(str(out) + ".build.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     if expected_sha256 is not None and report.sha256 != expected_sha256.lower():
-        text = ("the decompressed text MATCHES the reference (" + CORPUS_TEXT_SHA256[:16] + "...), so only the "
-                "compression differs (xz version or settings)") if report.text_matches else (
-            "the decompressed text differs too; sections differing from the reference: "
-            + ", ".join(report.sections_differing)
-            + f"; package versions {report.package_versions} (verified: {VERIFIED_VERSIONS})")
+        text = (
+            (
+                "the decompressed text MATCHES the reference (" + CORPUS_TEXT_SHA256[:16] + "...), so only the "
+                "compression differs (xz version or settings)"
+            )
+            if report.text_matches
+            else (
+                "the decompressed text differs too; sections differing from the reference: "
+                + ", ".join(report.sections_differing)
+                + f"; package versions {report.package_versions} (verified: {VERIFIED_VERSIONS})"
+            )
+        )
         raise CorpusMismatchError(
             f"corpus: sha256 of {out} is {report.sha256}, expected {expected_sha256}; {text}. The file was kept.",
-            report)
+            report,
+        )
     return Path(out)
 
 
 # -- verification ----------------------------------------------------------------------------------------
+
 
 def verify_corpus(path: Path, sums_file: Path) -> bool:
     """True when the sha256 of ``path`` equals its entry (by file name, else `CORPUS_NAME`) in ``sums_file``."""

@@ -68,15 +68,21 @@ def default_data_dir() -> Path:
             raise FileNotFoundError(f"MUONLAB_DATA_DIR={env!r} is not a directory")
         return p
     cwd = Path.cwd()
-    candidates = [_REPO_ROOT.parent / "shared" / "data", cwd / "shared" / "data", cwd.parent / "shared" / "data",
-                  cwd / "data"]
+    candidates = [
+        _REPO_ROOT.parent / "shared" / "data",
+        cwd / "shared" / "data",
+        cwd.parent / "shared" / "data",
+        cwd / "data",
+    ]
     for c in candidates:
         if (c / "SHA256SUMS").is_file():
             return c.resolve()
     raise FileNotFoundError(
-        "data dir not found (looked in " + ", ".join(str(c) for c in candidates)
+        "data dir not found (looked in "
+        + ", ".join(str(c) for c in candidates)
         + "); pass --data-dir DIR or set MUONLAB_DATA_DIR to the folder holding SHA256SUMS, gpt2.tiktoken, "
-        "bpe4096.json and corpus-debian-v1.txt.xz")
+        "bpe4096.json and corpus-debian-v1.txt.xz"
+    )
 
 
 def _is_text_file(p: Path) -> bool:
@@ -215,8 +221,9 @@ class TokenShards:
         offsets = rng.integers(0, len(data) - seq_len, size=batch_size)
         return self._gather(data, offsets, seq_len)
 
-    def batches(self, split: str, batch_size: int, seq_len: int, seed: int,
-                start_step: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(
+        self, split: str, batch_size: int, seq_len: int, seed: int, start_step: int = 0
+    ) -> Iterator[tuple[Tensor, Tensor]]:
         """Infinite iterator of ``(x, y)`` int64 ``[batch_size, seq_len]``, ``y`` = ``x`` shifted by one;
         the k-th item is ``batch_at(..., step=start_step + k)``."""
         data = self.split(split)
@@ -233,7 +240,7 @@ class TokenShards:
             raise ValueError(f"n: must be positive, got {n}")
         self._check(self.val, batch_size, seq_len, "val")
         starts = np.linspace(0, len(self.val) - seq_len - 1, n * batch_size).astype(np.int64)
-        return [self._gather(self.val, starts[i * batch_size:(i + 1) * batch_size], seq_len) for i in range(n)]
+        return [self._gather(self.val, starts[i * batch_size : (i + 1) * batch_size], seq_len) for i in range(n)]
 
 
 def _memmap(path: Path) -> np.ndarray:
@@ -252,8 +259,15 @@ def load_shards(path: Path) -> TokenShards:
     return TokenShards(train=train, val=val, meta=meta, path=path)
 
 
-def prepare_tokens(sources: list[Path], tokenizer: Tokenizer, cache_dir: Path, *, val_fraction: float = 0.01,
-                   max_bytes: int | None = None, progress: bool = True) -> TokenShards:
+def prepare_tokens(
+    sources: list[Path],
+    tokenizer: Tokenizer,
+    cache_dir: Path,
+    *,
+    val_fraction: float = 0.01,
+    max_bytes: int | None = None,
+    progress: bool = True,
+) -> TokenShards:
     """Tokenize ``sources`` into ``cache_dir/<key>/{train.bin,val.bin,meta.json}`` (cached; see module doc).
 
     ``max_bytes`` caps the raw (decompressed) text read from EACH source; ``val_fraction`` in [0, 1) of each
@@ -269,9 +283,15 @@ def prepare_tokens(sources: list[Path], tokenizer: Tokenizer, cache_dir: Path, *
         raise ValueError(f"tokenizer: vocab_size {tokenizer.vocab_size} does not fit uint16")
     srcs = [Path(s).resolve() for s in sources]
     hashes = [source_sha256(s) for s in srcs]
-    key_obj = {"format": FORMAT_VERSION, "read_bytes": READ_BYTES, "piece_chars": PIECE_CHARS,
-               "sources": hashes, "tokenizer": tokenizer.sha256, "val_fraction": val_fraction,
-               "max_bytes": max_bytes}
+    key_obj = {
+        "format": FORMAT_VERSION,
+        "read_bytes": READ_BYTES,
+        "piece_chars": PIECE_CHARS,
+        "sources": hashes,
+        "tokenizer": tokenizer.sha256,
+        "val_fraction": val_fraction,
+        "max_bytes": max_bytes,
+    }
     key = hashlib.sha256(json.dumps(key_obj, sort_keys=True).encode()).hexdigest()[:20]
     cache_dir = Path(cache_dir)
     out = cache_dir / f"{tokenizer.name}-{key}"
@@ -286,9 +306,10 @@ def prepare_tokens(sources: list[Path], tokenizer: Tokenizer, cache_dir: Path, *
         src_meta = []
         n_train = n_val = 0
         with open(tmp / "train.bin", "wb") as ftr, open(tmp / "val.bin", "wb") as fva:
-            for s, h in zip(srcs, hashes):
-                with tqdm(desc=f"tokenize {s.name}", unit="B", unit_scale=True, disable=not progress,
-                          total=max_bytes) as bar:
+            for s, h in zip(srcs, hashes, strict=True):
+                with tqdm(
+                    desc=f"tokenize {s.name}", unit="B", unit_scale=True, disable=not progress, total=max_bytes
+                ) as bar:
                     toks, nbytes = _tokenize_source(s, tokenizer, max_bytes, bar)
                 n_v = int(len(toks) * val_fraction)
                 cut = len(toks) - n_v
@@ -296,13 +317,32 @@ def prepare_tokens(sources: list[Path], tokenizer: Tokenizer, cache_dir: Path, *
                 toks[cut:].tofile(fva)
                 n_train += cut
                 n_val += n_v
-                src_meta.append({"path": str(s), "sha256": h, "bytes_read": nbytes, "tokens": int(len(toks)),
-                                 "train_tokens": int(cut), "val_tokens": n_v})
-        meta = {"format": FORMAT_VERSION, "key": key, "dtype": "uint16",
-                "tokenizer": {"name": tokenizer.name, "sha256": tokenizer.sha256,
-                              "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id},
-                "sources": src_meta, "val_fraction": val_fraction, "max_bytes": max_bytes,
-                "train_tokens": n_train, "val_tokens": n_val}
+                src_meta.append(
+                    {
+                        "path": str(s),
+                        "sha256": h,
+                        "bytes_read": nbytes,
+                        "tokens": len(toks),
+                        "train_tokens": int(cut),
+                        "val_tokens": n_v,
+                    }
+                )
+        meta = {
+            "format": FORMAT_VERSION,
+            "key": key,
+            "dtype": "uint16",
+            "tokenizer": {
+                "name": tokenizer.name,
+                "sha256": tokenizer.sha256,
+                "vocab_size": tokenizer.vocab_size,
+                "eot_id": tokenizer.eot_id,
+            },
+            "sources": src_meta,
+            "val_fraction": val_fraction,
+            "max_bytes": max_bytes,
+            "train_tokens": n_train,
+            "val_tokens": n_val,
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         try:
             os.replace(tmp, out)

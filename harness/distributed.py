@@ -74,8 +74,10 @@ def setup(device: torch.device) -> tuple[DistEnv, torch.device]:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         owns = True
     if dist.get_world_size() != world or dist.get_rank() != rank:
-        raise ValueError(f"WORLD_SIZE / RANK: environment ({world}, {rank}) disagrees with the process group "
-                         f"({dist.get_world_size()}, {dist.get_rank()})")
+        raise ValueError(
+            f"WORLD_SIZE / RANK: environment ({world}, {rank}) disagrees with the process group "
+            f"({dist.get_world_size()}, {dist.get_rank()})"
+        )
     return DistEnv(world_size=world, rank=rank, local_rank=local, owns_group=owns), device
 
 
@@ -93,8 +95,10 @@ def teardown(env: DistEnv, *, sync: bool = True) -> None:
 def local_batch_size(batch_size: int, world_size: int) -> int:
     """This rank's share of the global ``train.batch_size``."""
     if batch_size % world_size:
-        raise ValueError(f"train.batch_size: {batch_size} is not divisible by the world size {world_size} "
-                         f"(batch_size is global: every rank takes batch_size / WORLD_SIZE sequences)")
+        raise ValueError(
+            f"train.batch_size: {batch_size} is not divisible by the world size {world_size} "
+            f"(batch_size is global: every rank takes batch_size / WORLD_SIZE sequences)"
+        )
     return batch_size // world_size
 
 
@@ -103,7 +107,7 @@ def rank_slice(x: torch.Tensor, env: DistEnv) -> torch.Tensor:
     if not env.enabled:
         return x
     b = local_batch_size(x.shape[0], env.world_size)
-    return x[env.rank * b:(env.rank + 1) * b]
+    return x[env.rank * b : (env.rank + 1) * b]
 
 
 def mean(value: torch.Tensor, env: DistEnv) -> float:

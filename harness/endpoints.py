@@ -6,6 +6,7 @@ bias-corrected EMA; crossings are linearly interpolated between consecutive log 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -26,7 +27,7 @@ def ema(values: Sequence[float], beta: float) -> list[float]:
 def _check_curve(xs: Sequence[float], ys: Sequence[float]) -> None:
     if len(xs) != len(ys):
         raise ValueError(f"xs, ys: lengths differ ({len(xs)} vs {len(ys)})")
-    for a, b in zip(xs, xs[1:]):
+    for a, b in itertools.pairwise(xs):
         if b < a:
             raise ValueError("xs: must be non-decreasing")
 
@@ -58,7 +59,9 @@ def minutes_to_target_loss(elapsed_s: Sequence[float], smoothed_loss: Sequence[f
     return None if t is None else t / 60.0
 
 
-def auc_early_loss(tokens: Sequence[float], loss: Sequence[float], fraction: float, total_tokens: float) -> float | None:
+def auc_early_loss(
+    tokens: Sequence[float], loss: Sequence[float], fraction: float, total_tokens: float
+) -> float | None:
     """Mean train loss over the first ``fraction * total_tokens`` tokens: the trapezoid area under the
     loss-vs-tokens curve from ``tokens[0]`` to ``fraction * total_tokens`` (the last segment linearly
     interpolated), divided by that span. ``None`` if fewer than two points fall in the window."""
@@ -68,7 +71,7 @@ def auc_early_loss(tokens: Sequence[float], loss: Sequence[float], fraction: flo
     end = fraction * total_tokens
     xs: list[float] = []
     ys: list[float] = []
-    for x, y in zip(tokens, loss):
+    for x, y in zip(tokens, loss, strict=True):
         if x <= end:
             xs.append(float(x))
             ys.append(float(y))
@@ -104,7 +107,7 @@ def least_squares_slope(xs: Sequence[float], ys: Sequence[float]) -> float | Non
     sxx = sum((x - xbar) ** 2 for x in xs)
     if sxx == 0.0:
         return None
-    return sum((x - xbar) * (y - ybar) for x, y in zip(xs, ys)) / sxx
+    return sum((x - xbar) * (y - ybar) for x, y in zip(xs, ys, strict=True)) / sxx
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:

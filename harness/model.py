@@ -78,8 +78,16 @@ class ModelConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "seq_len",
-                     "ngpt_normalize_every"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "ffn_dim",
+            "seq_len",
+            "ngpt_normalize_every",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{name}: must be an int, got {type(v).__name__} {v!r}")
@@ -113,14 +121,30 @@ class ModelConfig:
 
 MODEL_CONFIGS: dict[str, ModelConfig] = {
     # 89,220,352 parameters (63,464,704 outside the tied embedding); see docs/data.md.
-    "88m": ModelConfig(vocab_size=50304, d_model=512, n_layers=22, n_heads=8, n_kv_heads=4, ffn_dim=2048,
-                       seq_len=2048),
-    "tiny": ModelConfig(vocab_size=4096, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=512,
-                        seq_len=256),
-    "tiny_ngpt": ModelConfig(vocab_size=4096, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=512,
-                             seq_len=256, tie_embeddings=False, ngpt=True),
-    "88m_ngpt": ModelConfig(vocab_size=50304, d_model=512, n_layers=22, n_heads=8, n_kv_heads=4, ffn_dim=2048,
-                            seq_len=2048, tie_embeddings=False, ngpt=True),
+    "88m": ModelConfig(vocab_size=50304, d_model=512, n_layers=22, n_heads=8, n_kv_heads=4, ffn_dim=2048, seq_len=2048),
+    "tiny": ModelConfig(vocab_size=4096, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=512, seq_len=256),
+    "tiny_ngpt": ModelConfig(
+        vocab_size=4096,
+        d_model=128,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn_dim=512,
+        seq_len=256,
+        tie_embeddings=False,
+        ngpt=True,
+    ),
+    "88m_ngpt": ModelConfig(
+        vocab_size=50304,
+        d_model=512,
+        n_layers=22,
+        n_heads=8,
+        n_kv_heads=4,
+        ffn_dim=2048,
+        seq_len=2048,
+        tie_embeddings=False,
+        ngpt=True,
+    ),
 }
 
 
@@ -218,8 +242,7 @@ class Attention(nn.Module):
             if self.q_norm is not None and self.k_norm is not None:
                 q, k = self.q_norm(q), self.k_norm(k)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
-                                           enable_gqa=self.n_kv != self.n_heads)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=self.n_kv != self.n_heads)
         out: Tensor = self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
         return out
 
@@ -358,7 +381,7 @@ class GPT(nn.Module):
         if idx.dim() != 2:
             raise ValueError(f"idx: expected [B, T], got shape {tuple(idx.shape)}")
         T = idx.shape[1]
-        if T > self.cfg.seq_len:
+        if self.cfg.seq_len < T:
             raise ValueError(f"idx: sequence length {T} exceeds seq_len={self.cfg.seq_len}")
         if targets is not None and targets.shape != idx.shape:
             raise ValueError(f"targets: shape {tuple(targets.shape)} != idx shape {tuple(idx.shape)}")

@@ -27,8 +27,8 @@ def lr_lambda(schedule: ScheduleSection, total_steps: int) -> Callable[[int], fl
     """The multiplier of the base lr at optimizer step ``t`` (0-based) of ``total_steps``."""
     if total_steps <= 0:
         raise ValueError(f"total_steps: must be positive, got {total_steps}")
-    warmup = int(round(schedule.warmup_frac * total_steps))
-    cooldown = int(round(schedule.cooldown_frac * total_steps))
+    warmup = round(schedule.warmup_frac * total_steps)
+    cooldown = round(schedule.cooldown_frac * total_steps)
     final = schedule.final_lr_frac
     cool_start = total_steps - cooldown
 
@@ -78,8 +78,7 @@ def _muon(model: nn.Module, cfg: OptimizerSection, distributed: str = "none") ->
             {"params": ps, "algorithm": "muon", "spec": spec.replace(sphere_axis=axis)}
             for axis, ps in sorted(by_axis.items())
         ] + rest
-    return Muon(groups, preset=cfg.preset, lr=cfg.muon_lr(), backend=cfg.backend,
-                distributed=distributed, **overrides)
+    return Muon(groups, preset=cfg.preset, lr=cfg.muon_lr(), backend=cfg.backend, distributed=distributed, **overrides)
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerSection, *, distributed: str = "none") -> torch.optim.Optimizer:

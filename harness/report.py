@@ -19,13 +19,27 @@ from .endpoints import mean_std
 from .sweep import ENDPOINT_KEYS, read_results
 from .train import total_weight_norms
 
-_RUN_COLS = {"run", "point", "variant", "phases", "seed", "status", "unstable", "abort_reason", "target_loss",
-             "steps", "tokens", "elapsed_s", "config_sha256", *ENDPOINT_KEYS}
+_RUN_COLS = {
+    "run",
+    "point",
+    "variant",
+    "phases",
+    "seed",
+    "status",
+    "unstable",
+    "abort_reason",
+    "target_loss",
+    "steps",
+    "tokens",
+    "elapsed_s",
+    "config_sha256",
+    *ENDPOINT_KEYS,
+}
 
 
 def _fmt(v: float | None, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
+        return "-"
     a = abs(v)
     if a != 0 and (a >= 1e5 or a < 1e-3):
         return f"{v:.3g}"
@@ -34,7 +48,7 @@ def _fmt(v: float | None, digits: int = 4) -> str:
 
 def _pm(mean: float | None, std: float | None, n: int) -> str:
     if mean is None:
-        return "–"
+        return "-"
     return _fmt(mean) if n <= 1 else f"{_fmt(mean)} ± {_fmt(std, 2)}"
 
 
@@ -42,8 +56,15 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per point: seeds, stable count, mean/std/n of every endpoint over the stable runs."""
     points: dict[str, dict[str, Any]] = {}
     for r in rows:
-        p = points.setdefault(r["point"], {"point": r["point"], "variant": r["variant"], "runs": [],
-                                           "params": {k: v for k, v in r.items() if k not in _RUN_COLS}})
+        p = points.setdefault(
+            r["point"],
+            {
+                "point": r["point"],
+                "variant": r["variant"],
+                "runs": [],
+                "params": {k: v for k, v in r.items() if k not in _RUN_COLS},
+            },
+        )
         p["runs"].append(r)
     for p in points.values():
         stable = [r for r in p["runs"] if not r["unstable"]]
@@ -63,7 +84,9 @@ def pick_winner(agg: list[dict[str, Any]], metric: str) -> str | None:
     return None if best is None else best[1]
 
 
-def _plots(sweep_dir: Path, rows: list[dict[str, Any]], agg: list[dict[str, Any]], metric: str) -> list[tuple[str, str]]:
+def _plots(
+    sweep_dir: Path, rows: list[dict[str, Any]], agg: list[dict[str, Any]], metric: str
+) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,8 +103,14 @@ def _plots(sweep_dir: Path, rows: list[dict[str, Any]], agg: list[dict[str, Any]
         pts = [(x["tokens"], x["smoothed_loss"]) for x in recs if x.get("smoothed_loss") is not None]
         if pts:
             style = ":" if r["unstable"] else "-"
-            ax.plot([t for t, _ in pts], [v for _, v in pts], style, color=colors[r["point"]], lw=1.3,
-                    label=f"{r['run']}{' (unstable)' if r['unstable'] else ''}")
+            ax.plot(
+                [t for t, _ in pts],
+                [v for _, v in pts],
+                style,
+                color=colors[r["point"]],
+                lw=1.3,
+                label=f"{r['run']}{' (unstable)' if r['unstable'] else ''}",
+            )
         vals = [(x["tokens"], x["val_loss"]) for x in recs if x.get("val_loss") is not None]
         if vals:
             any_val = True
@@ -112,20 +141,30 @@ def _plots(sweep_dir: Path, rows: list[dict[str, Any]], agg: list[dict[str, Any]
         groups: dict[str, list[tuple[float, float, float]]] = {}
         for p in agg:
             x = p["params"].get(key)
-            mean, std, n = p[metric]
+            mean, std, _n = p[metric]
             if not isinstance(x, (int, float)) or mean is None:
                 continue
             # one line per assignment of the other swept keys
-            label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(p["params"].items())
-                              if k != key and v is not None) or "base"
+            label = (
+                ", ".join(
+                    f"{k.split('.')[-1]}={v}" for k, v in sorted(p["params"].items()) if k != key and v is not None
+                )
+                or "base"
+            )
             groups.setdefault(label, []).append((float(x), mean, std or 0.0))
         if not groups:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for label, pts in sorted(groups.items()):
             pts.sort()
-            ax.errorbar([x for x, _, _ in pts], [m for _, m, _ in pts], yerr=[s for _, _, s in pts], marker="o",
-                        capsize=4, label=label)
+            ax.errorbar(
+                [x for x, _, _ in pts],
+                [m for _, m, _ in pts],
+                yerr=[s for _, _, s in pts],
+                marker="o",
+                capsize=4,
+                label=label,
+            )
         ax.set_xlabel(key)
         ax.set_ylabel(f"{metric} (mean ± std over seeds)")
         ax.set_title(f"Dose-response: {metric} vs {key}")
@@ -140,8 +179,12 @@ def _plots(sweep_dir: Path, rows: list[dict[str, Any]], agg: list[dict[str, Any]
     # endpoint bars
     fig, axes = plt.subplots(1, 3, figsize=(13, 5.5))
     names = [p["point"] for p in agg]
-    for ax, key, label in zip(axes, ("val_loss", "tokens_to_target_loss", "minutes_to_target_loss"),
-                              ("val loss at budget", "tokens to target", "minutes to target")):
+    for ax, key, label in zip(
+        axes,
+        ("val_loss", "tokens_to_target_loss", "minutes_to_target_loss"),
+        ("val loss at budget", "tokens to target", "minutes to target"),
+        strict=True,
+    ):
         means = [p[key][0] if p[key][0] is not None else 0.0 for p in agg]
         errs = [p[key][1] or 0.0 for p in agg]
         ax.bar(range(len(names)), means, yerr=errs, capsize=4, color=[colors[n] for n in names])
@@ -196,11 +239,17 @@ def write_report(sweep_dir: str | Path) -> Path:
     target = next((r.get("target_loss") for r in rows if r.get("target_loss") is not None), None)
 
     lines = [f"# Results: {sweep_sec.get('name', sweep_dir.name)}", ""]
-    lines.append(f"{len(rows)} runs, {len(agg)} configurations. Winner by lowest mean `{metric}` over stable "
-                 f"seeds: **{winner or 'none (no stable run)'}**. Target loss: "
-                 f"{_fmt(target) if target is not None else 'none'}"
-                 + (f" ({json.loads((sweep_dir / 'target.json').read_text()).get('source')})"
-                    if (sweep_dir / "target.json").is_file() else "") + ".")
+    lines.append(
+        f"{len(rows)} runs, {len(agg)} configurations. Winner by lowest mean `{metric}` over stable "
+        f"seeds: **{winner or 'none (no stable run)'}**. Target loss: "
+        f"{_fmt(target) if target is not None else 'none'}"
+        + (
+            f" ({json.loads((sweep_dir / 'target.json').read_text()).get('source')})"
+            if (sweep_dir / "target.json").is_file()
+            else ""
+        )
+        + "."
+    )
     lines += ["", "## Per configuration (mean ± std over stable seeds)", ""]
     heads = ["config", "seeds (stable/all)", *ENDPOINT_KEYS]
     lines.append("| " + " | ".join(heads) + " |")
@@ -209,18 +258,35 @@ def write_report(sweep_dir: str | Path) -> Path:
         name = f"**{p['point']}** (winner)" if p["point"] == winner else p["point"]
         cells = [name, f"{p['n_stable']}/{p['n_runs']}", *(_pm(*p[k]) for k in ENDPOINT_KEYS)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Units: losses in nats/token; tokens_to_target_loss in tokens; minutes_to_target_loss in "
-              "training wall-clock minutes; auc_early_loss = mean train loss over the early token window; "
-              "weight_norm_slope in norm units per million tokens.", ""]
+    lines += [
+        "",
+        "Units: losses in nats/token; tokens_to_target_loss in tokens; minutes_to_target_loss in "
+        "training wall-clock minutes; auc_early_loss = mean train loss over the early token window; "
+        "weight_norm_slope in norm units per million tokens.",
+        "",
+    ]
     lines += ["## Runs", ""]
-    rheads = ["run", "seed", "status", "unstable", "val_loss", "final_smoothed_loss", "tokens_to_target_loss",
-              "minutes_to_target_loss", "elapsed_s"]
+    rheads = [
+        "run",
+        "seed",
+        "status",
+        "unstable",
+        "val_loss",
+        "final_smoothed_loss",
+        "tokens_to_target_loss",
+        "minutes_to_target_loss",
+        "elapsed_s",
+    ]
     lines.append("| " + " | ".join(rheads) + " |")
     lines.append("|" + "---|" * len(rheads))
     for r in rows:
-        cells = [str(r["run"]), str(r["seed"]), str(r["status"]),
-                 f"yes: {r['abort_reason']}" if r["unstable"] else "no",
-                 *(_fmt(r.get(k)) for k in rheads[4:])]
+        cells = [
+            str(r["run"]),
+            str(r["seed"]),
+            str(r["status"]),
+            f"yes: {r['abort_reason']}" if r["unstable"] else "no",
+            *(_fmt(r.get(k)) for k in rheads[4:]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Plots", ""]
     for title, fname in plots:
@@ -246,13 +312,18 @@ def write_report(sweep_dir: str | Path) -> Path:
     lines.append("")
     lines.append(f"- sweep config sha256: `{meta.get('sweep_sha256', 'n/a')}`")
     lines.append(f"- git commit: `{git.get('commit')}`" + (" (dirty working tree)" if git.get("dirty") else ""))
-    lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items() if k != "platform")
-                 + (f"; {vers.get('platform')}" if vers.get("platform") else ""))
+    lines.append(
+        "- versions: "
+        + ", ".join(f"{k} {v}" for k, v in vers.items() if k != "platform")
+        + (f"; {vers.get('platform')}" if vers.get("platform") else "")
+    )
     tok = data.get("tokenizer") or {}
     lines.append(f"- tokenizer: {tok.get('name')} sha256 `{tok.get('sha256')}`")
     for s in data.get("sources") or []:
-        lines.append(f"- data source: {Path(str(s.get('path'))).name} sha256 `{s.get('sha256')}`, "
-                     f"{s.get('bytes_read')} bytes read, {s.get('tokens')} tokens")
+        lines.append(
+            f"- data source: {Path(str(s.get('path'))).name} sha256 `{s.get('sha256')}`, "
+            f"{s.get('bytes_read')} bytes read, {s.get('tokens')} tokens"
+        )
     lines.append(f"- token cache key: `{data.get('key')}`; device: {first_cfg.get('device')}")
     lines += ["", "| run | config sha256 |", "|---|---|"]
     for r in rows:

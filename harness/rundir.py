@@ -50,7 +50,9 @@ def prepare_run_dir(path: Path, *, resume: bool, force: bool) -> None:
         raise RunDirError(f"{path}: exists and is not a directory")
     if is_nonempty(path):
         if not force:
-            raise RunDirError(f"{path}: run dir exists and is not empty; pass --resume to continue it or --force to overwrite it")
+            raise RunDirError(
+                f"{path}: run dir exists and is not empty; pass --resume to continue it or --force to overwrite it"
+            )
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
 
@@ -87,10 +89,17 @@ def git_info(cwd: Path | None = None) -> dict[str, Any]:
     """``{"commit": sha or None, "dirty": bool or None}`` via ``git`` (None when git or the repo is absent)."""
     where = cwd or Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                                capture_output=True, text=True, timeout=10, check=True).stdout
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
         return {"commit": commit, "dirty": bool(status.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -103,7 +112,7 @@ def versions() -> dict[str, str | None]:
         from importlib.metadata import version
 
         muonlab_version: str | None = version("muonlab")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
+    except Exception:
         muonlab_version = None
     return {
         "python": platform.python_version(),

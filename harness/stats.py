@@ -44,9 +44,7 @@ class ManifoldTracker:
         if step % self.every in (0, self.every - 1):
             self._snap = {n: p.detach().clone() for n, p in self.params}
         if step % self.every == 0:
-            self._grad_norms = {
-                n: float(p.grad.detach().norm()) if p.grad is not None else 0.0 for n, p in self.params
-            }
+            self._grad_norms = {n: float(p.grad.detach().norm()) if p.grad is not None else 0.0 for n, p in self.params}
 
     @torch.no_grad()
     def after_update(self, step: int, tokens: int) -> list[dict[str, Any]] | None:
@@ -62,15 +60,17 @@ class ManifoldTracker:
                 align = None
                 if delta is not None and self.prev_update is not None and n in self.prev_update:
                     align = _cosine(delta[n], self.prev_update[n])
-                records.append({
-                    "step": step,
-                    "tokens": tokens,
-                    "layer": n,
-                    "weight_norm": float(p.detach().norm()),
-                    "grad_norm": self._grad_norms.get(n),
-                    "effective_rank": float(self.rank_fn(p.detach().float())),
-                    "update_alignment": align,
-                })
+                records.append(
+                    {
+                        "step": step,
+                        "tokens": tokens,
+                        "layer": n,
+                        "weight_norm": float(p.detach().norm()),
+                        "grad_norm": self._grad_norms.get(n),
+                        "effective_rank": float(self.rank_fn(p.detach().float())),
+                        "update_alignment": align,
+                    }
+                )
         self.prev_update = delta if (step + 1) % self.every == 0 else None
         return records
 

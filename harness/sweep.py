@@ -67,10 +67,11 @@ def expand_points(sweep: SweepConfig) -> list[Point]:
     points = []
     for variant in sweep.sweep.variants:
         for combo in combos:
-            grid = dict(zip(keys, combo))
+            grid = dict(zip(keys, combo, strict=True))
             suffix = "".join(f"_{k.split('.')[-1]}={_fmt(v)}" for k, v in grid.items())
-            points.append(Point(name=f"{variant.name}{suffix}", variant=variant.name,
-                                params={**variant.set, **grid}, grid=grid))
+            points.append(
+                Point(name=f"{variant.name}{suffix}", variant=variant.name, params={**variant.set, **grid}, grid=grid)
+            )
     return points
 
 
@@ -103,8 +104,10 @@ def run_one(spec: RunSpec, run_dir: Path, *, data_dir: Path | None, progress: bo
     log(f"[sweep] {spec.name}: {'resuming' if resume else 'training'}")
     t0 = time.perf_counter()
     summary = train(spec.config, run_dir, data_dir=data_dir, resume=resume, force=force, progress=progress)
-    log(f"[sweep] {spec.name}: {summary['status']} in {time.perf_counter() - t0:.1f}s, "
-        f"val_loss {summary.get('val_loss')}, smoothed {summary.get('final_smoothed_loss')}")
+    log(
+        f"[sweep] {spec.name}: {summary['status']} in {time.perf_counter() - t0:.1f}s, "
+        f"val_loss {summary.get('val_loss')}, smoothed {summary.get('final_smoothed_loss')}"
+    )
     return summary
 
 
@@ -144,8 +147,8 @@ def run_sweep(
         old = json.loads(meta_path.read_text())
         if old.get("sweep_sha256") != sha and not force:
             raise rd.RunDirError(
-                f"{sweep_dir}: holds a different sweep (sha256 {old.get('sweep_sha256')}); "
-                f"use another --out or --force")
+                f"{sweep_dir}: holds a different sweep (sha256 {old.get('sweep_sha256')}); use another --out or --force"
+            )
     elif rd.is_nonempty(sweep_dir) and not force:
         raise rd.RunDirError(f"{sweep_dir}: exists, is not empty and is not a sweep dir; use another --out or --force")
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -155,8 +158,16 @@ def run_sweep(
         commands = json.loads(meta_path.read_text()).get("commands", [])
     if command:
         commands.append(command)
-    rd.atomic_write_json(meta_path, {"sweep": sweep.model_dump(mode="json"), "sweep_sha256": sha,
-                                     "commands": commands, "git": rd.git_info(), "versions": rd.versions()})
+    rd.atomic_write_json(
+        meta_path,
+        {
+            "sweep": sweep.model_dump(mode="json"),
+            "sweep_sha256": sha,
+            "commands": commands,
+            "git": rd.git_info(),
+            "versions": rd.versions(),
+        },
+    )
 
     points = expand_points(sweep)
     phases = sweep.sweep.phases
@@ -178,8 +189,15 @@ def run_sweep(
         if summary.get("unstable") or final is None:
             raise RuntimeError(f"pilot run {spec.name} is unstable ({summary.get('abort_reason')}); no target")
         target = float(final) * sweep.sweep.target_factor
-        rd.atomic_write_json(target_path, {"target_loss": target, "source": f"pilot {spec.name}",
-                                           "pilot_final_smoothed_loss": final, "factor": sweep.sweep.target_factor})
+        rd.atomic_write_json(
+            target_path,
+            {
+                "target_loss": target,
+                "source": f"pilot {spec.name}",
+                "pilot_final_smoothed_loss": final,
+                "factor": sweep.sweep.target_factor,
+            },
+        )
     else:
         target = None
     log(f"[sweep] target loss: {target}")
@@ -199,8 +217,9 @@ def run_sweep(
                 summary = run_one(spec, run_dir, data_dir=data_dir, progress=progress, log=log)
                 cfg = spec.config
                 total_tokens = summary["total_steps"] * rd.read_config(run_dir)["tokens_per_step"]
-                ends = summarize(run_dir, target=target, auc_fraction=cfg.endpoints.auc_fraction,
-                                 total_tokens=total_tokens)
+                ends = summarize(
+                    run_dir, target=target, auc_fraction=cfg.endpoints.auc_fraction, total_tokens=total_tokens
+                )
                 if spec.name in rows:
                     row = rows[spec.name]
                     if phase.name not in row["phases"].split("+"):

@@ -18,8 +18,8 @@ from typing import Protocol, runtime_checkable
 
 __all__ = [
     "GPT2_TIKTOKEN_SHA256",
-    "HFTokenizer",
     "TOKENIZER_FILES",
+    "HFTokenizer",
     "TiktokenTokenizer",
     "Tokenizer",
     "file_sha256",
@@ -96,8 +96,9 @@ class TiktokenTokenizer:
         self.name = name
         self.sha256 = sha256
         self.eot_id = len(ranks)  # 50256 for GPT-2
-        self._enc = tiktoken.Encoding(name=f"{name}-local", pat_str=pat_str, mergeable_ranks=ranks,
-                                      special_tokens={ENDOFTEXT: self.eot_id})
+        self._enc = tiktoken.Encoding(
+            name=f"{name}-local", pat_str=pat_str, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: self.eot_id}
+        )
         self.vocab_size = self._enc.n_vocab
 
     def encode(self, text: str) -> list[int]:

@@ -97,8 +97,9 @@ def load_data(cfg: RunConfig, data_dir: Path, *, progress: bool = False) -> tupl
             raise FileNotFoundError(f"data.sources: {p} does not exist")
         sources.append(p)
     cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir() / "tokens"
-    shards = prepare_tokens(sources, tok, cache, val_fraction=cfg.data.val_fraction, max_bytes=cfg.data.max_bytes,
-                            progress=progress)
+    shards = prepare_tokens(
+        sources, tok, cache, val_fraction=cfg.data.val_fraction, max_bytes=cfg.data.max_bytes, progress=progress
+    )
     return tok, shards
 
 
@@ -120,8 +121,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
-             autocast: Any) -> float:
+def evaluate(
+    model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device, autocast: Any
+) -> float:
     was_training = model.training
     model.eval()
     total = 0.0
@@ -146,8 +148,13 @@ def summarize(run_dir: Path, *, target: float | None, auc_fraction: float, total
     """Endpoints of a run from its metrics.jsonl and manifold_stats.jsonl."""
     records = rd.read_jsonl(Path(run_dir) / rd.METRICS)
     stats = rd.read_jsonl(Path(run_dir) / rd.STATS)
-    return compute_endpoints(records, target=target, auc_fraction=auc_fraction, total_tokens=total_tokens,
-                             weight_norms=total_weight_norms(stats))
+    return compute_endpoints(
+        records,
+        target=target,
+        auc_fraction=auc_fraction,
+        total_tokens=total_tokens,
+        weight_norms=total_weight_norms(stats),
+    )
 
 
 def train(
@@ -172,15 +179,24 @@ def train(
         if cfg.train.distributed not in dd.DDP_MODES:
             raise ValueError(
                 f"train.distributed: {cfg.train.distributed!r} needs FSDP2 (sharded parameters), which the harness "
-                f"does not set up; use 'replicated' or 'none' with torchrun")
+                f"does not set up; use 'replicated' or 'none' with torchrun"
+            )
         dd.local_batch_size(cfg.train.batch_size, world)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     env, device = dd.setup(resolve_device(cfg.train.device))
     try:
-        summary = _train(cfg, Path(run_dir), Path(data_dir) if data_dir is not None else default_data_dir(),
-                         env=env, device=device, resume=resume, force=force, progress=progress and env.is_main,
-                         stop_after=stop_after)
+        summary = _train(
+            cfg,
+            Path(run_dir),
+            Path(data_dir) if data_dir is not None else default_data_dir(),
+            env=env,
+            device=device,
+            resume=resume,
+            force=force,
+            progress=progress and env.is_main,
+            stop_after=stop_after,
+        )
     except BaseException:
         dd.teardown(env, sync=False)
         raise
@@ -188,15 +204,27 @@ def train(
     return summary
 
 
-def _train(cfg: RunConfig, run_dir: Path, data_dir: Path, *, env: dd.DistEnv, device: torch.device, resume: bool,
-           force: bool, progress: bool, stop_after: int | None) -> dict[str, Any]:
+def _train(
+    cfg: RunConfig,
+    run_dir: Path,
+    data_dir: Path,
+    *,
+    env: dd.DistEnv,
+    device: torch.device,
+    resume: bool,
+    force: bool,
+    progress: bool,
+    stop_after: int | None,
+) -> dict[str, Any]:
     from .model import GPT
+
     # -- everything that can fail on bad input happens before the run dir is touched -----------------------
     if resume and rd.latest_checkpoint(run_dir) is None:
         raise rd.RunDirError(f"{run_dir}: nothing to resume (no checkpoint in {run_dir / rd.CKPT_DIR})")
     if not resume and rd.is_nonempty(run_dir) and not force:
         raise rd.RunDirError(
-            f"{run_dir}: run dir exists and is not empty; pass --resume to continue it or --force to overwrite it")
+            f"{run_dir}: run dir exists and is not empty; pass --resume to continue it or --force to overwrite it"
+        )
     tok, shards = dd.main_first(env, lambda: load_data(cfg, data_dir, progress=progress))
     mcfg = resolve_model_config(cfg, tok.vocab_size)
     seq_len = seq_len_of(cfg, mcfg)
@@ -211,9 +239,14 @@ def _train(cfg: RunConfig, run_dir: Path, data_dir: Path, *, env: dd.DistEnv, de
     optimizer = build_optimizer(model, cfg.optimizer, distributed=cfg.train.distributed if env.enabled else "none")
     scheduler = build_scheduler(optimizer, cfg.schedule, total)
     normalize = needs_manual_normalize(model)
-    monitor = AbortMonitor(window=cfg.abort.window, rise_factor=cfg.abort.rise_factor, patience=cfg.abort.patience,
-                           weight_norm_factor=cfg.abort.weight_norm_factor, early_points=cfg.abort.early_points,
-                           enabled=cfg.abort.enabled)
+    monitor = AbortMonitor(
+        window=cfg.abort.window,
+        rise_factor=cfg.abort.rise_factor,
+        patience=cfg.abort.patience,
+        weight_norm_factor=cfg.abort.weight_norm_factor,
+        early_points=cfg.abort.early_points,
+        enabled=cfg.abort.enabled,
+    )
     tracker = ManifoldTracker(model, cfg.train.stats_every)
 
     cfg_json = cfg.model_dump(mode="json")
@@ -247,7 +280,8 @@ def _train(cfg: RunConfig, run_dir: Path, data_dir: Path, *, env: dd.DistEnv, de
         if stored.get("config_sha256") != cfg_sha:
             raise rd.RunDirError(
                 f"{run_dir}: config differs from the run's config.json (sha256 {stored.get('config_sha256')} vs "
-                f"{cfg_sha}); resume with the same config")
+                f"{cfg_sha}); resume with the same config"
+            )
         ckpt = rd.load_checkpoint(rd.latest_checkpoint(run_dir))  # type: ignore[arg-type]
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -280,18 +314,23 @@ def _train(cfg: RunConfig, run_dir: Path, data_dir: Path, *, env: dd.DistEnv, de
     def checkpoint() -> None:
         if not env.is_main:
             return
-        rd.save_checkpoint(run_dir, step, {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "abort": monitor.state_dict(),
-            "tracker": tracker.state_dict(),
-            "rng": _rng_state(),
-            "step": step,
-            "ema": ema_m,
-            "elapsed_s": elapsed,
-            "config_sha256": cfg_sha,
-        }, keep=cfg.train.keep_checkpoints)
+        rd.save_checkpoint(
+            run_dir,
+            step,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "abort": monitor.state_dict(),
+                "tracker": tracker.state_dict(),
+                "rng": _rng_state(),
+                "step": step,
+                "ema": ema_m,
+                "elapsed_s": elapsed,
+                "config_sha256": cfg_sha,
+            },
+            keep=cfg.train.keep_checkpoints,
+        )
 
     def write_summary(status: str) -> dict[str, Any]:
         if not env.is_main:
@@ -307,8 +346,14 @@ def _train(cfg: RunConfig, run_dir: Path, data_dir: Path, *, env: dd.DistEnv, de
             "config_sha256": cfg_sha,
             "n_params": config_record["n_params"],
         }
-        summary.update(summarize(run_dir, target=cfg.endpoints.target_loss, auc_fraction=cfg.endpoints.auc_fraction,
-                                 total_tokens=total * tokens_per_step))
+        summary.update(
+            summarize(
+                run_dir,
+                target=cfg.endpoints.target_loss,
+                auc_fraction=cfg.endpoints.auc_fraction,
+                total_tokens=total * tokens_per_step,
+            )
+        )
         rd.atomic_write_json(run_dir / rd.SUMMARY, summary)
         return summary
 
@@ -362,7 +407,7 @@ def _train(cfg: RunConfig, run_dir: Path, data_dir: Path, *, env: dd.DistEnv, de
                     reason = monitor.observe_weight_norms(step, {r["layer"]: r["weight_norm"] for r in records})
             if env.enabled:  # identical inputs give identical decisions; this keeps the ranks in lockstep anyway
                 stop = dd.any_rank(reason is not None, env, device)
-            last = step == total or reason is not None or stop or step == stop_after
+            last = step in (total, stop_after) or reason is not None or stop
             if step % cfg.train.log_every == 0 or last:
                 rec: dict[str, Any] = {
                     "step": step,
@@ -382,7 +427,7 @@ def _train(cfg: RunConfig, run_dir: Path, data_dir: Path, *, env: dd.DistEnv, de
             if bar is not None:
                 bar.update(1)
             ce = cfg.train.checkpoint_every
-            if (ce is not None and step % ce == 0) or step == total or step == stop_after:
+            if (ce is not None and step % ce == 0) or step in (total, stop_after):
                 checkpoint()
                 write_summary("running")
             if stop_after is not None and step >= stop_after:

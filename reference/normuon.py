@@ -67,10 +67,7 @@ def normuon_normalize(o: Array, s: Array, spec: MuonSpec) -> tuple[Array, Array]
     vbar = np.mean(o * o, axis=red, keepdims=True)
     s_new = s + (1.0 - spec.beta2) * (vbar - s)
     eps = spec.normuon_eps
-    if spec.normuon_eps_mode == "add":
-        o_hat = o / (np.sqrt(s_new) + eps)
-    else:
-        o_hat = o / np.sqrt(np.maximum(s_new, eps))
+    o_hat = o / (np.sqrt(s_new) + eps) if spec.normuon_eps_mode == "add" else o / np.sqrt(np.maximum(s_new, eps))
     hat_norm = _frobenius(o_hat)
     if spec.normuon_rescale == "frobenius":
         denom = hat_norm + eps if spec.normuon_eps_mode == "add" else np.maximum(hat_norm, eps)

@@ -89,10 +89,7 @@ def normalize_frobenius(x: Array, norm_scale: float, eps: float, eps_mode: EpsMo
     The norm is over the last two dims (variants.md section 0.2 step 3); ``Orth(0) = 0`` exactly.
     """
     norm = np.sqrt(np.sum(x * x, axis=(-2, -1), keepdims=True))
-    if eps_mode == "add":
-        denom = norm_scale * norm + eps
-    else:
-        denom = np.maximum(norm_scale * norm, eps)
+    denom = norm_scale * norm + eps if eps_mode == "add" else np.maximum(norm_scale * norm, eps)
     out: Array = x / denom
     return out
 

@@ -87,9 +87,7 @@ def optimal_composition(
     if not 0.0 < l <= 1.0:
         raise ValueError(f"l: expected 0 < l <= 1, got {l!r}")
     if safety_factor_eps < 0.0 or cushion < 0.0:
-        raise ValueError(
-            f"safety_factor_eps, cushion: must be >= 0, got ({safety_factor_eps!r}, {cushion!r})"
-        )
+        raise ValueError(f"safety_factor_eps, cushion: must be >= 0, got ({safety_factor_eps!r}, {cushion!r})")
     lo, hi = float(l), 1.0
     sf = 1.0 + float(safety_factor_eps)
     out: list[Triple] = []

@@ -124,7 +124,7 @@ def sphere_step(weight: Array, step: Array, spec: MuonSpec, lr_update: float) ->
     dm, _ = as_matrices(dd, spec, "param")
     wv = _to_vectors(wm, spec.sphere_axis)
     dv = _to_vectors(dm, spec.sphere_axis)
-    radius = _norm(wv) if spec.sphere_axis == "matrix" else np.ones(wv.shape[:-1] + (1,))
+    radius = _norm(wv) if spec.sphere_axis == "matrix" else np.ones((*wv.shape[:-1], 1))
     if spec.sphere == "renormalize":
         nv = renormalize_vectors(wv, dv, radius)
     else:

@@ -33,8 +33,8 @@ from .normuon import normuon_normalize
 from .orthogonalize import Array, as_matrices, orthogonalize
 from .presets import resolve_spec
 from .scaling import update_scale
-from .sphere import sphere_step
 from .spec import MuonSpec
+from .sphere import sphere_step
 from .state import AdamState, MuonState, normuon_state_shape
 
 __all__ = ["adamw_step", "muon_step", "muon_update", "step"]
@@ -168,10 +168,7 @@ def _muon_step(
         return p, st
     o, new_state = _muon_update(p, g, st, spec)
     lr_update = lr * update_scale(p.shape, spec)
-    if spec.decay_placement in ("param", "both"):
-        w = decoupled_decay(p, o, lr, lr_update, spec)
-    else:
-        w = p
+    w = decoupled_decay(p, o, lr, lr_update, spec) if spec.decay_placement in ("param", "both") else p
     if spec.sphere == "none":
         new_p: Array = w - lr_update * o
     else:
@@ -254,7 +251,7 @@ def step(
         )
     new_params: list[Array] = []
     new_states: list[State] = []
-    for i, (p, g, st) in enumerate(zip(params, grads, states)):
+    for i, (p, g, st) in enumerate(zip(params, grads, states, strict=True)):
         names = (f"params[{i}]", f"grads[{i}]", f"states[{i}]")
         if g is None:
             new_params.append(_as_float64(p, names[0]))

@@ -31,9 +31,7 @@ class Case:
 SMALL_SHAPES: list[tuple[int, int]] = [(128, 128)] * 4 + [(128, 512)] * 4 + [(512, 128)] * 4
 """12 matrices: 4 square, 4 wide, 4 tall."""
 
-GPT2_SMALL_SHAPES: list[tuple[int, int]] = [
-    s for _ in range(12) for s in [(768, 768)] * 4 + [(3072, 768), (768, 3072)]
-]
+GPT2_SMALL_SHAPES: list[tuple[int, int]] = [s for _ in range(12) for s in [(768, 768)] * 4 + [(3072, 768), (768, 3072)]]
 """GPT-2 small's 72 hidden matrices: 12 layers x (q, k, v, o at 768x768, MLP up 3072x768, down 768x3072)."""
 
 
@@ -128,12 +126,12 @@ def elementwise_apply(m: int, n: int, count: int) -> Callable[[torch.device], tu
         fused = ew.fused_apply if dev.type == "cuda" else ew.fused_apply_torch
 
         def eager() -> None:
-            for p, u in zip(ps, us):
+            for p, u in zip(ps, us, strict=True):
                 _naive_apply(p, u, 1e-3, 1e-4)
             sync(dev)
 
         def one_pass() -> None:
-            for p, u in zip(ps, us):
+            for p, u in zip(ps, us, strict=True):
                 fused(p, u, lr_update=1e-3, decay_factor=1e-4, cautious="ge")
             sync(dev)
 
@@ -168,16 +166,30 @@ def symmetric_xxt(batch: int, m: int, k: int) -> Callable[[torch.device], tuple[
 def cases() -> list[Case]:
     """Every comparison, CPU-sized first."""
     return [
-        Case("step/small12", "torch.optim.Muon", "muonlab.fast.Muon", full_step(SMALL_SHAPES),
-             note="12 matrices 128x128, 128x512, 512x128"),
-        Case("step/gpt2-small72", "torch.optim.Muon", "muonlab.fast.Muon", full_step(GPT2_SMALL_SHAPES),
-             note="72 matrices of GPT-2 small"),
+        Case(
+            "step/small12",
+            "torch.optim.Muon",
+            "muonlab.fast.Muon",
+            full_step(SMALL_SHAPES),
+            note="12 matrices 128x128, 128x512, 512x128",
+        ),
+        Case(
+            "step/gpt2-small72",
+            "torch.optim.Muon",
+            "muonlab.fast.Muon",
+            full_step(GPT2_SMALL_SHAPES),
+            note="72 matrices of GPT-2 small",
+        ),
         Case("ns5/8x128x512-fp32", "looped", "batched", newton_schulz(8, 128, 512, torch.float32)),
         Case("ns5/8x128x512-bf16", "looped", "batched", newton_schulz(8, 128, 512, torch.bfloat16)),
-        Case("ns5/24x768x768-bf16", "looped", "batched", newton_schulz(24, 768, 768, torch.bfloat16),
-             cuda_only=True),
-        Case("apply/12x512x512", "eager 4 ops", "fused", elementwise_apply(512, 512, 12),
-             note="CPU: the torch twin; CUDA: the Triton kernel"),
+        Case("ns5/24x768x768-bf16", "looped", "batched", newton_schulz(24, 768, 768, torch.bfloat16), cuda_only=True),
+        Case(
+            "apply/12x512x512",
+            "eager 4 ops",
+            "fused",
+            elementwise_apply(512, 512, 12),
+            note="CPU: the torch twin; CUDA: the Triton kernel",
+        ),
         Case("xxt/4x768x3072-bf16", "bmm X X^T", "triton xxt", symmetric_xxt(4, 768, 3072), cuda_only=True),
         Case("xxt/24x768x768-bf16", "bmm X X^T", "triton xxt", symmetric_xxt(24, 768, 768), cuda_only=True),
     ]

@@ -23,7 +23,7 @@ import torch.utils.benchmark as tbench
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import benchcases as bc  # noqa: E402
+import benchcases as bc
 
 
 def _median_rounds(baseline: bc.Fn, candidate: bc.Fn, rounds: int, number: int) -> tuple[float, float]:
@@ -50,8 +50,13 @@ def _environment(dev: torch.device, threads: int) -> list[str]:
 
     lines = [
         f"- device: {dev.type}"
-        + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else f" ({platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs)"),
-        f"- torch {torch.__version__}, triton {triton.__version__}, Python {platform.python_version()}, torch threads {threads}",
+        + (
+            f" ({torch.cuda.get_device_name(dev)})"
+            if dev.type == "cuda"
+            else f" ({platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs)"
+        ),
+        f"- torch {torch.__version__}, triton {triton.__version__}, Python {platform.python_version()}, "
+        f"torch threads {threads}",
     ]
     if hasattr(os, "getloadavg"):
         lines.append(f"- load average at start: {os.getloadavg()[0]:.2f}")
@@ -82,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         gpt2 = case.name.startswith("step/gpt2")
         if case.cuda_only and dev.type != "cuda":
-            print(f"| {case.name} | {case.baseline_label} | {case.candidate_label} | - | - | - | CUDA only: not measured |")
+            print(f"| {case.name} | {case.baseline_label} | {case.candidate_label} | - | - | - | CUDA only |")
             continue
         if gpt2 and dev.type != "cuda" and not args.gpt2_cpu:
-            print(f"| {case.name} | {case.baseline_label} | {case.candidate_label} | - | - | - | CPU: run with --gpt2-cpu |")
+            print(f"| {case.name} | {case.baseline_label} | {case.candidate_label} | - | - | - | needs --gpt2-cpu |")
             continue
         baseline, candidate = case.build(dev)
         baseline()
@@ -94,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         number = 1 if gpt2 or case.name.startswith("step/") else 3
         b, c = _median_rounds(baseline, candidate, rounds, number)
         note = case.note + ("; " if case.note else "") + f"{rounds} rounds x {number}"
-        print(f"| {case.name} | {case.baseline_label} | {case.candidate_label} | {_fmt(b)} | {_fmt(c)} | {b / c:.2f}x | {note} |")
+        cells = [case.name, case.baseline_label, case.candidate_label, _fmt(b), _fmt(c), f"{b / c:.2f}x", note]
+        print("| " + " | ".join(cells) + " |")
         sys.stdout.flush()
     return 0
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 import benchcases as bc
+import pytest
 
 DEVICE = bc.device()
 CASES = [c for c in bc.cases() if DEVICE.type == "cuda" or not (c.cuda_only or c.name.startswith("step/gpt2"))]

@@ -35,7 +35,19 @@ from muonlab.reference.state import normuon_state_shape
 # Fewer rows than ranks ((1, 5), (2, 3) on 3 ranks), a batch of matrices (3-D), a conv filter (4-D), a tall
 # and a wide matrix, and 13 tensors: not divisible by 2 or 3.
 SHAPES: list[tuple[int, ...]] = [
-    (4, 6), (4, 6), (4, 6), (6, 4), (1, 5), (2, 3), (5, 5), (3, 2, 4), (4, 2, 2, 2), (7, 3), (16, 8), (16, 8), (9, 12),
+    (4, 6),
+    (4, 6),
+    (4, 6),
+    (6, 4),
+    (1, 5),
+    (2, 3),
+    (5, 5),
+    (3, 2, 4),
+    (4, 2, 2, 2),
+    (7, 3),
+    (16, 8),
+    (16, 8),
+    (9, 12),
 ]
 
 Results = dict[str, list[Any]]
@@ -46,7 +58,7 @@ def full_tensors(seed: int, dtypes: list[torch.dtype] | None = None) -> list[tor
     g = torch.Generator().manual_seed(seed)
     out = [torch.randn(s, generator=g) for s in SHAPES]
     if dtypes is not None:
-        out = [t.to(d) for t, d in zip(out, dtypes)]
+        out = [t.to(d) for t, d in zip(out, dtypes, strict=True)]
     return out
 
 
@@ -93,7 +105,11 @@ def shard(t: torch.Tensor) -> torch.Tensor:
 
 
 def bitwise(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[bool, str]:
-    bad = [i for i, (x, y) in enumerate(zip(a, b)) if x.dtype != y.dtype or x.shape != y.shape or not torch.equal(x, y)]
+    bad = [
+        i
+        for i, (x, y) in enumerate(zip(a, b, strict=True))
+        if x.dtype != y.dtype or x.shape != y.shape or not torch.equal(x, y)
+    ]
     return not bad, f"mismatch at tensors {bad}"
 
 
@@ -108,7 +124,7 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
 def check_owners(world: int) -> tuple[bool, str]:
     owners = D.assign_owners(SHAPES, world)
     for shape in set(SHAPES):
-        per = [sum(1 for s, o in zip(SHAPES, owners) if s == shape and o == r) for r in range(world)]
+        per = [sum(1 for s, o in zip(SHAPES, owners, strict=True) if s == shape and o == r) for r in range(world)]
         if max(per) - min(per) > 1:
             return False, f"shape {shape}: per-rank counts {per}"
     loads = [sum(1 for o in owners if o == r) for r in range(world)]
@@ -172,7 +188,7 @@ def check_vs_reference(mode: str, world: int) -> tuple[bool, str]:
         else:
             parts = D.orthogonalize_sharded([shard(x) for x in xs], SHAPES, spec)
             got = D.gather_full(parts, SHAPES)
-        worst = max(rel(g.numpy(), ref.orthogonalize(x.numpy(), spec)) for g, x in zip(got, xs))
+        worst = max(rel(g.numpy(), ref.orthogonalize(x.numpy(), spec)) for g, x in zip(got, xs, strict=True))
         errs[dt] = (worst, tol)
     return all(e <= t for e, t in errs.values()), f"max relative Frobenius error vs reference: {errs}"
 
@@ -216,7 +232,7 @@ def dist_muon_step(
 ) -> None:
     """Stages 1-7 with stages 3-4 distributed: momentum, decay and the update run on whatever this rank holds
     (shards in ``"sharded"``/``"gathered"``), orthogonalization and NorMuon on owners (the intended hook)."""
-    for p, st, full in zip(params, states, full_shapes):
+    for p, st, full in zip(params, states, full_shapes, strict=True):
         if not st:
             st.update(init_muon_state(p, spec))
             if spec.normuon:  # S is replicated: the full parameter's statistic shape.
@@ -226,7 +242,7 @@ def dist_muon_step(
         st["step"] += 1
         steps.append(int(st["step"].item()))
     bufs = [st["momentum_buffer"] for st in states]
-    gl = [g.to(b.dtype) for g, b in zip(grads, bufs)]
+    gl = [g.to(b.dtype) for g, b in zip(grads, bufs, strict=True)]
     lam = spec.weight_decay
     if spec.decay_placement in ("update", "both") and lam != 0.0:
         gl = coupled_decay(gl, params, lam)
@@ -235,7 +251,7 @@ def dist_muon_step(
     shapes_arg = None if mode in ("none", "replicated") else full_shapes
     outs = D.muon_directions(ns, spec, mode=mode, second_moments=moments, full_shapes=shapes_arg)
     decoupled = spec.decay_placement in ("param", "both") and lam != 0.0
-    for p, o, full in zip(params, outs, full_shapes):
+    for p, o, full in zip(params, outs, full_shapes, strict=True):
         lr_u = lr * update_scale(full, spec)  # the FULL shape: a shard's shape would scale wrongly
         factor = decay_lr(lr, lr_u, spec) * lam if decoupled else None
         apply_update(p, o, lr_update=lr_u, decay_factor=factor, cautious=spec.cautious)
@@ -270,12 +286,17 @@ def check_steps(spec: MuonSpec, mode: D.DistributedMode, world: int, steps: int 
     want = single if mode == "replicated" else [shard(w) for w in single]
     ok_bits, msg = bitwise(local_params, want)
     full_now = local_params if mode == "replicated" else D.gather_full(local_params, SHAPES)
-    errs = [rel(f.double().numpy() - w.double().numpy(), r - w.double().numpy()) for f, r, w in zip(full_now, ref_p, w0)]
+    errs = [
+        rel(f.double().numpy() - w.double().numpy(), r - w.double().numpy())
+        for f, r, w in zip(full_now, ref_p, w0, strict=True)
+    ]
     ok_ref = max(errs) <= 1e-3 * steps
     ok_s = True
     if spec.normuon:
         ok_s = all(same_on_all_ranks(st["second_moment"]) for st in d_states)
-        ok_s = ok_s and all(torch.equal(d["second_moment"], s["second_moment"]) for d, s in zip(d_states, s_states))
+        ok_s = ok_s and all(
+            torch.equal(d["second_moment"], s["second_moment"]) for d, s in zip(d_states, s_states, strict=True)
+        )
     return ok_bits and ok_ref and ok_s, (
         f"vs one-process fast: {msg}; max relative error of W_T - W_0 vs reference {max(errs):.2e}; "
         f"S identical on all ranks and to one process: {ok_s}"
@@ -296,7 +317,7 @@ def check_ddp_accumulation(spec: MuonSpec, world: int) -> tuple[bool, str]:
         ddp = DDP(model)
         g = torch.Generator().manual_seed(11 + rank)
         x, y = torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)
-        for k, (xb, yb) in enumerate(zip(x.chunk(micro), y.chunk(micro))):
+        for k, (xb, yb) in enumerate(zip(x.chunk(micro), y.chunk(micro), strict=True)):
             loss = torch.nn.functional.mse_loss(ddp(xb), yb, reduction="sum") / x.shape[0]
             if k < micro - 1:
                 with ddp.no_sync():
@@ -307,10 +328,18 @@ def check_ddp_accumulation(spec: MuonSpec, world: int) -> tuple[bool, str]:
         grads = [p.grad.detach().clone() for p in model.parameters()]  # type: ignore[union-attr]
         dist_muon_step(params, grads, [{}, {}], [tuple(p.shape) for p in params], spec, 0.02, "replicated")
         results.append(([p.clone() for p in params], grads, w0))
-    (p1, g1, w0), (p2, g2, _) = results
-    diff = max(rel(a.double().numpy(), b.double().numpy()) for a, b in zip(p1, p2))
-    ref_new = [ref.muon_step(w.double().numpy(), gg.double().numpy(), ref.init_muon_state(w.double().numpy(), spec), spec, 0.02)[0] for w, gg in zip(w0, g1)]
-    err = max(rel(p.double().numpy() - w.double().numpy(), r - w.double().numpy()) for p, r, w in zip(p1, ref_new, w0))
+    (p1, g1, w0), (p2, _g2, _) = results
+    diff = max(rel(a.double().numpy(), b.double().numpy()) for a, b in zip(p1, p2, strict=True))
+    ref_new = [
+        ref.muon_step(
+            w.double().numpy(), gg.double().numpy(), ref.init_muon_state(w.double().numpy(), spec), spec, 0.02
+        )[0]
+        for w, gg in zip(w0, g1, strict=True)
+    ]
+    err = max(
+        rel(p.double().numpy() - w.double().numpy(), r - w.double().numpy())
+        for p, r, w in zip(p1, ref_new, w0, strict=True)
+    )
     same = all(same_on_all_ranks(p) for p in p2)
     return diff <= 1e-5 and err <= 1e-3 and same, (
         f"accumulated vs one batch: rel diff {diff:.2e}; vs reference {err:.2e}; identical on ranks: {same}"
@@ -375,7 +404,7 @@ def check_optimizer_ddp(spec: MuonSpec, world: int, steps: int = 3) -> tuple[boo
         x, y = torch.randn(4, 2, 3, 3, generator=g), torch.randn(4, 1, generator=g)
         opt.zero_grad()
         torch.nn.functional.mse_loss(ddp(x), y).backward()
-        for p, q in zip(model.parameters(), single.parameters()):
+        for p, q in zip(model.parameters(), single.parameters(), strict=True):
             assert p.grad is not None
             grads_same = grads_same and same_on_all_ranks(p.grad)
             q.grad = p.grad.clone()
@@ -423,7 +452,7 @@ def _step_dtensor(
     """One step of ``opt`` on Shard(0) gradients of the averaged gradient (and of ``single`` on the full one)."""
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    for i, (p, a) in enumerate(zip(params, _avg_grads(t))):
+    for i, (p, a) in enumerate(zip(params, _avg_grads(t), strict=True)):
         p.grad = distribute_tensor(a, p.device_mesh, [Shard(0)])  # type: ignore[attr-defined]
         if single_params is not None:
             single_params[i].grad = a.clone()
@@ -448,7 +477,7 @@ def check_optimizer_dtensor(spec: MuonSpec, mode: D.DistributedMode, world: int,
     want = steps * (world if mode == "gathered" else 1) * sum(n_matrices(s, spec) for s in SHAPES)
     fulls = [p.detach().full_tensor() for p in params]  # type: ignore[attr-defined]
     ok_bits, msg = bitwise(fulls, [q.detach() for q in single])
-    moved = all(not torch.equal(f, w) for f, w in zip(fulls, full_tensors(8)))
+    moved = all(not torch.equal(f, w) for f, w in zip(fulls, full_tensors(8), strict=True))
     ok_bits = ok_bits and moved and done == want
     msg += f"; every parameter moved: {moved}; matrices orthogonalized {done} (want {want})"
     sd, sd1 = opt.state_dict(), opt_single.state_dict()
@@ -458,7 +487,9 @@ def check_optimizer_dtensor(spec: MuonSpec, mode: D.DistributedMode, world: int,
     )
     s_ok = True
     if spec.normuon:
-        s_ok = all(torch.equal(sd["state"][i]["second_moment"], sd1["state"][i]["second_moment"]) for i in range(len(SHAPES)))
+        s_ok = all(
+            torch.equal(sd["state"][i]["second_moment"], sd1["state"][i]["second_moment"]) for i in range(len(SHAPES))
+        )
         s_ok = s_ok and all(same_on_all_ranks(sd["state"][i]["second_moment"]) for i in range(len(SHAPES)))
     keys = keys_same_on_all_ranks(sd, shapes=False)
     return ok_bits and mom and s_ok and keys, (
@@ -478,7 +509,9 @@ def check_optimizer_fully_shard(spec: MuonSpec, world: int, steps: int = 3) -> t
     def mk() -> torch.nn.Module:
         torch.manual_seed(0)
         return torch.nn.Sequential(
-            torch.nn.Linear(6, 5, bias=False), torch.nn.Tanh(), torch.nn.Linear(5, 1, bias=False)  # 5 and 1 rows
+            torch.nn.Linear(6, 5, bias=False),
+            torch.nn.Tanh(),
+            torch.nn.Linear(5, 1, bias=False),  # 5 and 1 rows
         )
 
     model, single = mk(), mk()
@@ -490,7 +523,7 @@ def check_optimizer_fully_shard(spec: MuonSpec, world: int, steps: int = 3) -> t
         g = torch.Generator().manual_seed(70 + 10 * t + dist.get_rank())
         x, y = torch.randn(4, 6, generator=g), torch.randn(4, 1, generator=g)
         torch.nn.functional.mse_loss(model(x), y).backward()
-        for p, q in zip(model.parameters(), single.parameters()):
+        for p, q in zip(model.parameters(), single.parameters(), strict=True):
             q.grad = p.grad.full_tensor()  # type: ignore[union-attr]
         opt.step()
         opt.zero_grad()
@@ -500,7 +533,7 @@ def check_optimizer_fully_shard(spec: MuonSpec, world: int, steps: int = 3) -> t
     is_dt = all(isinstance(p, DTensor) for p in params)
     fulls = [p.detach().full_tensor() for p in params]  # type: ignore[attr-defined]
     ok, msg = bitwise(fulls, [q.detach() for q in single.parameters()])
-    moved = all(not torch.equal(f, w) for f, w in zip(fulls, w0))
+    moved = all(not torch.equal(f, w) for f, w in zip(fulls, w0, strict=True))
     keys = keys_same_on_all_ranks(opt.state_dict(), shapes=False)
     return ok and is_dt and moved and keys, (
         f"params vs one process: {msg}; DTensor params: {is_dt}; moved: {moved}; state_dict keys identical: {keys}"
@@ -515,7 +548,7 @@ def check_nonfinite_agreed(spec: MuonSpec, world: int) -> tuple[bool, str]:
     from muonlab.fast import Muon
 
     def grads(params: list[torch.nn.Parameter]) -> None:
-        for p, a in zip(params, _avg_grads(0)):
+        for p, a in zip(params, _avg_grads(0), strict=True):
             local = distribute_tensor(a, p.device_mesh, [Shard(0)])  # type: ignore[attr-defined]
             if p is params[0] and dist.get_rank() == 0:
                 local.to_local()[0, 0] = float("nan")
@@ -530,12 +563,14 @@ def check_nonfinite_agreed(spec: MuonSpec, world: int) -> tuple[bool, str]:
         raised = False
     except ValueError:
         raised = True
-    unchanged = all(torch.equal(p.detach().full_tensor(), b) for p, b in zip(params, before))  # type: ignore[attr-defined]
+    unchanged = all(torch.equal(p.detach().full_tensor(), b) for p, b in zip(params, before, strict=True))  # type: ignore[attr-defined]
     opt = Muon(params, spec.replace(nonfinite="skip"), lr=0.02, distributed="sharded")
     grads(params)
     opt.step()
     after = [p.detach().full_tensor() for p in params]  # type: ignore[attr-defined]
-    skipped = torch.equal(after[0], before[0]) and all(not torch.equal(a, b) for a, b in zip(after[1:], before[1:]))
+    skipped = torch.equal(after[0], before[0]) and all(
+        not torch.equal(a, b) for a, b in zip(after[1:], before[1:], strict=True)
+    )
     return raised and unchanged and skipped, f"raised on this rank: {raised}; unchanged: {unchanged}; skip: {skipped}"
 
 
@@ -547,15 +582,12 @@ def check_resume(spec: MuonSpec, mode: D.DistributedMode, world: int, k: int = 2
     from muonlab.fast import Muon
 
     def fresh() -> tuple[list[torch.nn.Parameter], Any]:
-        if mode == "replicated":
-            ps = [torch.nn.Parameter(w) for w in full_tensors(9)]
-        else:
-            ps = _dtensor_params(9)
+        ps = [torch.nn.Parameter(w) for w in full_tensors(9)] if mode == "replicated" else _dtensor_params(9)
         return ps, Muon(ps, spec, lr=0.02, distributed=mode)
 
     def step(opt: Any, ps: list[torch.nn.Parameter], t: int) -> None:
         if mode == "replicated":
-            for p, a in zip(ps, _avg_grads(t)):
+            for p, a in zip(ps, _avg_grads(t), strict=True):
                 p.grad = a
             opt.step()
         else:
@@ -579,7 +611,7 @@ def check_resume(spec: MuonSpec, mode: D.DistributedMode, world: int, k: int = 2
     ckpt = torch.load(buf, weights_only=True)
     ps, opt = fresh()
     with torch.no_grad():
-        for x, saved in zip(local(ps), ckpt["params"]):
+        for x, saved in zip(local(ps), ckpt["params"], strict=True):
             x.copy_(saved)
     opt.load_state_dict(ckpt["optim"])
     for t in range(k, 2 * k):
@@ -590,7 +622,9 @@ def check_resume(spec: MuonSpec, mode: D.DistributedMode, world: int, k: int = 2
 def check_optimizer_validation(world: int) -> tuple[bool, str]:
     from muonlab.fast import Muon
 
-    sphere = get_preset("keller").replace(compute_dtype="float32", sphere="renormalize", sphere_axis="col", weight_decay=0.0)
+    sphere = get_preset("keller").replace(
+        compute_dtype="float32", sphere="renormalize", sphere_axis="col", weight_decay=0.0
+    )
     cases: list[tuple[str, Callable[[], Any]]] = [
         ("distributed", lambda: Muon([torch.nn.Parameter(torch.randn(3, 3))], distributed="fsdp")),  # type: ignore[arg-type]
         ("sphere_axis", lambda: Muon(_dtensor_params(10), sphere, distributed="sharded")),

@@ -89,7 +89,9 @@ def _launch(world: int, out: Path) -> list[dict[str, list[Any]]]:
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"world{w}")
-def world_results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, list[Any]]]:
+def world_results(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> list[dict[str, list[Any]]]:
     return _launch(int(request.param), tmp_path_factory.mktemp(f"world{request.param}"))
 
 

@@ -41,7 +41,7 @@ def test_compiled_model_with_scheduled_lr_matches_eager() -> None:
     eager = _train(m := _model(), m, 0.02)
     m2 = _model()
     compiled = _train(m2, torch.compile(m2, backend="aot_eager"), 0.02)
-    for a, b in zip(eager, compiled):
+    for a, b in zip(eager, compiled, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 

@@ -48,7 +48,7 @@ def _snapshot(opt: Muon, params: list[torch.nn.Parameter]) -> list[Any]:
 
 
 def _same(a: list[Any], b: list[Any]) -> bool:
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if isinstance(x, torch.Tensor):
             if not torch.equal(x, y):
                 return False
@@ -71,16 +71,16 @@ def test_state_dict_round_trip_resumes_bit_identically(name: str) -> None:
     saved_params = [p.detach().clone() for p in ps_a]
     opt_b, ps_b = _make(name, seed=5)  # different initial weights: everything must come from the checkpoint
     with torch.no_grad():
-        for p, s in zip(ps_b, saved_params):
+        for p, s in zip(ps_b, saved_params, strict=True):
             p.copy_(s)
     opt_b.load_state_dict(saved)
     assert opt_b.state[ps_b[-4]]["momentum_buffer"].dtype == torch.float32  # the bf16 param keeps fp32 state
     for t in range(3, 6):
         _grads(ps_b, t)
         opt_b.step()
-    for p, q in zip(ps, ps_b):
+    for p, q in zip(ps, ps_b, strict=True):
         assert torch.equal(p, q)
-    for p, q in zip(ps, ps_b):
+    for p, q in zip(ps, ps_b, strict=True):
         for k, v in opt.state[p].items():
             assert torch.equal(v, opt_b.state[q][k]), k
 
@@ -94,12 +94,12 @@ def test_lr_scheduler_drives_group_lr(name: str) -> None:
     for t in range(3):
         _grads(ps, t)
         _grads(ps_m, t)
-        for g, b in zip(manual.param_groups, base):
+        for g, b in zip(manual.param_groups, base, strict=True):
             g["lr"] = b * 0.5**t
         opt.step()
         manual.step()
         sched.step()
-    for p, q in zip(ps, ps_m):
+    for p, q in zip(ps, ps_m, strict=True):
         assert torch.equal(p, q)
     assert opt.param_groups[0]["lr"] == pytest.approx(base[0] * 0.125)
 
@@ -114,7 +114,7 @@ def test_tensor_lr_equals_float_lr(name: str) -> None:
         _grads(ps_t, t)
         opt_f.step()
         opt_t.step()
-    for p, q in zip(ps_f, ps_t):
+    for p, q in zip(ps_f, ps_t, strict=True):
         assert torch.equal(p, q)
 
 
@@ -130,7 +130,7 @@ def test_grads_never_mutated_and_none_grads_skipped(name: str) -> None:
     before = _snapshot(opt, [ps[1], ps[-1]])
     moved = ps[0].detach().clone()
     opt.step()
-    for p, g in zip(ps, grads):
+    for p, g in zip(ps, grads, strict=True):
         assert (p.grad is None and g is None) or torch.equal(p.grad, g)
     assert _same(before, _snapshot(opt, [ps[1], ps[-1]]))
     assert not torch.equal(moved, ps[0])
@@ -165,7 +165,7 @@ def test_nonfinite_skip_policy(name: str) -> None:
     others = [p.detach().clone() for p in ps[1:-1]]
     opt.step()
     assert _same(before, _snapshot(opt, [ps[0], ps[-1]]))
-    assert all(not torch.equal(a, b) for a, b in zip(others, ps[1:-1]))
+    assert all(not torch.equal(a, b) for a, b in zip(others, ps[1:-1], strict=True))
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -179,7 +179,7 @@ def test_matches_reference_step_with_adamw_group(name: str) -> None:
         _grads(muon + adam, t)
         ws, states = R.step(ws, [np64(p.grad) for p in muon + adam], states, spec)  # type: ignore[misc]
         opt.step()
-    for p, w in zip(muon + adam, ws):
+    for p, w in zip(muon + adam, ws, strict=True):
         assert rel(np64(p), w) <= 1e-3
     assert opt.state[adam[0]]["exp_avg"].shape == adam[0].shape
 
@@ -202,7 +202,9 @@ def test_live_group_hyperparameters_are_used() -> None:
 
 def test_adamw_group_defaults_follow_spec() -> None:
     a = torch.nn.Parameter(torch.zeros(3))
-    opt = Muon([{"params": [torch.nn.Parameter(torch.zeros(2, 2))]}, {"params": [a], "algorithm": "adamw"}], "moonlight")
+    opt = Muon(
+        [{"params": [torch.nn.Parameter(torch.zeros(2, 2))]}, {"params": [a], "algorithm": "adamw"}], "moonlight"
+    )
     g = opt.param_groups[1]
     spec = R.get_preset("moonlight")
     assert g["lr"] == spec.lr and g["betas"] == spec.adam_betas and g["eps"] == spec.adam_eps
@@ -240,7 +242,9 @@ def test_bad_arguments_raise_naming_the_field(kwargs: dict[str, Any], match: str
 def test_muon_param_with_ndim_below_2_raises_naming_it() -> None:
     ok = torch.nn.Parameter(torch.zeros(3, 3))
     with pytest.raises(ValueError, match=r"param_groups\[1\]\['params'\]\[1\] has shape \(5,\)"):
-        Muon([{"params": [ok]}, {"params": [torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(5))]}])
+        Muon(
+            [{"params": [ok]}, {"params": [torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(5))]}]
+        )
     with pytest.raises(ValueError, match="algorithm"):
         Muon([{"params": [ok], "algorithm": "sgd"}])
 

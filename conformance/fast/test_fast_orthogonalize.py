@@ -139,7 +139,11 @@ def test_nd_modes_and_input_dtype_kept() -> None:
 
 @pytest.mark.parametrize(
     ("x", "match"),
-    [(torch.randn(5), "at least 2 dims"), (torch.zeros(0, 3), "empty"), (torch.ones(2, 2, dtype=torch.int64), "floating")],
+    [
+        (torch.randn(5), "at least 2 dims"),
+        (torch.zeros(0, 3), "empty"),
+        (torch.ones(2, 2, dtype=torch.int64), "floating"),
+    ],
 )
 def test_bad_input_raises(x: torch.Tensor, match: str) -> None:
     with pytest.raises(ValueError, match=match):

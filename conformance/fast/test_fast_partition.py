@@ -49,13 +49,22 @@ def test_routes_by_module_name_and_shape() -> None:
     muon = {n for n, _ in plan.muon}
     adamw = {n for n, _ in plan.adamw}
     assert muon == {f"blocks.{i}.{m}.weight" for i in range(2) for m in ("attn", "proj", "mlp.0", "mlp.2")}
-    for name in ("wte.weight", "wpe.weight", "lm_head.weight", "ln_f.weight", "ln_f.bias", "gain",
-                 "blocks.0.attn.bias", "blocks.1.ln_2.weight", "blocks.1.mlp.2.bias"):
+    for name in (
+        "wte.weight",
+        "wpe.weight",
+        "lm_head.weight",
+        "ln_f.weight",
+        "ln_f.bias",
+        "gain",
+        "blocks.0.attn.bias",
+        "blocks.1.ln_2.weight",
+        "blocks.1.mlp.2.bias",
+    ):
         assert name in adamw, name
     assert plan.reasons["lm_head.weight"] == "output head"
     assert plan.reasons["wte.weight"].startswith("embedding")
     assert plan.reasons["blocks.0.attn.bias"] == "bias"
-    assert "matmul weight (Linear)" == plan.reasons["blocks.0.attn.weight"]
+    assert plan.reasons["blocks.0.attn.weight"] == "matmul weight (Linear)"
     text = str(plan)
     assert "lm_head.weight" in text and "adamw" in text and "16x48" not in text and "48x16" in text
 

@@ -21,7 +21,9 @@ SHAPES = [(16, 32), (32, 16), (24, 24)]
 
 
 @pytest.mark.peer
-@pytest.mark.parametrize(("adjust", "preset"), [(None, "torch"), ("original", "torch"), ("match_rms_adamw", "torch_match_rms_adamw")])
+@pytest.mark.parametrize(
+    ("adjust", "preset"), [(None, "torch"), ("original", "torch"), ("match_rms_adamw", "torch_match_rms_adamw")]
+)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_torch_optim_muon(adjust: str | None, preset: str, shape: tuple[int, int]) -> None:
     peer_cls = getattr(torch.optim, "Muon", None)
@@ -46,7 +48,9 @@ def test_torch_optim_muon(adjust: str | None, preset: str, shape: tuple[int, int
         assert cos(d_ours, d_peer) >= BF16_COS
     assert rel(np64(p_ours), np64(p_peer)) <= 1e-3
     # Same state layout as the peer: the momentum buffer.
-    torch.testing.assert_close(ours.state[p_ours]["momentum_buffer"], peer.state[p_peer]["momentum_buffer"], rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(
+        ours.state[p_ours]["momentum_buffer"], peer.state[p_peer]["momentum_buffer"], rtol=1e-3, atol=1e-4
+    )
 
 
 @pytest.mark.peer

@@ -21,7 +21,19 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from fasthelpers import BF16_COS, BF16_MASK, BF16_REL, FAST, FP32_REL, SHAPES, cos, fast_direction, np64, ref_direction, rel
+from fasthelpers import (
+    BF16_COS,
+    BF16_MASK,
+    BF16_REL,
+    FAST,
+    FP32_REL,
+    SHAPES,
+    cos,
+    fast_direction,
+    np64,
+    ref_direction,
+    rel,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -76,7 +88,7 @@ def check_one_step(
     os_f, st_f = fast_direction(w0, grads, spec)
     os_r, st_r = ref_direction(np64(w0), [np64(g) for g in grads], spec)
     of, o_r = np64(os_f[-1]), os_r[-1]
-    errs = {"O": rel(of, o_r), "O_max": max(rel(np64(a), b) for a, b in zip(os_f, os_r))}
+    errs = {"O": rel(of, o_r), "O_max": max(rel(np64(a), b) for a, b in zip(os_f, os_r, strict=True))}
     assert errs["O_max"] <= tol, errs
     if bf16:
         assert cos(of, o_r) >= BF16_COS
@@ -148,7 +160,9 @@ def test_preset_one_step_fp32(name: str, shape: tuple[int, ...]) -> None:
 @pytest.mark.parametrize("name", PRESETS)
 @pytest.mark.parametrize("shape", BF16_SHAPES)
 def test_preset_one_step_bf16(name: str, shape: tuple[int, ...]) -> None:
-    check_one_step(R.get_preset(name).replace(compute_dtype="bfloat16"), shape, zlib.crc32(repr((name, shape, 1)).encode()))
+    check_one_step(
+        R.get_preset(name).replace(compute_dtype="bfloat16"), shape, zlib.crc32(repr((name, shape, 1)).encode())
+    )
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -163,6 +177,7 @@ def test_preset_trajectory_fp32(name: str, shape: tuple[int, ...]) -> None:
 
 
 # -- hypothesis over MuonSpec fields ----------------------------------------------------------------------
+
 
 @st.composite
 def specs(draw: st.DrawFn) -> MuonSpec:

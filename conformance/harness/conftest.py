@@ -54,13 +54,28 @@ def micro_config(text_file: Path, cache_dir: Path, **sections: dict[str, Any]) -
     cfg: dict[str, Any] = {
         "name": "micro",
         "seed": 0,
-        "model": {"base": "tiny", "d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "ffn_dim": 64,
-                  "seq_len": 32},
-        "data": {"tokenizer": "bpe4096", "sources": [str(text_file)], "val_fraction": 0.1,
-                 "cache_dir": str(cache_dir)},
+        "model": {
+            "base": "tiny",
+            "d_model": 32,
+            "n_layers": 1,
+            "n_heads": 2,
+            "n_kv_heads": 1,
+            "ffn_dim": 64,
+            "seq_len": 32,
+        },
+        "data": {"tokenizer": "bpe4096", "sources": [str(text_file)], "val_fraction": 0.1, "cache_dir": str(cache_dir)},
         "optimizer": {"name": "muon", "preset": "keller", "lr": 0.02, "adamw_lr": 0.01},
-        "train": {"batch_size": 4, "seq_len": 16, "steps": 12, "device": "cpu", "log_every": 1, "eval_every": 4,
-                  "eval_batches": 2, "stats_every": 3, "checkpoint_every": 6},
+        "train": {
+            "batch_size": 4,
+            "seq_len": 16,
+            "steps": 12,
+            "device": "cpu",
+            "log_every": 1,
+            "eval_every": 4,
+            "eval_batches": 2,
+            "stats_every": 3,
+            "checkpoint_every": 6,
+        },
     }
     for key, value in sections.items():
         cfg.setdefault(key, {}).update(value)

@@ -53,7 +53,7 @@ def test_below_factor_does_not_abort() -> None:
 
 def test_weight_blowup() -> None:
     m = AbortMonitor(early_points=3, weight_norm_factor=3.0)
-    for step, w in zip((10, 20, 30), (1.0, 1.2, 1.1)):
+    for step, w in zip((10, 20, 30), (1.0, 1.2, 1.1), strict=True):
         assert m.observe_weight_norms(step, {"a": w, "b": 5.0}) is None
     assert m.observe_weight_norms(40, {"a": 3.2, "b": 5.0}) is None  # 3.2 < 3 * median 1.1 = 3.3
     reason = m.observe_weight_norms(50, {"a": 3.4, "b": 5.0})

@@ -14,8 +14,9 @@ from muonlab.harness.cli import main, resolve_config_path
 
 
 def test_module_entry_point_runs() -> None:
-    res = subprocess.run([sys.executable, "-m", "muonlab.harness", "--help"], capture_output=True, text=True,
-                         timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "muonlab.harness", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0
     for cmd in ("train", "sweep", "report", "corpus"):
         assert cmd in res.stdout
@@ -42,10 +43,36 @@ def test_train_overrides_reach_config(tmp_path: Path, text_file: Path, data_dir:
     cfg_file = tmp_path / "micro.yaml"
     cfg_file.write_text(yaml.safe_dump(micro(text_file, tmp_path / "cache", train={"steps": 3})))
     run = tmp_path / "run"
-    rc = main(["train", str(cfg_file), "-o", "optimizer.weight_decay=0.05", "-o", "train.steps=2", "--out", str(run),
-               "--data-dir", str(data_dir), "--no-progress"])
+    rc = main(
+        [
+            "train",
+            str(cfg_file),
+            "-o",
+            "optimizer.weight_decay=0.05",
+            "-o",
+            "train.steps=2",
+            "--out",
+            str(run),
+            "--data-dir",
+            str(data_dir),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     conf = json.loads((run / "config.json").read_text())
     assert conf["config"]["optimizer"]["weight_decay"] == 0.05 and conf["total_steps"] == 2
-    assert main(["train", str(cfg_file), "-o", "optimizer.weight_decay=oops", "--out", str(tmp_path / "r2"),
-                 "--data-dir", str(data_dir)]) == 2
+    assert (
+        main(
+            [
+                "train",
+                str(cfg_file),
+                "-o",
+                "optimizer.weight_decay=oops",
+                "--out",
+                str(tmp_path / "r2"),
+                "--data-dir",
+                str(data_dir),
+            ]
+        )
+        == 2
+    )

@@ -88,8 +88,7 @@ def test_compute_endpoints_combines() -> None:
         {"step": 1, "tokens": 100, "elapsed_s": 30.0, "train_loss": 5.0, "smoothed_loss": 5.0},
         {"step": 2, "tokens": 200, "elapsed_s": 60.0, "train_loss": 3.0, "smoothed_loss": 4.0, "val_loss": 3.9},
     ]
-    out = compute_endpoints(recs, target=4.5, auc_fraction=1.0, total_tokens=200,
-                            weight_norms=[(0.0, 1.0), (1e6, 3.0)])
+    out = compute_endpoints(recs, target=4.5, auc_fraction=1.0, total_tokens=200, weight_norms=[(0.0, 1.0), (1e6, 3.0)])
     assert out["tokens_to_target_loss"] == pytest.approx(150.0)
     assert out["minutes_to_target_loss"] == pytest.approx(0.75)
     assert out["val_loss"] == 3.9

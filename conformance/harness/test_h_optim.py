@@ -26,13 +26,17 @@ def test_schedule_shapes() -> None:
 
 
 def _model(ngpt: bool = False) -> nn.Module:
-    from muonlab.harness.model import GPT, MODEL_CONFIGS
     import dataclasses
+
+    from muonlab.harness.model import GPT, MODEL_CONFIGS
 
     base = MODEL_CONFIGS["tiny_ngpt" if ngpt else "tiny"]
     torch.manual_seed(0)
-    return GPT(dataclasses.replace(base, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64, seq_len=16,
-                                   vocab_size=64))
+    return GPT(
+        dataclasses.replace(
+            base, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64, seq_len=16, vocab_size=64
+        )
+    )
 
 
 def test_adamw_no_decay_on_vectors() -> None:

@@ -15,7 +15,6 @@ from muonlab.harness.config import validate_run
 from muonlab.harness.train import TIMING_FIELDS, train
 
 
-
 def _strip(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if k not in TIMING_FIELDS}
 
@@ -55,7 +54,7 @@ def test_refuses_to_overwrite(tmp_path: Path, text_file: Path, data_dir: Path, m
     run = tmp_path / "run"
     run.mkdir()
     (run / "precious.txt").write_text("keep me")
-    with pytest.raises(rd.RunDirError, match="--resume.*--force"):
+    with pytest.raises(rd.RunDirError, match=r"--resume.*--force"):
         train(cfg, run, data_dir=data_dir, progress=False)
     assert sorted(p.name for p in run.iterdir()) == ["precious.txt"]
     # the CLI reports it as an error and leaves the dir alone too
@@ -68,14 +67,17 @@ def test_refuses_to_overwrite(tmp_path: Path, text_file: Path, data_dir: Path, m
     assert main(["train", str(cfg_file), "--out", str(run), "--data-dir", str(data_dir), "--no-progress"]) == 2
     assert sorted(p.name for p in run.iterdir()) == ["precious.txt"]
     # --force replaces it
-    assert main(["train", str(cfg_file), "--out", str(run), "--data-dir", str(data_dir), "--no-progress",
-                 "--force"]) == 0
+    assert (
+        main(["train", str(cfg_file), "--out", str(run), "--data-dir", str(data_dir), "--no-progress", "--force"]) == 0
+    )
     assert not (run / "precious.txt").exists() and (run / "metrics.json").is_file()
 
 
-def test_invalid_config_writes_nothing(tmp_path: Path, text_file: Path, data_dir: Path, micro: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_invalid_config_writes_nothing(
+    tmp_path: Path, text_file: Path, data_dir: Path, micro: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg_file = tmp_path / "bad.toml"
-    cfg_file.write_text('[train]\nsteps = 2\nbatch_sise = 3\n')
+    cfg_file.write_text("[train]\nsteps = 2\nbatch_sise = 3\n")
     run = tmp_path / "run"
     assert main(["train", str(cfg_file), "--out", str(run), "--data-dir", str(data_dir), "--no-progress"]) == 2
     assert "train.batch_sise" in capsys.readouterr().err
@@ -120,12 +122,15 @@ def test_resume_after_crash_truncates_logs(tmp_path: Path, text_file: Path, data
 
 def test_nan_loss_marks_run_unstable(tmp_path: Path, text_file: Path, data_dir: Path, micro: Any) -> None:
     # an absurd learning rate blows the model up; the abort rules must catch it and mark the run
-    cfg = validate_run(micro(
-        text_file, tmp_path / "cache",
-        optimizer={"name": "adamw", "lr": 1e4, "adamw_lr": None},
-        train={"steps": 40, "stats_every": 2, "checkpoint_every": None},
-        abort={"window": 4, "patience": 2, "early_points": 1},
-    ))
+    cfg = validate_run(
+        micro(
+            text_file,
+            tmp_path / "cache",
+            optimizer={"name": "adamw", "lr": 1e4, "adamw_lr": None},
+            train={"steps": 40, "stats_every": 2, "checkpoint_every": None},
+            abort={"window": 4, "patience": 2, "early_points": 1},
+        )
+    )
     summary = train(cfg, tmp_path / "run", data_dir=data_dir, progress=False)
     assert summary["status"] == "aborted" and summary["unstable"] is True
     assert summary["abort_reason"] and summary["steps"] < 40

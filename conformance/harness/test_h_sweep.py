@@ -16,15 +16,25 @@ from muonlab.harness.sweep import expand_points, read_results, run_sweep
 
 
 def _sweep_dict(micro: Any, text_file: Path, cache: Path) -> dict[str, Any]:
-    base = micro(text_file, cache, train={"steps": 20, "log_every": 2, "eval_every": 10, "stats_every": 5,
-                                          "checkpoint_every": 10})
+    base = micro(
+        text_file,
+        cache,
+        train={"steps": 20, "log_every": 2, "eval_every": 10, "stats_every": 5, "checkpoint_every": 10},
+    )
     base["sweep"] = {
         "name": "micro",
         "pilot": "adamw",
         "target_factor": 1.05,
         "variants": [
-            {"name": "adamw", "set": {"optimizer.name": "adamw", "optimizer.lr": 0.003, "optimizer.weight_decay": 0.1,
-                                      "optimizer.adamw_lr": None}},
+            {
+                "name": "adamw",
+                "set": {
+                    "optimizer.name": "adamw",
+                    "optimizer.lr": 0.003,
+                    "optimizer.weight_decay": 0.1,
+                    "optimizer.adamw_lr": None,
+                },
+            },
             {"name": "muon"},
         ],
         "phases": [{"name": "main", "seeds": [0]}],
@@ -36,8 +46,9 @@ def test_micro_sweep_end_to_end(tmp_path: Path, text_file: Path, data_dir: Path,
     sweep = validate_sweep(_sweep_dict(micro, text_file, tmp_path / "cache"))
     out = tmp_path / "sweep"
     logs: list[str] = []
-    csv_path = run_sweep(sweep, out, data_dir=data_dir, progress=False, command="muonlab sweep micro.toml",
-                         log=logs.append)
+    csv_path = run_sweep(
+        sweep, out, data_dir=data_dir, progress=False, command="muonlab sweep micro.toml", log=logs.append
+    )
     rows = list(csv.DictReader(csv_path.open()))
     assert sorted(r["run"] for r in rows) == ["adamw_s0", "muon_s0"]
     target = json.loads((out / "target.json").read_text())
@@ -50,8 +61,7 @@ def test_micro_sweep_end_to_end(tmp_path: Path, text_file: Path, data_dir: Path,
     adamw = next(r for r in rows if r["run"] == "adamw_s0")
     assert adamw["tokens_to_target_loss"] != ""  # the pilot reaches 1.05x its own final loss
     md = (out / "RESULTS.md").read_text()
-    for name in ("adamw_s0", "muon_s0", "(winner)", "Reproducibility", "muonlab sweep micro.toml",
-                 sweep.sha256()):
+    for name in ("adamw_s0", "muon_s0", "(winner)", "Reproducibility", "muonlab sweep micro.toml", sweep.sha256()):
         assert name in md
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert {"loss_vs_tokens.png", "endpoints.png", "weight_norms.png"} <= set(pngs)
@@ -84,19 +94,27 @@ def test_unstable_runs_are_excluded_from_winner() -> None:
 
 
 def test_phases_pick_top_k(tmp_path: Path) -> None:
-    sweep = validate_sweep({
-        "train": {"steps": 1},
-        "sweep": {"grid": {"optimizer.weight_decay": [0.0, 0.1, 0.2]},
-                  "phases": [{"name": "p1"}, {"name": "p2", "seeds": [0, 1], "top_k": 2}]},
-    })
+    sweep = validate_sweep(
+        {
+            "train": {"steps": 1},
+            "sweep": {
+                "grid": {"optimizer.weight_decay": [0.0, 0.1, 0.2]},
+                "phases": [{"name": "p1"}, {"name": "p2", "seeds": [0, 1], "top_k": 2}],
+            },
+        }
+    )
     points = expand_points(sweep)
     assert [p.name for p in points] == ["base_weight_decay=0.0", "base_weight_decay=0.1", "base_weight_decay=0.2"]
     from muonlab.harness.sweep import _rank_points
 
-    rows = [{"point": p.name, "unstable": u, "val_loss": v} for p, u, v in
-            zip(points, (False, True, False), (3.0, 1.0, 2.0))]
-    assert [p.name for p in _rank_points(rows, points, "val_loss")] == ["base_weight_decay=0.2",
-                                                                        "base_weight_decay=0.0"]
+    rows = [
+        {"point": p.name, "unstable": u, "val_loss": v}
+        for p, u, v in zip(points, (False, True, False), (3.0, 1.0, 2.0), strict=True)
+    ]
+    assert [p.name for p in _rank_points(rows, points, "val_loss")] == [
+        "base_weight_decay=0.2",
+        "base_weight_decay=0.0",
+    ]
 
 
 def test_sweep_dir_of_another_sweep_is_refused(tmp_path: Path, text_file: Path, micro: Any) -> None:

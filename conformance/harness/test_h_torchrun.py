@@ -33,16 +33,36 @@ def _launch(config: Path, out: Path, data_dir: Path, nproc: int, *extra: str) ->
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "muonlab.harness", "train", str(config), "--out", str(out), "--data-dir", str(data_dir),
-           "--no-progress", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "muonlab.harness",
+        "train",
+        str(config),
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data_dir),
+        "--no-progress",
+        *extra,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
 
 def _config(tmp_path: Path, text_file: Path, micro: Any) -> tuple[Path, dict[str, Any]]:
-    data = micro(text_file, tmp_path / "cache",
-                 train={"steps": STEPS, "eval_every": 3, "stats_every": 3, "checkpoint_every": 3, "threads": 1})
+    data = micro(
+        text_file,
+        tmp_path / "cache",
+        train={"steps": STEPS, "eval_every": 3, "stats_every": 3, "checkpoint_every": 3, "threads": 1},
+    )
     path = tmp_path / "micro.yaml"
     path.write_text(yaml.safe_dump(data))
     return path, data
@@ -73,7 +93,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path: Path, text_file: Path, d
     assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))  # one writer: no duplicated lines
     assert [m["step"] for m in metrics if "val_loss" in m] == [3, 6]
     assert [m["tokens"] for m in metrics] == [m["tokens"] for m in ref_metrics]
-    for got, want in zip(metrics, ref_metrics):
+    for got, want in zip(metrics, ref_metrics, strict=True):
         assert math.isclose(got["train_loss"], want["train_loss"], rel_tol=1e-4), (got, want)
         assert got["lr"] == want["lr"]
     for step in (3, 6):
@@ -101,8 +121,9 @@ def test_torchrun_rejects_indivisible_batch(tmp_path: Path, text_file: Path, dat
 
 
 @pytest.mark.parametrize("mode", ["sharded", "gathered"])
-def test_fsdp_modes_refused_under_torchrun(tmp_path: Path, text_file: Path, data_dir: Path, micro: Any,
-                                           monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+def test_fsdp_modes_refused_under_torchrun(
+    tmp_path: Path, text_file: Path, data_dir: Path, micro: Any, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
     cfg = validate_run(micro(text_file, tmp_path / "cache", train={"distributed": mode}))
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")

@@ -40,8 +40,12 @@ def make_trees(root: Path) -> tuple[dict[str, Path], bytes]:
 
     # byte order: "PCI-x" < "PCI/a" ('-' < '/') < "a" (upper case first); html outside _sources ignored
     src = t["linux-doc-6.1"] / "usr/share/doc/linux-doc-6.1/html/_sources"
-    files = {"a/z.rst.txt": b"A-Z\n", "PCI/a.rst.txt": b"PCI A\n", "PCI-x.rst.txt": b"PCI dash",
-             "B.rst.txt": b"B upper\n"}
+    files = {
+        "a/z.rst.txt": b"A-Z\n",
+        "PCI/a.rst.txt": b"PCI A\n",
+        "PCI-x.rst.txt": b"PCI dash",
+        "B.rst.txt": b"B upper\n",
+    }
     for name, data in files.items():
         _w(src / name, data)
     _w(t["linux-doc-6.1"] / "usr/share/doc/linux-doc-6.1/html/index.html", b"<html>")
@@ -61,11 +65,13 @@ def make_trees(root: Path) -> tuple[dict[str, Path], bytes]:
     wn = t["wordnet-base"] / "usr/share/wordnet"
     header = b"  1 This software and database is being provided\n"
     for pos in ("noun", "verb", "adj", "adv"):
-        _w(wn / f"data.{pos}", header + f"00001 03 n 01 {pos}word 0 000 | a {pos} gloss; \"x | y\"  \n".encode()
-           + b"00002 no gloss here\n")
+        _w(
+            wn / f"data.{pos}",
+            header + f'00001 03 n 01 {pos}word 0 000 | a {pos} gloss; "x | y"  \n'.encode() + b"00002 no gloss here\n",
+        )
     _w(wn / "index.noun", b"x | not data\n")
     for pos in ("adj", "adv", "noun", "verb"):
-        expected += f"a {pos} gloss; \"x | y\"  \n".encode()
+        expected += f'a {pos} gloss; "x | y"  \n'.encode()
 
     ft = t["fortunes"] / "usr/share/games/fortunes"
     _w(ft / "zippy", b"Yow!\n%\nAre we having fun?\n%\n")
@@ -83,7 +89,8 @@ def test_sections_concatenate_in_recipe_order(tmp_path: Path, compressor: str) -
     trees, expected = make_trees(tmp_path / "root")
     out = tmp_path / "out" / "c.txt.xz"
     rep = write_sections(trees, out, compressor=compressor)
-    text = lzma.open(out).read()
+    with lzma.open(out) as fh:
+        text = fh.read()
     assert text == expected
     assert rep.text_sha256 == hashlib.sha256(expected).hexdigest() == corpus_text_sha256(out)
     assert list(rep.sections) == ["gcide", "linuxdoc", "pydoc", "perl", "wordnet", "fortunes"]
@@ -126,14 +133,22 @@ def test_build_from_local_debs_reports_mismatch_and_keeps_file(tmp_path: Path) -
     debs = tmp_path / "debs"
     debs.mkdir()
     for pkg, tree in trees.items():
-        _w(tree / "DEBIAN/control", f"Package: {pkg}\nVersion: 9.9-1\nArchitecture: all\n"
-           "Maintainer: x <x@example.org>\nDescription: synthetic\n".encode())
-        subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(tree),
-                        str(debs / f"{pkg}_9.9-1_all.deb")], check=True, capture_output=True)
+        _w(
+            tree / "DEBIAN/control",
+            f"Package: {pkg}\nVersion: 9.9-1\nArchitecture: all\n"
+            "Maintainer: x <x@example.org>\nDescription: synthetic\n".encode(),
+        )
+        subprocess.run(
+            ["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(tree), str(debs / f"{pkg}_9.9-1_all.deb")],
+            check=True,
+            capture_output=True,
+        )
     out = tmp_path / "corpus.txt.xz"
     with pytest.raises(CorpusMismatchError, match="kept") as err:
         build_corpus(out, work_dir=tmp_path / "work", packages_dir=debs)
-    assert out.is_file() and lzma.open(out).read() == expected
+    assert out.is_file()
+    with lzma.open(out) as fh:
+        assert fh.read() == expected
     assert "fortunes" in str(err.value) and err.value.report.package_versions["perl-doc"] == "9.9-1"
     report = json.loads(Path(str(out) + ".build.json").read_text())
     assert report["text_sha256"] == hashlib.sha256(expected).hexdigest()

@@ -57,7 +57,7 @@ def sources(tmp_path: Path) -> list[Path]:
 def _expected_tokens(source: Path) -> list[int]:
     out: list[int] = []
     for f in iter_source_files(source):
-        out += list(f.read_bytes()) + [256]
+        out += [*list(f.read_bytes()), 256]
     return out
 
 
@@ -73,12 +73,12 @@ def test_prepare_writes_per_source_val_split_and_caches(sources: list[Path], tmp
     exp = [_expected_tokens(s) for s in sources]
     cuts = [len(e) - int(len(e) * 0.1) for e in exp]
     assert sh.train.dtype == np.uint16 and sh.val.dtype == np.uint16
-    assert sh.train.tolist() == exp[0][:cuts[0]] + exp[1][:cuts[1]]
-    assert sh.val.tolist() == exp[0][cuts[0]:] + exp[1][cuts[1]:]
+    assert sh.train.tolist() == exp[0][: cuts[0]] + exp[1][: cuts[1]]
+    assert sh.val.tolist() == exp[0][cuts[0] :] + exp[1][cuts[1] :]
     meta = json.loads((sh.path / "meta.json").read_text())
     assert meta == sh.meta
     assert meta["tokenizer"]["sha256"] == tok.sha256 and len(meta["sources"]) == 2
-    assert [s["val_tokens"] for s in meta["sources"]] == [len(e) - c for e, c in zip(exp, cuts)]
+    assert [s["val_tokens"] for s in meta["sources"]] == [len(e) - c for e, c in zip(exp, cuts, strict=True)]
     # second call: cached, no tokenization
     sh2 = prepare_tokens(sources, tok, tmp_path / "cache", val_fraction=0.1, progress=False)
     assert tok.calls == calls and sh2.path == sh.path
@@ -103,7 +103,7 @@ def test_max_bytes_and_xz_source(tmp_path: Path) -> None:
     c = prepare_tokens([xz], ByteTok(), tmp_path / "c3", val_fraction=0.0, max_bytes=1000, progress=False)
     # the cap falls inside a two-byte character, which is dropped rather than replaced
     assert text.encode()[999] == 0xC3
-    assert c.train.tolist() == list(text.encode()[:999]) + [256]
+    assert c.train.tolist() == [*list(text.encode()[:999]), 256]
     assert c.meta["sources"][0]["bytes_read"] == 1000
 
 
@@ -113,9 +113,9 @@ def test_batches_deterministic_and_resumable(sources: list[Path], tmp_path: Path
     again = list(itertools.islice(sh.batches("train", 4, 16, seed=7), 6))
     resumed = list(itertools.islice(sh.batches("train", 4, 16, seed=7, start_step=3), 3))
     other = next(sh.batches("train", 4, 16, seed=8))
-    for (x, y), (x2, y2) in zip(run, again):
+    for (x, y), (x2, y2) in zip(run, again, strict=True):
         assert torch.equal(x, x2) and torch.equal(y, y2)
-    for (x, y), (x2, y2) in zip(run[3:], resumed):
+    for (x, y), (x2, y2) in zip(run[3:], resumed, strict=True):
         assert torch.equal(x, x2) and torch.equal(y, y2)
     x, y = run[0]
     assert x.shape == y.shape == (4, 16) and x.dtype == torch.int64
@@ -123,16 +123,16 @@ def test_batches_deterministic_and_resumable(sources: list[Path], tmp_path: Path
     assert not torch.equal(x, other[0]) and not torch.equal(run[0][0], run[1][0])
     # every window is a real slice of the train split
     train = torch.from_numpy(sh.train.astype(np.int64))
-    for row, nxt in zip(x, y):
-        starts = [i for i in range(len(train) - 16) if torch.equal(train[i:i + 16], row)]
-        assert any(torch.equal(train[i + 1:i + 17], nxt) for i in starts)
+    for row, nxt in zip(x, y, strict=True):
+        starts = [i for i in range(len(train) - 16) if torch.equal(train[i : i + 16], row)]
+        assert any(torch.equal(train[i + 1 : i + 17], nxt) for i in starts)
 
 
 def test_val_batches(sources: list[Path], tmp_path: Path) -> None:
     sh = prepare_tokens(sources, ByteTok(), tmp_path / "cache", val_fraction=0.1, progress=False)
     a, b = sh.val_batches(2, 32, 3), sh.val_batches(2, 32, 3)
     assert len(a) == 3
-    for (x, y), (x2, y2) in zip(a, b):
+    for (x, y), (x2, y2) in zip(a, b, strict=True):
         assert torch.equal(x, x2) and torch.equal(y, y2) and x.shape == (2, 32)
     val = sh.val.astype(np.int64)
     assert a[0][0][0].tolist() == val[:32].tolist()
@@ -187,4 +187,6 @@ def test_real_corpus_prefix_with_bpe4096(tmp_path: Path) -> None:
     sh = prepare_tokens([dd / "corpus-debian-v1.txt.xz"], tok, tmp_path, max_bytes=200_000, progress=False)
     assert int(sh.train.max()) < 4096 and len(sh.train) > 10_000
     x, _ = next(sh.batches("train", 1, 64, seed=0))
-    assert tok.decode(x[0].tolist()) in lzma.open(dd / "corpus-debian-v1.txt.xz").read(200_000).decode()
+    with lzma.open(dd / "corpus-debian-v1.txt.xz") as fh:
+        head = fh.read(200_000).decode()
+    assert tok.decode(x[0].tolist()) in head

@@ -57,11 +57,26 @@ def test_88m_param_count_without_allocation() -> None:
 
 
 @settings(max_examples=15, deadline=None)
-@given(heads=st.sampled_from([(4, 4), (4, 2), (4, 1), (2, 1)]), layers=st.integers(1, 3),
-       tie=st.booleans(), ngpt=st.booleans(), qk=st.booleans())
+@given(
+    heads=st.sampled_from([(4, 4), (4, 2), (4, 1), (2, 1)]),
+    layers=st.integers(1, 3),
+    tie=st.booleans(),
+    ngpt=st.booleans(),
+    qk=st.booleans(),
+)
 def test_count_params_matches_module(heads: tuple[int, int], layers: int, tie: bool, ngpt: bool, qk: bool) -> None:
-    cfg = ModelConfig(vocab_size=50, d_model=16, n_layers=layers, n_heads=heads[0], n_kv_heads=heads[1],
-                      ffn_dim=24, seq_len=8, tie_embeddings=tie, ngpt=ngpt, qk_norm=qk)
+    cfg = ModelConfig(
+        vocab_size=50,
+        d_model=16,
+        n_layers=layers,
+        n_heads=heads[0],
+        n_kv_heads=heads[1],
+        ffn_dim=24,
+        seq_len=8,
+        tie_embeddings=tie,
+        ngpt=ngpt,
+        qk_norm=qk,
+    )
     with torch.device("meta"):
         m = GPT(cfg)
     assert m.num_params() == count_params(cfg)
@@ -70,9 +85,22 @@ def test_count_params_matches_module(heads: tuple[int, int], layers: int, tie: b
 def test_named_configs() -> None:
     big, tiny = get_model_config("88m"), get_model_config("tiny")
     assert (big.d_model, big.n_layers, big.n_heads, big.n_kv_heads, big.ffn_dim, big.vocab_size, big.seq_len) == (
-        512, 22, 8, 4, 2048, 50304, 2048)
+        512,
+        22,
+        8,
+        4,
+        2048,
+        50304,
+        2048,
+    )
     assert (tiny.d_model, tiny.n_layers, tiny.n_heads, tiny.n_kv_heads, tiny.ffn_dim, tiny.vocab_size) == (
-        128, 4, 4, 2, 512, 4096)
+        128,
+        4,
+        4,
+        2,
+        512,
+        4096,
+    )
     assert MODEL_CONFIGS["tiny_ngpt"].ngpt
     with pytest.raises(ValueError, match="unknown"):
         get_model_config("nope")
@@ -93,7 +121,7 @@ def test_param_names_and_tying() -> None:
 
 def test_init_deterministic_from_seed() -> None:
     a, b, c = _model(SMALL, 1), _model(SMALL, 1), _model(SMALL, 2)
-    for (n, p), (_, q), (_, r) in zip(a.named_parameters(), b.named_parameters(), c.named_parameters()):
+    for (n, p), (_, q), (_, _r) in zip(a.named_parameters(), b.named_parameters(), c.named_parameters(), strict=True):
         assert torch.equal(p, q), n
     assert not torch.equal(a.embed.weight, c.embed.weight)
 
@@ -214,9 +242,20 @@ def test_tiny_overfits_a_batch(name: str) -> None:
     assert final.item() < 0.25 * first, (first, final.item())
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("d_model", 30), ("n_kv_heads", 3), ("vocab_size", 0), ("n_layers", -1), ("ffn_dim", 0),
-    ("rope_theta", 0.0), ("residual_scale", float("nan")), ("ngpt_normalize_every", 0), ("dropout", 0.1)])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("d_model", 30),
+        ("n_kv_heads", 3),
+        ("vocab_size", 0),
+        ("n_layers", -1),
+        ("ffn_dim", 0),
+        ("rope_theta", 0.0),
+        ("residual_scale", float("nan")),
+        ("ngpt_normalize_every", 0),
+        ("dropout", 0.1),
+    ],
+)
 def test_config_validation_names_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(SMALL, **{field: value})

@@ -40,8 +40,7 @@ def test_round_trip_and_batch(data_dir: Path, name: str) -> None:
         assert all(0 <= i < tok.vocab_size for i in ids)
         assert tok.decode(ids) == t
     assert tok.encode_batch(TEXTS) == [tok.encode(t) for t in TEXTS]
-    assert tok.sha256 == read_sha256sums(data_dir / "SHA256SUMS")[
-        "gpt2.tiktoken" if name == "gpt2" else "bpe4096.json"]
+    assert tok.sha256 == read_sha256sums(data_dir / "SHA256SUMS")["gpt2.tiktoken" if name == "gpt2" else "bpe4096.json"]
 
 
 def test_bpe4096_properties(data_dir: Path) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from kernelhelpers import BF16_HALF_ULP, DEVICE, FP32_EPS, randn
+
 from muonlab.fast.kernels.elementwise import (
     fused_apply,
     fused_apply_torch,
@@ -21,7 +21,9 @@ from muonlab.fast.kernels.elementwise import (
 SHAPES = [(1, 5), (7, 3), (33, 70), (3, 9, 11), (300,), (2, 3, 5, 7)]
 
 
-def _momentum64(m: torch.Tensor, g: torch.Tensor, beta: float, form: str, nesterov: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _momentum64(
+    m: torch.Tensor, g: torch.Tensor, beta: float, form: str, nesterov: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     md, gd = m.double(), g.double()
     if form == "ema":
         m_new = beta * md + (1 - beta) * gd
@@ -108,7 +110,9 @@ def _apply64(
     wd, ud = w.double(), u.double()
     if scale is not None:
         ud = ud * scale.double()
-    mask = torch.ones_like(wd) if cautious == "off" else ((ud * wd >= 0) if cautious == "ge" else (ud * wd > 0)).double()
+    mask = (
+        torch.ones_like(wd) if cautious == "off" else ((ud * wd >= 0) if cautious == "ge" else (ud * wd > 0)).double()
+    )
     return wd - d * mask * wd - lr * ud
 
 
@@ -163,15 +167,17 @@ def test_apply_cautious_mask_at_exact_zeros(cautious: str) -> None:
     decayed = w0 - w0 * d
     keep_zero = cautious == "ge"
     expected = torch.tensor(
-        [[
-            decayed[0, 0] if keep_zero else 1.0,  # u = 0, w > 0
-            decayed[0, 1] if keep_zero else -2.0,  # u = 0, w < 0
-            -lr,  # w = 0: decay of 0 is 0 either way
-            decayed[0, 3] - lr,  # u w > 0: decayed
-            -4.0 - lr,  # u w < 0: not decayed
-            0.0,  # both 0
-            5.0 + lr,  # u w < 0: not decayed
-        ]],
+        [
+            [
+                decayed[0, 0] if keep_zero else 1.0,  # u = 0, w > 0
+                decayed[0, 1] if keep_zero else -2.0,  # u = 0, w < 0
+                -lr,  # w = 0: decay of 0 is 0 either way
+                decayed[0, 3] - lr,  # u w > 0: decayed
+                -4.0 - lr,  # u w < 0: not decayed
+                0.0,  # both 0
+                5.0 + lr,  # u w < 0: not decayed
+            ]
+        ],
         device=DEVICE,
     )
     assert torch.equal(w, expected)

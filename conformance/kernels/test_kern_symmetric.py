@@ -14,8 +14,8 @@ import sys
 
 import pytest
 import torch
-
 from kernelhelpers import BF16_HALF_ULP, DEVICE, FP32_EPS, randn, rel_fro
+
 from muonlab.fast.kernels.symmetric import ba_plus_caa, ba_plus_caa_torch, xxt, xxt_torch
 
 SHAPES = [(1, 5), (5, 1), (7, 3), (16, 16), (33, 70), (40, 17), (3, 33, 20), (2, 1, 9)]

@@ -94,13 +94,24 @@ def test_optax_bias_correction_by_hand(nesterov: bool) -> None:
 
 def _normuon(axis: str, rescale: str = "frobenius", mode: str = "add", **kw: object) -> MuonSpec:
     return MuonSpec(
-        normuon=True, normuon_axis=axis, normuon_rescale=rescale, normuon_eps_mode=mode, **kw  # type: ignore[arg-type]
+        normuon=True,
+        normuon_axis=axis,
+        normuon_rescale=rescale,
+        normuon_eps_mode=mode,
+        **kw,  # type: ignore[arg-type]
     )
 
 
 @FAST
-@given(shape=matrix_shapes(), seed=seeds, axis=st.sampled_from(["row", "col", "longer"]), mode=st.sampled_from(["add", "clamp"]))
-def test_normuon_equalizes_per_axis_rms_and_keeps_frobenius(shape: tuple[int, int], seed: int, axis: str, mode: str) -> None:
+@given(
+    shape=matrix_shapes(),
+    seed=seeds,
+    axis=st.sampled_from(["row", "col", "longer"]),
+    mode=st.sampled_from(["add", "clamp"]),
+)
+def test_normuon_equalizes_per_axis_rms_and_keeps_frobenius(
+    shape: tuple[int, int], seed: int, axis: str, mode: str
+) -> None:
     m, n = shape
     o = orthogonalize(np.random.default_rng(seed).standard_normal(shape), MuonSpec())
     spec = _normuon(axis, mode=mode, beta2=0.9, normuon_eps=1e-30)  # eps negligible: exact identities
@@ -306,11 +317,15 @@ def test_adamw_uncorrected_and_fallbacks_by_hand() -> None:
     rng = np.random.default_rng(1)
     w, g = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
     spec = MuonSpec(
-        weight_decay=0.2, adam_lr=None, adam_weight_decay=None, adam_betas=(0.9, 0.99), adam_eps=1e-3,
+        weight_decay=0.2,
+        adam_lr=None,
+        adam_weight_decay=None,
+        adam_betas=(0.9, 0.99),
+        adam_eps=1e-3,
         adam_eps_mode="uncorrected",
     )
     lr = 0.05
-    new_w, st = adamw_step(w, g, init_adam_state(w), spec, lr=lr)
+    new_w, _st = adamw_step(w, g, init_adam_state(w), spec, lr=lr)
     m, v = 0.1 * g, 0.01 * g * g
     u = m / (np.sqrt(v) + 1e-3) * math.sqrt(1 - 0.99) / (1 - 0.9)
     np.testing.assert_allclose(new_w, w * (1 - lr * 0.2) - lr * u, rtol=1e-14)
@@ -350,8 +365,10 @@ def test_modded_normuon_step_by_hand() -> None:
         vbar = np.mean(x * x, axis=-1, keepdims=True)
         s = s + 0.1 * (vbar - s)
         vh = x / np.sqrt(np.maximum(s, 1e-10))
-        vh = vh * np.linalg.norm(x, axis=(-2, -1), keepdims=True) / np.maximum(
-            np.linalg.norm(vh, axis=(-2, -1), keepdims=True), 1e-10
+        vh = (
+            vh
+            * np.linalg.norm(x, axis=(-2, -1), keepdims=True)
+            / np.maximum(np.linalg.norm(vh, axis=(-2, -1), keepdims=True), 1e-10)
         )
         eta_eff = lr * math.sqrt(6 / 4)
         mask = (vh * ww >= 0) * 1.0

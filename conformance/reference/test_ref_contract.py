@@ -132,10 +132,10 @@ def test_nonfinite_grad_raises_naming_the_parameter(name: str, bad: float) -> No
     for idx in (1, 2):
         grads = [rng.standard_normal(p.shape) for p in params]
         grads[idx][0] = bad
-        saved = [(p.copy(), s) for p, s in zip(params, states)]
+        saved = [(p.copy(), s) for p, s in zip(params, states, strict=True)]
         with pytest.raises(ValueError, match=rf"grads\[{idx}\] contains non-finite"):
             step(params, grads, states, spec)
-        for (p0, s0), p, s in zip(saved, params, states):
+        for (p0, s0), p, s in zip(saved, params, states, strict=True):
             np.testing.assert_array_equal(p0, p)
             assert s is s0 and s.step == 0
 

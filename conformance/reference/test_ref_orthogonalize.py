@@ -51,7 +51,9 @@ def test_scalar_map_band_matches_table(key: tuple[str, int, float], band: tuple[
 
 @FAST
 @given(shape=matrix_shapes(), seed=seeds, key=st.sampled_from(sorted(BANDS)))
-def test_orth_is_the_scalar_map_on_singular_values(shape: tuple[int, int], seed: int, key: tuple[str, int, float]) -> None:
+def test_orth_is_the_scalar_map_on_singular_values(
+    shape: tuple[int, int], seed: int, key: tuple[str, int, float]
+) -> None:
     """Orth(U S V^T) = U p(S / (s ||S|| + eps)) V^T exactly (float64), and the output is inside the band."""
     name, steps, scale = key
     rng = np.random.default_rng(seed)

@@ -27,7 +27,7 @@ def test_reproduces_paper_listing_before_safety_division() -> None:
 
 def test_paper_set_is_raw_divided_by_safety() -> None:
     raw = optimal_composition(1e-3, 8, 0.0, 0.02407327424182761)
-    for (a, b, c), (pa, pb, pc) in zip(raw[:7], coefficients.POLAR_EXPRESS_PAPER[:7]):
+    for (a, b, c), (pa, pb, pc) in zip(raw[:7], coefficients.POLAR_EXPRESS_PAPER[:7], strict=True):
         np.testing.assert_allclose([a / 1.01, b / 1.01**3, c / 1.01**5], [pa, pb, pc], rtol=1e-10)
 
 

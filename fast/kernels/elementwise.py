@@ -43,10 +43,7 @@ def _block(interpret: bool) -> tuple[int, int]:
 
 def _scalar(ptr: Any, val: Any, IS_PTR: tl.constexpr, F64: tl.constexpr) -> Any:
     """The scalar argument: loaded from ``ptr`` (a float32 tensor) or the value ``val``, in the compute dtype."""
-    if IS_PTR:
-        s = tl.load(ptr)
-    else:
-        s = val
+    s = tl.load(ptr) if IS_PTR else val
     if F64:
         return s.to(tl.float64)
     return s.to(tl.float32)
@@ -83,10 +80,7 @@ def _momentum_impl(
     beta = _scalar_fn(beta_ptr, beta_val, BETA_IS_PTR, F64)
     if EMA:
         # torch.lerp(start, end, w): start + w (end - start) if |w| < 0.5, else end - (end - start)(1 - w).
-        if BETA_IS_PTR:
-            omb = 1.0 - beta
-        else:
-            omb = _scalar_fn(beta_ptr, omb_val, False, F64)
+        omb = 1.0 - beta if BETA_IS_PTR else _scalar_fn(beta_ptr, omb_val, False, F64)
         m_new = tl.where(tl.abs(omb) < 0.5, m + omb * (g - m), g - (g - m) * (1.0 - omb))
         if NESTEROV:
             out = tl.where(tl.abs(beta) < 0.5, g + beta * (m_new - g), m_new - (m_new - g) * (1.0 - beta))
@@ -94,10 +88,7 @@ def _momentum_impl(
             out = m_new
     else:
         m_new = m * beta + g
-        if NESTEROV:
-            out = g + beta * m_new
-        else:
-            out = m_new
+        out = g + beta * m_new if NESTEROV else m_new
     if ROUND_BF16:
         tl.store(buf_ptr + offs, round_bf16(m_new), mask=inside)
         tl.store(n_ptr + offs, round_bf16(out), mask=inside)
@@ -117,7 +108,7 @@ def _check_form(form: object, nesterov: object) -> None:
 
 
 def _check_pair(first: torch.Tensor, second: torch.Tensor, names: tuple[str, str]) -> None:
-    for t, name in zip((first, second), names):
+    for t, name in zip((first, second), names, strict=True):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
         if t.dtype not in _FLOATS:
@@ -227,10 +218,7 @@ def _apply_impl(
         row = (offs // cols) % rows
         bat = offs // (cols * rows)
         s = tl.load(s_ptr + bat * ssb + row * ssm + col * ssn, mask=inside, other=0.0)
-        if F64:
-            u = u * s.to(tl.float64)
-        else:
-            u = u * s.to(tl.float32)
+        u = u * s.to(tl.float64) if F64 else u * s.to(tl.float32)
     lr = _scalar_fn(lr_ptr, lr_val, LR_IS_PTR, F64)
     if HAS_DECAY:
         d = _scalar_fn(d_ptr, d_val, D_IS_PTR, F64)
@@ -238,10 +226,7 @@ def _apply_impl(
             w = w - w * d
         else:
             prod = u * w
-            if CAUTIOUS == 1:
-                keep = prod >= 0.0
-            else:
-                keep = prod > 0.0
+            keep = prod >= 0.0 if CAUTIOUS == 1 else prod > 0.0
             w = w - w * keep.to(w.dtype) * d
     w = w - u * lr
     if ROUND_BF16:

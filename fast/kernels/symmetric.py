@@ -87,10 +87,7 @@ def _sym_kernel_impl(
         if UPCAST:
             lhs = lhs.to(tl.float32)
             rhs = rhs.to(tl.float32)
-        if IEEE:
-            acc = tl.dot(lhs, rhs, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(lhs, rhs, acc)
+        acc = tl.dot(lhs, rhs, acc, input_precision="ieee") if IEEE else tl.dot(lhs, rhs, acc)
     inside = (offs_m[:, None] < M) & (offs_n[None, :] < M)
     if EPILOGUE:
         a_blk = tl.load(
@@ -99,10 +96,7 @@ def _sym_kernel_impl(
             other=0.0,
         )
         acc = alpha * acc + beta * a_blk.to(tl.float32)
-    if ROUND_BF16:
-        res = round_bf16(acc)
-    else:
-        res = acc.to(out_ptr.dtype.element_ty)
+    res = round_bf16(acc) if ROUND_BF16 else acc.to(out_ptr.dtype.element_ty)
     out_base = out_ptr + bat * sob
     # On/below the diagonal in place; strictly below also into the mirror position (j, i).
     tl.store(
