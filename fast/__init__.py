@@ -7,8 +7,7 @@
 The math mirrors `muonlab.reference` function for function (same names where a concept exists in both).
 """
 
-from muonlab.reference.presets import PRESETS, get_preset, resolve_spec
-from muonlab.reference.spec import MuonSpec
+from muonlab.contract import PRESETS, MuonSpec, get_preset, resolve_spec
 
 from .backend import use_triton
 from .optimizer import Muon

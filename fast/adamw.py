@@ -13,12 +13,11 @@ from collections.abc import Sequence
 
 import torch
 
-from muonlab.reference.adamw import adam_hyperparameters
-from muonlab.reference.spec import AdamEpsMode
+from muonlab.contract.spec import AdamEpsMode
 
 from .decay import Scalar
 
-__all__ = ["adam_direction", "adam_hyperparameters", "adam_moments", "adamw_apply"]
+__all__ = ["adam_direction", "adam_moments", "adamw_apply"]
 
 Tensors = list[torch.Tensor]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from muonlab.reference.spec import Cautious, MuonSpec
+from muonlab.contract.spec import Cautious, MuonSpec
 
 from .backend import Backend, kernel_module, use_triton
 

@@ -39,8 +39,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Shard
 
-from muonlab.reference.presets import resolve_spec
-from muonlab.reference.spec import MuonSpec
+from muonlab.contract import MuonSpec, resolve_spec
 
 from .backend import Backend, check_backend
 from .orthogonalize import as_matrices, orthogonalize
@@ -519,7 +518,7 @@ def muon_directions(
     group: Group = None,
     backend: Backend = "auto",
 ) -> list[torch.Tensor]:
-    """Stages 3-4 of `muonlab.reference.spec` for orthogonalizer inputs ``ns`` (after momentum): the update
+    """Stages 3-4 of `muonlab.contract.spec` for orthogonalizer inputs ``ns`` (after momentum): the update
     directions ``O`` (after NorMuon, before the shape scale), each of its input's (local) shape.
 
     * ``"none"``: `orthogonalize_local` (one process, or every rank doing all the work on full tensors);

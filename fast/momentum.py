@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from muonlab.reference.spec import MomentumForm, MuonSpec
+from muonlab.contract.spec import MomentumForm, MuonSpec
 
 __all__ = ["apply_momentum", "ema_momentum", "optax_momentum", "sum_momentum"]
 

@@ -14,10 +14,9 @@ from collections.abc import Sequence
 
 import torch
 
-from muonlab.reference.normuon import normuon_reduce_axis, second_moment_shape
-from muonlab.reference.spec import MuonSpec
+from muonlab.contract import MuonSpec, normuon_reduce_axis, second_moment_shape
 
-__all__ = ["normuon_normalize", "normuon_reduce_axis", "second_moment_shape"]
+__all__ = ["normuon_normalize"]
 
 
 def _frobenius(x: torch.Tensor) -> torch.Tensor:

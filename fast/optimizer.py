@@ -21,8 +21,7 @@ from typing import Any, cast
 import torch
 from torch.optim import Optimizer
 
-from muonlab.reference.presets import resolve_spec
-from muonlab.reference.spec import MuonSpec
+from muonlab.contract import MuonSpec, resolve_spec
 
 from .backend import Backend, check_backend
 from .distributed import DistributedMode

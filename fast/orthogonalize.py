@@ -16,20 +16,18 @@ iteration runs in ``spec.compute_dtype``: ``"bfloat16"`` casts like KellerJordan
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
-from muonlab.reference.coefficients import CoefficientSet, schedule
-from muonlab.reference.presets import resolve_spec
-from muonlab.reference.spec import EpsMode, MuonSpec
+from muonlab.contract import CoefficientSet, MuonSpec, check_ndim, matrix_view_shape, resolve_spec, schedule
+from muonlab.contract.spec import EpsMode
 
 from .backend import Backend, check_backend, kernel_module, use_triton
 
 __all__ = [
     "as_matrices",
     "compute_dtype",
-    "matrix_view_shape",
     "newton_schulz",
     "normalize_frobenius",
     "orthogonalize",
@@ -43,23 +41,6 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torc
 def compute_dtype(spec: MuonSpec) -> torch.dtype:
     """The torch dtype of ``spec.compute_dtype``."""
     return _DTYPES[spec.compute_dtype]
-
-
-def _check_ndim(shape: Sequence[int], name: str) -> None:
-    if len(shape) < 2:
-        raise ValueError(
-            f"{name} must have at least 2 dims (a matrix or a batch of matrices), got shape {tuple(shape)}"
-        )
-
-
-def matrix_view_shape(shape: Sequence[int], spec: MuonSpec, name: str = "x") -> tuple[int, ...]:
-    """The shape of the matrix view (as `muonlab.reference.matrix_view_shape`): 2-D and 3-D unchanged;
-    ``ndim >= 4`` is ``(shape[0], prod(shape[1:]))`` under ``nd_mode="flatten"``, unchanged under ``"batch"``."""
-    shape = tuple(int(d) for d in shape)
-    _check_ndim(shape, name)
-    if len(shape) >= 4 and spec.nd_mode == "flatten":
-        return (shape[0], math.prod(shape[1:]))
-    return shape
 
 
 def as_matrices(
@@ -120,11 +101,11 @@ def newton_schulz(
     When ``x`` is wider than ``compute`` (fp32 momentum, bf16 iteration) the Frobenius normalization runs
     in ``x.dtype`` and its result is rounded once.
 
-    ``coefficients`` are the triples applied, one per iteration (`muonlab.reference.coefficients.schedule`).
+    ``coefficients`` are the triples applied, one per iteration (`muonlab.contract.coefficients.schedule`).
     Each iteration maps every singular value by ``p(s) = a s + b s^3 + c s^5`` (KellerJordan/Muon
     ``zeropower_via_newtonschulz5``; Moonlight Eq. 2; Polar Express arXiv 2505.16932).
     """
-    _check_ndim(x.shape, "x")
+    check_ndim(x.shape, "x")
     shape = x.shape
     transpose = shape[-2] > shape[-1]
     xm = x.reshape(-1, shape[-2], shape[-1])
@@ -150,7 +131,7 @@ def polar_factor(x: torch.Tensor) -> torch.Tensor:
     Singular values ``<= max(m, n) * eps_dtype * sigma_max`` count as zero (the reference's rank rule), so
     ``polar_factor(0) = 0``.
     """
-    _check_ndim(x.shape, "x")
+    check_ndim(x.shape, "x")
     work = x if x.dtype == torch.float64 else x.float()
     svd = torch.linalg.svd(work, full_matrices=False)
     u: torch.Tensor = svd[0]

@@ -14,8 +14,7 @@ import math
 
 import torch
 
-from muonlab.reference.spec import AngleMode, MuonSpec, SphereAxis
-from muonlab.reference.sphere import GEODESIC_TAU_MIN
+from muonlab.contract.spec import GEODESIC_TAU_MIN, AngleMode, MuonSpec, SphereAxis
 
 from .decay import Scalar
 from .orthogonalize import as_matrices

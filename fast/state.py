@@ -12,10 +12,9 @@ from typing import Any
 
 import torch
 
-from muonlab.reference.spec import MuonSpec
-from muonlab.reference.state import normuon_state_shape
+from muonlab.contract import MuonSpec, normuon_state_shape
 
-__all__ = ["init_adam_state", "init_muon_state", "normuon_state_shape", "state_dtype"]
+__all__ = ["init_adam_state", "init_muon_state", "state_dtype"]
 
 
 def state_dtype(param: torch.Tensor) -> torch.dtype:

@@ -1,4 +1,4 @@
-"""One optimizer step over a param group, in the order of `muonlab.reference.spec` (stages 1-8).
+"""One optimizer step over a param group, in the order of `muonlab.contract.spec` (stages 1-8).
 
 `muon_update` (stages 1-4) and `muon_step` (1-8) work on lists of parameters that share a spec:
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from muonlab.reference.spec import MuonSpec
+from muonlab.contract import MuonSpec, normuon_state_shape, update_scale
 
 from .adamw import adam_direction, adam_moments, adamw_apply
 from .backend import Backend, kernel_module, use_triton
@@ -32,9 +32,8 @@ from .distributed import DistributedMode, Group, muon_directions
 from .momentum import apply_momentum
 from .normuon import normuon_normalize
 from .orthogonalize import as_matrices, orthogonalize_stack
-from .scaling import update_scale
 from .sphere import sphere_step
-from .state import init_adam_state, init_muon_state, normuon_state_shape, state_dtype
+from .state import init_adam_state, init_muon_state, state_dtype
 
 __all__ = ["adamw_step", "muon_step", "muon_update"]
 

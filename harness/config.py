@@ -70,7 +70,7 @@ class DataSection(_Strict):
 class OptimizerSection(_Strict):
     name: Literal["muon", "adamw"] = "muon"
     preset: str = "keller"
-    """A `muonlab.reference.presets` name (Muon only)."""
+    """A `muonlab.contract.presets` name (Muon only)."""
     lr: float | None = Field(default=None, ge=0)
     """Muon: the matrix lr (default: the preset's); AdamW: the lr of every parameter (required)."""
     weight_decay: float | None = None
@@ -90,7 +90,7 @@ class OptimizerSection(_Strict):
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, v: str) -> str:
-        from muonlab.reference.presets import PRESETS
+        from muonlab.contract import PRESETS
 
         if v not in PRESETS:
             raise ValueError(f"unknown preset {v!r}; known: {', '.join(PRESETS)}")
@@ -99,7 +99,7 @@ class OptimizerSection(_Strict):
     @field_validator("overrides")
     @classmethod
     def _known_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from muonlab.reference.spec import field_names
+        from muonlab.contract import field_names
 
         unknown = sorted(set(v) - set(field_names()))
         if unknown:
@@ -133,7 +133,7 @@ class OptimizerSection(_Strict):
 
     def muon_spec(self) -> Any:
         """The resolved `MuonSpec` (preset + overrides); raises ValueError naming a bad field."""
-        from muonlab.reference.presets import resolve_spec
+        from muonlab.contract import resolve_spec
 
         return resolve_spec(self.preset, **self.spec_overrides())
 

@@ -3,16 +3,36 @@
 Public API (docs/variants.md): `MuonSpec` and the presets; `orthogonalize`; the step functions
 `muon_step`, `adamw_step`, `step` with their immutable states `MuonState`, `AdamState`; and the building
 blocks of one step (momentum, NorMuon, shape scale, weight decay, hypersphere, Polar Express generator).
+
+What both implementations share (spec, presets, coefficient sets, shape rules) is `muonlab.contract`
+(folder ``reference/contract/``); its names are re-exported here.
 """
 
-from .adamw import adam_direction, adam_hyperparameters, adam_moments
-from .coefficients import COEFFICIENT_SETS, resolve_coefficients, schedule
+from muonlab.contract import (
+    COEFFICIENT_SETS,
+    PRESETS,
+    MuonSpec,
+    adam_hyperparameters,
+    field_names,
+    get_preset,
+    matrix_view_shape,
+    normuon_reduce_axis,
+    normuon_state_shape,
+    resolve_coefficients,
+    resolve_spec,
+    scale_dims,
+    schedule,
+    second_moment_shape,
+    shape_scale,
+    update_scale,
+)
+
+from .adamw import adam_direction, adam_moments
 from .decay import cautious_mask, coupled_decay, decay_lr, decoupled_decay
 from .momentum import apply_momentum, ema_momentum, optax_momentum, sum_momentum
-from .normuon import normuon_normalize, normuon_reduce_axis, second_moment_shape
+from .normuon import normuon_normalize
 from .orthogonalize import (
     as_matrices,
-    matrix_view_shape,
     newton_schulz,
     normalize_frobenius,
     orthogonalize,
@@ -20,11 +40,8 @@ from .orthogonalize import (
     scalar_map,
 )
 from .polar_express import optimal_composition, optimal_quintic
-from .presets import PRESETS, get_preset, resolve_spec
-from .scaling import scale_dims, shape_scale, update_scale
-from .spec import MuonSpec, field_names
 from .sphere import geodesic_vectors, renormalize_vectors, sphere_step
-from .state import AdamState, MuonState, init_adam_state, init_muon_state, init_state, normuon_state_shape
+from .state import AdamState, MuonState, init_adam_state, init_muon_state, init_state
 from .step import adamw_step, muon_step, muon_update, step
 
 __all__ = [

@@ -18,18 +18,11 @@ import math
 
 import numpy as np
 
-from .orthogonalize import Array
-from .spec import MuonSpec
+from muonlab.contract.spec import MuonSpec
 
-__all__ = ["adam_direction", "adam_hyperparameters", "adam_moments"]
+from .array import Array
 
-
-def adam_hyperparameters(spec: MuonSpec, lr: float) -> tuple[float, float]:
-    """``(eta, lambda)`` of the AdamW parameters: ``spec.adam_lr`` or ``lr``; ``spec.adam_weight_decay`` or
-    ``spec.weight_decay``."""
-    eta = lr if spec.adam_lr is None else float(spec.adam_lr)
-    lam = spec.weight_decay if spec.adam_weight_decay is None else float(spec.adam_weight_decay)
-    return eta, lam
+__all__ = ["adam_direction", "adam_moments"]
 
 
 def adam_moments(exp_avg: Array, exp_avg_sq: Array, grad: Array, spec: MuonSpec) -> tuple[Array, Array]:

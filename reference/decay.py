@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .orthogonalize import Array
-from .spec import Cautious, MuonSpec
+from muonlab.contract.spec import Cautious, MuonSpec
+
+from .array import Array
 
 __all__ = ["cautious_mask", "coupled_decay", "decay_lr", "decoupled_decay"]
 
@@ -41,11 +42,13 @@ def decay_lr(lr: float, lr_update: float, spec: MuonSpec) -> float:
         return lr
     if spec.decay_lr == "scaled":
         return lr_update
-    return lr * lr_update
+    if spec.decay_lr == "lr2":
+        return lr * lr_update
+    raise ValueError(f"decay_lr: expected 'base', 'scaled' or 'lr2', got {spec.decay_lr!r}")
 
 
 def decoupled_decay(weight: Array, update: Array, lr: float, lr_update: float, spec: MuonSpec) -> Array:
-    """``W - eta_d lambda mask (.) W`` (stage 6 of `muonlab.reference.spec`), a new array."""
+    """``W - eta_d lambda mask (.) W`` (stage 6 of `muonlab.contract.spec`), a new array."""
     w = np.asarray(weight, dtype=np.float64)
     if spec.weight_decay == 0.0:
         return w.copy()

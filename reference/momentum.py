@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .orthogonalize import Array
-from .spec import MomentumForm, MuonSpec
+from muonlab.contract.spec import MomentumForm, MuonSpec
+
+from .array import Array
 
 __all__ = ["apply_momentum", "ema_momentum", "optax_momentum", "sum_momentum"]
 

@@ -18,32 +18,14 @@ Zero input gives zero output and no NaN (variants.md section 3.7).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
-from .orthogonalize import Array
-from .spec import MuonSpec, NorMuonAxis
+from muonlab.contract.shapes import normuon_reduce_axis, second_moment_shape
+from muonlab.contract.spec import MuonSpec
 
-__all__ = ["normuon_normalize", "normuon_reduce_axis", "second_moment_shape"]
+from .array import Array
 
-
-def normuon_reduce_axis(m: int, n: int, axis: NorMuonAxis) -> int:
-    """The axis averaged over: ``-1`` (statistic per row) or ``-2`` (per column)."""
-    if axis == "row":
-        return -1
-    if axis == "col":
-        return -2
-    return -1 if m >= n else -2
-
-
-def second_moment_shape(view_shape: Sequence[int], axis: NorMuonAxis) -> tuple[int, ...]:
-    """Shape of ``S`` for an update whose matrix view has shape ``view_shape`` (``[..., m, n]``)."""
-    shape = tuple(int(d) for d in view_shape)
-    m, n = shape[-2], shape[-1]
-    if normuon_reduce_axis(m, n, axis) == -1:
-        return (*shape[:-1], 1)
-    return (*shape[:-2], 1, n)
+__all__ = ["normuon_normalize"]
 
 
 def _frobenius(x: Array) -> Array:

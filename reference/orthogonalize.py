@@ -20,49 +20,25 @@ Leading dims are a batch (one norm per matrix); tensors with ``ndim >= 4`` follo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
 
-from .coefficients import CoefficientSet, schedule
-from .spec import EpsMode, MuonSpec
+from muonlab.contract.coefficients import CoefficientSet, schedule
+from muonlab.contract.shapes import check_ndim, matrix_view_shape
+from muonlab.contract.spec import EpsMode, MuonSpec
 
-Array = npt.NDArray[np.float64]
+from .array import Array
 
 __all__ = [
-    "Array",
     "as_matrices",
-    "matrix_view_shape",
     "newton_schulz",
     "normalize_frobenius",
     "orthogonalize",
     "polar_factor",
     "scalar_map",
 ]
-
-
-def _check_ndim(shape: Sequence[int], name: str) -> None:
-    if len(shape) < 2:
-        raise ValueError(
-            f"{name} must have at least 2 dims (a matrix or a batch of matrices), got shape {tuple(shape)}"
-        )
-
-
-def matrix_view_shape(shape: Sequence[int], spec: MuonSpec, name: str = "x") -> tuple[int, ...]:
-    """The shape of the matrix view of a tensor of ``shape``, keeping its leading batch dims.
-
-    * ``ndim`` 2 or 3: unchanged (a 3-D tensor is a batch of matrices over its last two dims);
-    * ``ndim >= 4``, ``nd_mode="flatten"``: ``(shape[0], prod(shape[1:]))`` (Keller ``muon_update``);
-    * ``ndim >= 4``, ``nd_mode="batch"``: unchanged, a batch over the last two dims (dion ``flatten=False``).
-
-    The last two entries are the ``(m, n)`` the orthogonalizer, NorMuon and the ``"matrix"`` shape scale see.
-    """
-    shape = tuple(int(d) for d in shape)
-    _check_ndim(shape, name)
-    if len(shape) >= 4 and spec.nd_mode == "flatten":
-        return (shape[0], math.prod(shape[1:]))
-    return shape
 
 
 def as_matrices(x: npt.ArrayLike, spec: MuonSpec, name: str = "x") -> tuple[Array, Callable[[Array], Array]]:
@@ -105,12 +81,12 @@ def newton_schulz(
     """Odd-polynomial Newton-Schulz / Polar Express iteration on ``[..., m, n]`` (batched over leading dims).
 
     ``coefficients`` are the triples actually applied, one per iteration (use
-    `muonlab.reference.coefficients.schedule` to expand a set to ``ns_steps``). Each iteration maps every
+    `muonlab.contract.coefficients.schedule` to expand a set to ``ns_steps``). Each iteration maps every
     singular value by ``p(s) = a s + b s^3 + c s^5`` (KellerJordan/Muon ``zeropower_via_newtonschulz5``;
     Moonlight Eq. 2; Polar Express arXiv 2505.16932).
     """
     arr = np.array(x, dtype=np.float64, copy=True)
-    _check_ndim(arr.shape, "x")
+    check_ndim(arr.shape, "x")
     transpose = arr.shape[-2] > arr.shape[-1]
     xm = np.swapaxes(arr, -2, -1) if transpose else arr
     xm = normalize_frobenius(xm, norm_scale, eps, eps_mode)
@@ -129,7 +105,7 @@ def polar_factor(x: npt.ArrayLike) -> Array:
     tolerance) count as zero and map to zero, so ``polar_factor(0) = 0``.
     """
     arr = np.array(x, dtype=np.float64, copy=True)
-    _check_ndim(arr.shape, "x")
+    check_ndim(arr.shape, "x")
     u, s, vt = np.linalg.svd(arr, full_matrices=False)
     smax = np.max(s, axis=-1, keepdims=True) if s.shape[-1] else s
     tol = max(arr.shape[-2], arr.shape[-1]) * np.finfo(np.float64).eps * smax

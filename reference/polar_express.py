@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .coefficients import CoefficientSet, Triple
+from muonlab.contract.coefficients import CoefficientSet, Triple
 
 __all__ = ["optimal_composition", "optimal_quintic", "quintic"]
 

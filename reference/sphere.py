@@ -33,13 +33,12 @@ import math
 
 import numpy as np
 
-from .orthogonalize import Array, as_matrices
-from .spec import AngleMode, MuonSpec, SphereAxis
+from muonlab.contract.spec import GEODESIC_TAU_MIN, AngleMode, MuonSpec, SphereAxis
 
-__all__ = ["GEODESIC_TAU_MIN", "geodesic_vectors", "renormalize_vectors", "sphere_step"]
+from .array import Array
+from .orthogonalize import as_matrices
 
-GEODESIC_TAU_MIN = 1e-12
-"""``tau`` at or below which ``"exp"``, ``"retract"`` and ``"fixed"`` leave a vector unchanged (float64)."""
+__all__ = ["geodesic_vectors", "renormalize_vectors", "sphere_step"]
 
 
 def _norm(x: Array) -> Array:

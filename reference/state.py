@@ -7,17 +7,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from .normuon import second_moment_shape
-from .orthogonalize import Array, matrix_view_shape
-from .spec import MuonSpec
+from muonlab.contract.shapes import normuon_state_shape
+from muonlab.contract.spec import MuonSpec
 
-__all__ = ["AdamState", "MuonState", "init_adam_state", "init_muon_state", "init_state", "normuon_state_shape"]
+from .array import Array
+
+__all__ = ["AdamState", "MuonState", "init_adam_state", "init_muon_state", "init_state"]
 
 
 @dataclass(frozen=True)
@@ -36,15 +36,6 @@ class AdamState:
     exp_avg: Array
     exp_avg_sq: Array
     step: int
-
-
-def normuon_state_shape(param_shape: Sequence[int], spec: MuonSpec) -> tuple[int, ...]:
-    """Shape of NorMuon's ``S`` for a parameter: the matrix view (``nd_mode``) with the averaged axis set to 1.
-
-    ``[m, n]`` -> ``[m, 1]`` (per row) or ``[1, n]`` (per column); ``[B, m, n]`` -> ``[B, m, 1]`` / ``[B, 1, n]``;
-    a flattened conv ``[out, in, kh, kw]`` -> ``[out, 1]`` / ``[1, in*kh*kw]``.
-    """
-    return second_moment_shape(matrix_view_shape(param_shape, spec, "param"), spec.normuon_axis)
 
 
 def init_muon_state(param: npt.ArrayLike, spec: MuonSpec) -> MuonState:

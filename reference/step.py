@@ -1,12 +1,12 @@
 """One optimizer step, as pure functions: `muon_step`, `adamw_step` and `step` over parameter lists.
 
-`muon_step` follows exactly the order in `muonlab.reference.spec` (stages 1-8):
+`muon_step` follows exactly the order in `muonlab.contract.spec` (stages 1-8):
 
 1. coupled decay ``G <- G + lambda W`` (``decay_placement`` ``"update"``/``"both"``);
 2. momentum (`muonlab.reference.momentum`), giving ``N``;
 3. ``O = Orth(N)`` on the ``nd_mode`` matrix view (`muonlab.reference.orthogonalize`);
 4. NorMuon ``O <- normalize(O, S)`` (`muonlab.reference.normuon`);
-5. ``eta_u = eta * shape_scale(m, n)`` (`muonlab.reference.scaling`);
+5. ``eta_u = eta * shape_scale(m, n)`` (`muonlab.contract.scaling`);
 6. decoupled decay ``W <- W - eta_d lambda mask (.) W`` on the pre-update ``W`` (``"param"``/``"both"``;
    `muonlab.reference.decay`);
 7. ``W <- W - eta_u O``;
@@ -26,16 +26,20 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from .adamw import adam_direction, adam_hyperparameters, adam_moments
+from muonlab.contract.adam import adam_hyperparameters
+from muonlab.contract.presets import resolve_spec
+from muonlab.contract.scaling import update_scale
+from muonlab.contract.shapes import normuon_state_shape
+from muonlab.contract.spec import MuonSpec
+
+from .adamw import adam_direction, adam_moments
+from .array import Array
 from .decay import coupled_decay, decoupled_decay
 from .momentum import apply_momentum
 from .normuon import normuon_normalize
-from .orthogonalize import Array, as_matrices, orthogonalize
-from .presets import resolve_spec
-from .scaling import update_scale
-from .spec import MuonSpec
+from .orthogonalize import as_matrices, orthogonalize
 from .sphere import sphere_step
-from .state import AdamState, MuonState, normuon_state_shape
+from .state import AdamState, MuonState
 
 __all__ = ["adamw_step", "muon_step", "muon_update", "step"]
 

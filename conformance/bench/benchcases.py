@@ -85,8 +85,8 @@ def newton_schulz(count: int, m: int, n: int, dtype: torch.dtype) -> Callable[[t
     """NS5 on ``count`` matrices of ``m x n``: one Python loop of ``mm`` per matrix vs one stacked ``bmm``."""
 
     def build(dev: torch.device) -> tuple[Fn, Fn]:
+        from muonlab.contract import schedule
         from muonlab.fast.orthogonalize import newton_schulz as ns
-        from muonlab.reference.coefficients import schedule
 
         coeffs = schedule("keller", 5)
         gen = torch.Generator().manual_seed(1)

@@ -22,15 +22,12 @@ import torch.distributed as dist
 
 import muonlab.fast.distributed as D
 from muonlab import reference as ref
+from muonlab.contract import MuonSpec, get_preset, normuon_state_shape, update_scale
 from muonlab.fast.decay import apply_update, coupled_decay, decay_lr
 from muonlab.fast.momentum import apply_momentum
 from muonlab.fast.orthogonalize import as_matrices, orthogonalize
-from muonlab.fast.scaling import update_scale
 from muonlab.fast.state import init_muon_state, state_dtype
 from muonlab.fast.step import muon_step as fast_muon_step
-from muonlab.reference.presets import get_preset
-from muonlab.reference.spec import MuonSpec
-from muonlab.reference.state import normuon_state_shape
 
 # Fewer rows than ranks ((1, 5), (2, 3) on 3 ranks), a batch of matrices (3-D), a conv filter (4-D), a tall
 # and a wide matrix, and 13 tensors: not divisible by 2 or 3.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,10 +39,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from muonlab import reference as R
+from muonlab.contract import MuonSpec, field_names
 from muonlab.fast import Muon
 from muonlab.fast.decay import cautious_mask
 from muonlab.fast.step import muon_update
-from muonlab.reference import MuonSpec
 
 LR = 0.05
 BF16_SHAPES = [(16, 32), (32, 16)]
@@ -181,8 +182,22 @@ def test_preset_trajectory_fp32(name: str, shape: tuple[int, ...]) -> None:
 
 @st.composite
 def specs(draw: st.DrawFn) -> MuonSpec:
+    """Every `MuonSpec` knob drawn (test_specs_draw_every_knob holds this to `field_names()`); the decay
+    knobs only without a sphere (the spec rejects decay on the sphere)."""
     sphere = draw(st.sampled_from(["none", "none", "renormalize", "geodesic"]))
     kw: dict[str, Any] = dict(
+        name=draw(st.sampled_from(["drawn", ""])),
+        lr=draw(st.sampled_from([0.02, 1e-3])),
+        orthogonalizer=draw(st.sampled_from(["newton_schulz", "newton_schulz", "newton_schulz", "svd"])),
+        compute_dtype=draw(st.sampled_from(["float32", "bfloat16"])),
+        rms_scale=draw(st.sampled_from([0.2, 0.5])),
+        normuon_eps=draw(st.sampled_from([1e-10, 1e-8])),
+        adam_lr=draw(st.sampled_from([None, 3e-4])),
+        adam_betas=draw(st.sampled_from([(0.9, 0.95), (0.8, 0.999)])),
+        adam_eps=draw(st.sampled_from([1e-8, 1e-10])),
+        adam_weight_decay=draw(st.sampled_from([None, 0.0, 0.01])),
+        adam_eps_mode=draw(st.sampled_from(["corrected", "uncorrected"])),
+        nonfinite=draw(st.sampled_from(["raise", "skip"])),
         momentum=draw(st.sampled_from([0.0, 0.9, 0.95])),
         momentum_form=draw(st.sampled_from(["ema", "sum", "optax"])),
         nesterov=draw(st.booleans()),
@@ -211,6 +226,14 @@ def specs(draw: st.DrawFn) -> MuonSpec:
             cautious=draw(st.sampled_from(["off", "ge", "gt"])),
         )
     return MuonSpec(**kw)
+
+
+def test_specs_draw_every_knob() -> None:
+    """The strategy above names every field of `MuonSpec` (a new knob must be drawn too)."""
+    text = Path(__file__).read_text(encoding="utf-8")
+    source = text[text.index("def specs(") : text.index("return MuonSpec(**kw)")]
+    missing = [f for f in field_names() if f"{f}=" not in source]
+    assert not missing, f"specs() does not draw: {missing}"
 
 
 @FAST

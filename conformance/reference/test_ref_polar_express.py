@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from muonlab.reference import coefficients, optimal_composition, optimal_quintic
+from muonlab.contract import coefficients
+from muonlab.reference import optimal_composition, optimal_quintic
 from muonlab.reference.polar_express import quintic
 
 

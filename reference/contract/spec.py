@@ -2,7 +2,7 @@
 
 A variant is data, not a class: the reference (`muonlab.reference`, NumPy float64) and the fast
 implementation (`muonlab.fast`, torch + Triton) both read a `MuonSpec` and nothing else. Named presets
-that reproduce each source live in `muonlab.reference.presets`.
+that reproduce each source live in `muonlab.contract.presets`.
 
 Notation (docs/variants.md): a parameter ``W`` has shape ``[..., m, n]`` in PyTorch ``[out, in]`` layout,
 ``G`` is its gradient, ``M`` the momentum buffer, ``eta`` the learning rate, ``lambda`` the weight decay.
@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
 from .coefficients import CoefficientSet, resolve_coefficients
+
+GEODESIC_TAU_MIN: Final = 1e-12
+"""``tau`` at or below which the geodesic modes ``"exp"``, ``"retract"`` and ``"fixed"`` leave a vector unchanged."""
 
 MomentumForm = Literal["ema", "sum", "optax"]
 Orthogonalizer = Literal["newton_schulz", "svd"]
@@ -76,7 +79,7 @@ _LITERAL_FIELDS: Final[dict[str, Any]] = {
 class MuonSpec:
     """Every knob of a Muon-family optimizer. Frozen; invalid values raise `ValueError` naming the field.
 
-    Defaults are Keller Jordan's Muon (KellerJordan/Muon ``muon.py``); see `muonlab.reference.presets`
+    Defaults are Keller Jordan's Muon (KellerJordan/Muon ``muon.py``); see `muonlab.contract.presets`
     for every source's settings.
     """
 
@@ -101,7 +104,7 @@ class MuonSpec:
     """``"newton_schulz"`` iterates the odd quintics of ``ns_coefficients`` (this covers NS5, cubic NS and
     Polar Express); ``"svd"`` returns the exact polar factor ``U V^T`` of the thin SVD."""
     ns_coefficients: str | CoefficientSet = "keller"
-    """A set name from `muonlab.reference.coefficients.COEFFICIENT_SETS` or explicit ``(a, b, c)`` triples."""
+    """A set name from `muonlab.contract.coefficients.COEFFICIENT_SETS` or explicit ``(a, b, c)`` triples."""
     ns_steps: int = 5
     norm_scale: float = 1.0
     """Polar Express safety factor ``s``: ``X / (s ||X||_F + eps)``. 1.02 for modded/dion PE, 1.01 paper."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .orthogonalize import matrix_view_shape
+from .shapes import matrix_view_shape
 from .spec import MuonSpec, ShapeScale
 
 __all__ = ["scale_dims", "shape_scale", "update_scale"]
@@ -32,7 +32,9 @@ def shape_scale(m: int, n: int, rule: ShapeScale, rms_scale: float = 0.2) -> flo
         return rms_scale * math.sqrt(max(m, n))
     if rule == "dion":
         return math.sqrt(m / n)
-    return 1.0
+    if rule == "none":
+        return 1.0
+    raise ValueError(f"shape_scale: expected 'keller', 'moonlight', 'dion' or 'none', got {rule!r}")
 
 
 def scale_dims(param_shape: Sequence[int], spec: MuonSpec) -> tuple[int, int]:

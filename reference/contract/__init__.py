@@ -1,0 +1,36 @@
+"""muonlab.contract (folder ``reference/contract/``): what the reference and the fast implementation share.
+
+`MuonSpec` (every knob of a variant, validated), the named presets, the Newton-Schulz / Polar Express
+coefficient sets, and the pure shape rules (matrix view, NorMuon state shape, shape scale of the update).
+Pure Python, no array library: `muonlab.fast` imports this package and none of the float64 math.
+"""
+
+from .adam import adam_hyperparameters
+from .coefficients import COEFFICIENT_SETS, CoefficientSet, Triple, resolve_coefficients, schedule
+from .presets import PRESETS, get_preset, resolve_spec
+from .scaling import scale_dims, shape_scale, update_scale
+from .shapes import check_ndim, matrix_view_shape, normuon_reduce_axis, normuon_state_shape, second_moment_shape
+from .spec import GEODESIC_TAU_MIN, MuonSpec, field_names
+
+__all__ = [
+    "COEFFICIENT_SETS",
+    "GEODESIC_TAU_MIN",
+    "PRESETS",
+    "CoefficientSet",
+    "MuonSpec",
+    "Triple",
+    "adam_hyperparameters",
+    "check_ndim",
+    "field_names",
+    "get_preset",
+    "matrix_view_shape",
+    "normuon_reduce_axis",
+    "normuon_state_shape",
+    "resolve_coefficients",
+    "resolve_spec",
+    "scale_dims",
+    "schedule",
+    "second_moment_shape",
+    "shape_scale",
+    "update_scale",
+]
