@@ -159,6 +159,10 @@ class ScheduleSection(_Strict):
 
 class TrainSection(_Strict):
     batch_size: int = Field(default=8, gt=0)
+    """Sequences per optimizer step (the global batch under torchrun)."""
+    micro_batch_size: int | None = Field(default=None, gt=0)
+    """Sequences per forward/backward pass (per rank); the step accumulates ``batch_size / (micro_batch_size
+    x world size)`` of them, each loss scaled by 1/count. Default: the whole (per-rank) batch at once."""
     seq_len: int | None = Field(default=None, gt=0)
     """Default: the model's seq_len."""
     steps: int | None = Field(default=None, gt=0)
@@ -166,7 +170,8 @@ class TrainSection(_Strict):
     """Alternative to ``steps``: ``steps = ceil(token_budget / (batch_size * seq_len))``."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """Autocast dtype for the forward pass (bfloat16 only on CUDA)."""
+    """``"bfloat16"``: the forward pass runs under ``torch.autocast(device, bfloat16)`` (CUDA or CPU);
+    weights, gradients and optimizer state stay float32."""
     threads: int | None = Field(default=None, gt=0)
     grad_clip: float | None = Field(default=None, gt=0)
     log_every: int = Field(default=10, gt=0)
@@ -174,10 +179,12 @@ class TrainSection(_Strict):
     eval_batches: int = Field(default=4, gt=0)
     stats_every: int = Field(default=50, gt=0)
     checkpoint_every: int | None = Field(default=None, gt=0)
-    keep_checkpoints: int = Field(default=2, gt=0)
+    keep_checkpoints: int = Field(default=2, ge=2)
+    """Newest checkpoints kept (at least 2, so a damaged newest one still leaves one to resume from)."""
     smoothing: float = Field(default=0.9, ge=0, lt=1)
     """EMA coefficient of the smoothed train loss (per step, bias-corrected)."""
     compile: bool = False
+    """``torch.compile`` the forward pass (the model, or its DDP wrapper)."""
     distributed: Literal["replicated", "gathered", "sharded", "none"] = "replicated"
     """Muon's ``distributed`` mode when launched with ``WORLD_SIZE > 1`` (torchrun; ignored by one process):
     ``"replicated"`` (DDP, each rank orthogonalizes a share of the matrices) or ``"none"`` (every rank
@@ -187,6 +194,8 @@ class TrainSection(_Strict):
     def _length(self) -> TrainSection:
         if (self.steps is None) == (self.token_budget is None):
             raise ValueError("steps / token_budget: set exactly one of them")
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ValueError(f"micro_batch_size: {self.micro_batch_size} does not divide batch_size {self.batch_size}")
         return self
 
 
@@ -296,7 +305,7 @@ def read_file(path: str | Path) -> dict[str, Any]:
             with p.open("rb") as f:
                 return tomllib.load(f)
         if suffix in (".yaml", ".yml"):
-            import yaml
+            import yaml  # type: ignore[import-untyped]
 
             data = yaml.safe_load(p.read_text()) or {}
             if not isinstance(data, dict):
@@ -402,6 +411,36 @@ def validate_sweep(data: dict[str, Any]) -> SweepConfig:
 
 def load_sweep_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
     return validate_sweep(apply_overrides(read_file(path), overrides or {}))
+
+
+def flatten_dotted(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and scalars are leaves; an empty table is a leaf)."""
+    if isinstance(obj, dict) and obj:
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten_dotted(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): obj}
+
+
+_ABSENT = "<absent>"
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` for every leaf that differs, sorted by key; a key present on
+    one side only shows ``"<absent>"`` on the other."""
+    a, b = flatten_dotted(old), flatten_dotted(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        if va != vb:
+            out.append((key, va, vb))
+    return out
+
+
+def format_config_diff(diff: list[tuple[str, Any, Any]]) -> str:
+    """``optimizer.lr: 0.02 -> 0.03; seed: 0 -> 1`` (values as JSON)."""
+    return "; ".join(f"{k}: {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}" for k, a, b in diff)
 
 
 def config_sha256(obj: Any) -> str:

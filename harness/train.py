@@ -1,16 +1,21 @@
 """One training run: config -> run directory (docs/harness.md "Training runs").
 
-`train` builds the model (seeded), the token shards, the optimizer and schedule, then loops over steps:
-forward/backward, optional clipping, optimizer + scheduler step, nGPT renormalization, EMA-smoothed loss,
-abort rules, metrics / manifold stats logging, evaluation and checkpoints. A checkpoint holds the model,
-optimizer and scheduler state, every RNG state, the step and the loop's own state (EMA, abort monitor,
-previous update, elapsed training time), so ``resume=True`` continues bit-identically.
+`train` takes the run dir's lock (harness/lock.py), checks the dir, builds everything (`build_run`: data,
+seeded model, optimizer, schedule, abort monitor, statistics), then either starts a fresh run dir
+(`start_fresh`) or restores the newest intact checkpoint (`restore`), and runs `run_loop`. Each step
+(`train_step`) is forward/backward over the micro-batches, optional clipping, the optimizer step, the
+post-step hooks, the scheduler step and nGPT renormalization; `run_loop` adds the EMA-smoothed loss, the
+abort rules, metrics / manifold statistics, evaluation (`evaluate`), checkpoints (`save_checkpoint`) and
+the summary (`write_summary`).
 
-``elapsed_s`` counts training-step time only (no evaluation, statistics or checkpoint I/O).
+A checkpoint holds the model, optimizer and scheduler state, every RNG state, the step and the loop's own
+state (EMA, abort monitor, previous update, elapsed training time), so a resumed run continues
+bit-identically. ``elapsed_s`` counts training-step time only (no evaluation, statistics or checkpoint I/O).
 
 Under ``torchrun`` (``WORLD_SIZE > 1``, `harness.distributed`): the model is wrapped in DDP, Muon runs with
 ``distributed=train.distributed``, each rank takes its slice of the global batch, the logged losses are
-all-reduced means, rank 0 alone writes the run dir and evaluates, and every rank loads the checkpoint on resume.
+all-reduced means, rank 0 alone holds the lock, writes the run dir and evaluates, and every rank loads the
+checkpoint on resume.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ import dataclasses
 import math
 import os
 import random
+import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +37,21 @@ import torch
 from . import distributed as dd
 from . import rundir as rd
 from .abort import AbortMonitor
-from .config import RunConfig
+from .config import RunConfig, config_diff, format_config_diff
 from .endpoints import compute_endpoints
+from .lock import DirLock, describe_holder
 from .optim import build_optimizer, build_scheduler, needs_manual_normalize
+from .perf import flops_per_token, mfu, peak_flops
 from .stats import ManifoldTracker
 
-TIMING_FIELDS = ("elapsed_s", "tokens_per_s")
+TIMING_FIELDS = ("elapsed_s", "tokens_per_s", "mfu")
+"""metrics.jsonl fields that depend on the machine (everything else is bit-identical across a resume)."""
+
+PostStepHook = Callable[[int, torch.nn.Module, torch.optim.Optimizer], Mapping[str, Any] | None]
+"""``hook(step, model, optimizer)``, called right after ``optimizer.step()`` (``step`` = the 1-based number
+of the step just taken, ``model`` the bare module). It may change the weights (e.g. a QK-clip); what it
+returns is merged into that step's metrics.jsonl record when the step is logged. Hooks carry no state
+across a resume."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,6 +91,18 @@ def total_steps_of(cfg: RunConfig, seq_len: int) -> int:
         return cfg.train.steps
     assert cfg.train.token_budget is not None
     return math.ceil(cfg.train.token_budget / (cfg.train.batch_size * seq_len))
+
+
+def micro_batches_of(cfg: RunConfig, world_size: int) -> int:
+    """Micro-batches per optimizer step on each rank: ``batch_size / world_size / micro_batch_size``."""
+    local = dd.local_batch_size(cfg.train.batch_size, world_size)
+    micro = cfg.train.micro_batch_size or local
+    if local % micro:
+        raise ValueError(
+            f"train.micro_batch_size: {micro} does not divide the per-rank batch {local} "
+            f"(batch_size {cfg.train.batch_size} / world size {world_size})"
+        )
+    return local // micro
 
 
 def default_cache_dir() -> Path:
@@ -120,10 +148,22 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+def autocast_for(cfg: RunConfig, device: torch.device) -> Callable[[], AbstractContextManager[Any]]:
+    """A factory of the forward pass's autocast context: bf16 autocast on ``device`` for ``train.dtype =
+    "bfloat16"``, else a no-op."""
+    if cfg.train.dtype == "bfloat16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext
+
+
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device, autocast: Any
+    model: torch.nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager[Any]],
 ) -> float:
+    """Mean loss over the fixed validation batches (model in eval mode, restored afterwards)."""
     was_training = model.training
     model.eval()
     total = 0.0
@@ -157,109 +197,107 @@ def summarize(run_dir: Path, *, target: float | None, auc_fraction: float, total
     )
 
 
-def train(
-    cfg: RunConfig,
-    run_dir: str | Path,
-    *,
-    data_dir: str | Path | None = None,
-    resume: bool = False,
-    force: bool = False,
-    progress: bool = True,
-    stop_after: int | None = None,
-) -> dict[str, Any]:
-    """Train one run into ``run_dir``; returns the metrics.json summary (on every rank).
-
-    ``stop_after`` ends the loop after that many completed steps, with a checkpoint (used to test resume).
-    With ``WORLD_SIZE > 1`` in the environment the run is data-parallel (module docstring).
-    """
-    from .data import default_data_dir
-
-    world, _, _ = dd.env_world()
-    if world > 1:
-        if cfg.train.distributed not in dd.DDP_MODES:
-            raise ValueError(
-                f"train.distributed: {cfg.train.distributed!r} needs FSDP2 (sharded parameters), which the harness "
-                f"does not set up; use 'replicated' or 'none' with torchrun"
-            )
-        dd.local_batch_size(cfg.train.batch_size, world)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    env, device = dd.setup(resolve_device(cfg.train.device))
-    try:
-        summary = _train(
-            cfg,
-            Path(run_dir),
-            Path(data_dir) if data_dir is not None else default_data_dir(),
-            env=env,
-            device=device,
-            resume=resume,
-            force=force,
-            progress=progress and env.is_main,
-            stop_after=stop_after,
-        )
-    except BaseException:
-        dd.teardown(env, sync=False)
-        raise
-    dd.teardown(env)
-    return summary
+def _note(message: str) -> None:
+    print(f"muonlab: {message}", file=sys.stderr, flush=True)
 
 
-def _train(
+# -- the run's objects -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything `build_run` makes from the config; the loop's mutable state is `LoopState`."""
+
+    cfg: RunConfig
+    run_dir: Path
+    env: dd.DistEnv
+    device: torch.device
+    mcfg: Any
+    seq_len: int
+    total_steps: int
+    tokens_per_step: int
+    micro_batches: int
+    shards: Any
+    val_batches: list[tuple[torch.Tensor, torch.Tensor]]
+    model: torch.nn.Module
+    forward: Callable[..., Any]
+    """The (DDP-wrapped, compiled) module the loop calls; ``model`` is the bare module."""
+    ddp: Any
+    """The DDP wrapper under torchrun (its ``no_sync`` skips the all-reduce of all but the last
+    micro-batch), else None."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    normalize: bool
+    monitor: AbortMonitor
+    tracker: ManifoldTracker
+    autocast: Callable[[], AbstractContextManager[Any]]
+    config_record: dict[str, Any]
+    flops_per_token: float
+    peak_flops: float | None
+    post_step_hooks: list[PostStepHook] = dataclasses.field(default_factory=list)
+
+    @property
+    def cfg_sha(self) -> str:
+        return str(self.config_record["config_sha256"])
+
+
+@dataclasses.dataclass
+class LoopState:
+    """What the loop carries from step to step (and a checkpoint restores)."""
+
+    step: int = 0
+    ema: float = 0.0
+    elapsed: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    loss: float
+    """Mean loss of the step's global batch (all micro-batches, all ranks)."""
+    finite: bool
+    extra: dict[str, Any]
+    """What the post-step hooks returned."""
+
+
+def build_run(
     cfg: RunConfig,
     run_dir: Path,
     data_dir: Path,
     *,
     env: dd.DistEnv,
     device: torch.device,
-    resume: bool,
-    force: bool,
     progress: bool,
-    stop_after: int | None,
-) -> dict[str, Any]:
-    from .model import GPT
-
-    # -- everything that can fail on bad input happens before the run dir is touched -----------------------
-    if resume and rd.latest_checkpoint(run_dir) is None:
-        raise rd.RunDirError(f"{run_dir}: nothing to resume (no checkpoint in {run_dir / rd.CKPT_DIR})")
-    if not resume and rd.is_nonempty(run_dir) and not force:
-        raise rd.RunDirError(
-            f"{run_dir}: run dir exists and is not empty; pass --resume to continue it or --force to overwrite it"
-        )
+    post_step_hooks: Sequence[PostStepHook] = (),
+) -> Run:
+    """Load the data, build the seeded model, optimizer, schedule, monitor and tracker; writes nothing."""
     tok, shards = dd.main_first(env, lambda: load_data(cfg, data_dir, progress=progress))
     mcfg = resolve_model_config(cfg, tok.vocab_size)
     seq_len = seq_len_of(cfg, mcfg)
     total = total_steps_of(cfg, seq_len)
-    tokens_per_step = cfg.train.batch_size * seq_len
+    micro = micro_batches_of(cfg, env.world_size)
     val_batches = shards.val_batches(cfg.train.batch_size, seq_len, cfg.train.eval_batches)
+    model, optimizer, scheduler = build_model_and_optimizer(cfg, mcfg, device, env, total)
+    autocast = autocast_for(cfg, device)
+    wrapped: torch.nn.Module = model
+    ddp = None
+    if env.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
 
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
-    model = GPT(mcfg).to(device)
-    optimizer = build_optimizer(model, cfg.optimizer, distributed=cfg.train.distributed if env.enabled else "none")
-    scheduler = build_scheduler(optimizer, cfg.schedule, total)
-    normalize = needs_manual_normalize(model)
-    monitor = AbortMonitor(
-        window=cfg.abort.window,
-        rise_factor=cfg.abort.rise_factor,
-        patience=cfg.abort.patience,
-        weight_norm_factor=cfg.abort.weight_norm_factor,
-        early_points=cfg.abort.early_points,
-        enabled=cfg.abort.enabled,
-    )
-    tracker = ManifoldTracker(model, cfg.train.stats_every)
-
-    cfg_json = cfg.model_dump(mode="json")
-    cfg_sha = cfg.sha256()
+        wrapped = ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward: Callable[..., Any] = torch.compile(wrapped) if cfg.train.compile else wrapped
+    tokens_per_step = cfg.train.batch_size * seq_len
+    fpt = flops_per_token(mcfg, seq_len)
     meta = shards.meta
     config_record = {
-        "config": cfg_json,
-        "config_sha256": cfg_sha,
+        "config": cfg.model_dump(mode="json"),
+        "config_sha256": cfg.sha256(),
         "model_config": dataclasses.asdict(mcfg),
-        "n_params": model.num_params(),
+        "n_params": sum(p.numel() for p in model.parameters()),
         "total_steps": total,
         "tokens_per_step": tokens_per_step,
         "token_budget": total * tokens_per_step,
+        "micro_batches": micro,
+        "flops_per_token": fpt,
         "device": str(device),
         "world_size": env.world_size,
         "git": rd.git_info(),
@@ -273,153 +311,291 @@ def _train(
             "val_tokens": meta.get("val_tokens"),
         },
     }
+    return Run(
+        cfg=cfg,
+        run_dir=run_dir,
+        env=env,
+        device=device,
+        mcfg=mcfg,
+        seq_len=seq_len,
+        total_steps=total,
+        tokens_per_step=tokens_per_step,
+        micro_batches=micro,
+        shards=shards,
+        val_batches=val_batches,
+        model=model,
+        forward=forward,
+        ddp=ddp,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        normalize=needs_manual_normalize(model),
+        monitor=AbortMonitor(
+            window=cfg.abort.window,
+            rise_factor=cfg.abort.rise_factor,
+            patience=cfg.abort.patience,
+            weight_norm_factor=cfg.abort.weight_norm_factor,
+            early_points=cfg.abort.early_points,
+            enabled=cfg.abort.enabled,
+        ),
+        tracker=ManifoldTracker(model, cfg.train.stats_every),
+        autocast=autocast,
+        config_record=config_record,
+        flops_per_token=fpt,
+        peak_flops=peak_flops(device, cfg.train.dtype),
+        post_step_hooks=list(post_step_hooks),
+    )
 
-    step, ema_m, elapsed = 0, 0.0, 0.0
-    if resume:
-        stored = rd.read_config(run_dir)
-        if stored.get("config_sha256") != cfg_sha:
-            raise rd.RunDirError(
-                f"{run_dir}: config differs from the run's config.json (sha256 {stored.get('config_sha256')} vs "
-                f"{cfg_sha}); resume with the same config"
-            )
-        ckpt = rd.load_checkpoint(rd.latest_checkpoint(run_dir))  # type: ignore[arg-type]
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        monitor.load_state_dict(ckpt["abort"])
-        tracker.load_state_dict(ckpt["tracker"], device)
-        step, ema_m, elapsed = int(ckpt["step"]), float(ckpt["ema"]), float(ckpt["elapsed_s"])
-        _set_rng_state(ckpt["rng"])
-        dd.barrier(env)  # every rank has read the run dir before rank 0 rewrites its logs
-        if env.is_main:
-            rd.truncate_jsonl(run_dir / rd.METRICS, step)
-            rd.truncate_jsonl(run_dir / rd.STATS, step)
-    else:
-        dd.barrier(env)  # every rank has checked the run dir before rank 0 clears it
-        if env.is_main:
-            rd.prepare_run_dir(run_dir, resume=False, force=force)
-            rd.atomic_write_json(run_dir / rd.CONFIG, config_record)
 
-    beta = cfg.train.smoothing
-    autocast: Any = nullcontext
-    if cfg.train.dtype == "bfloat16" and device.type == "cuda":
-        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
-    wrapped: torch.nn.Module = model
-    if env.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+def build_model_and_optimizer(
+    cfg: RunConfig, mcfg: Any, device: torch.device, env: dd.DistEnv, total_steps: int
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """The seeded model (``cfg.seed`` seeds torch, numpy and random first), its optimizer and schedule."""
+    from .model import GPT
 
-        wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    fwd = torch.compile(wrapped) if cfg.train.compile else wrapped
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    model = GPT(mcfg).to(device)
+    optimizer = build_optimizer(model, cfg.optimizer, distributed=cfg.train.distributed if env.enabled else "none")
+    scheduler = build_scheduler(optimizer, cfg.schedule, total_steps)
+    return model, optimizer, scheduler
 
-    def checkpoint() -> None:
-        if not env.is_main:
-            return
-        rd.save_checkpoint(
-            run_dir,
-            step,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "abort": monitor.state_dict(),
-                "tracker": tracker.state_dict(),
-                "rng": _rng_state(),
-                "step": step,
-                "ema": ema_m,
-                "elapsed_s": elapsed,
-                "config_sha256": cfg_sha,
-            },
-            keep=cfg.train.keep_checkpoints,
-        )
 
-    def write_summary(status: str) -> dict[str, Any]:
-        if not env.is_main:
-            return {}
-        summary: dict[str, Any] = {
-            "status": status,
-            "unstable": monitor.aborted,
-            "abort_reason": monitor.reason,
-            "steps": step,
-            "total_steps": total,
-            "tokens": step * tokens_per_step,
-            "elapsed_s": elapsed,
-            "config_sha256": cfg_sha,
-            "n_params": config_record["n_params"],
-        }
-        summary.update(
-            summarize(
-                run_dir,
-                target=cfg.endpoints.target_loss,
-                auc_fraction=cfg.endpoints.auc_fraction,
-                total_tokens=total * tokens_per_step,
-            )
-        )
-        rd.atomic_write_json(run_dir / rd.SUMMARY, summary)
-        return summary
+# -- run dir: fresh start or resume ---------------------------------------------------------------------
 
-    metrics_w = rd.JsonlWriter(run_dir / rd.METRICS) if env.is_main else None
-    stats_w = rd.JsonlWriter(run_dir / rd.STATS) if env.is_main else None
-    # the global batch of a step is the same for every world size; each rank trains on its rows
-    batches = shards.batches("train", cfg.train.batch_size, seq_len, cfg.seed, start_step=step)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=step, desc=cfg.name, unit="step", dynamic_ncols=True, leave=False)
-    status = "running"
-    stop = False
+def start_fresh(run: Run, *, force: bool) -> LoopState:
+    """Create (or, with ``force``, empty) the run dir and write config.json; rank 0 only writes."""
+    dd.barrier(run.env)  # every rank has checked the run dir before rank 0 clears it
+    if run.env.is_main:
+        rd.prepare_run_dir(run.run_dir, resume=False, force=force)
+        rd.atomic_write_json(run.run_dir / rd.CONFIG, run.config_record)
+    return LoopState()
+
+
+def check_resumable_config(run: Run) -> None:
+    """`RunDirError` listing every dotted key whose value differs from the run's config.json."""
+    stored = rd.read_config(run.run_dir)
+    if stored.get("config_sha256") == run.cfg_sha:
+        return
+    diff = config_diff(stored.get("config") or {}, run.config_record["config"])
+    what = format_config_diff(diff) if diff else f"sha256 {stored.get('config_sha256')} vs {run.cfg_sha}"
+    raise rd.RunDirError(
+        f"{run.run_dir}: config differs from the run's {rd.CONFIG} ({what}); resume with the same config "
+        f"(stored -> given)"
+    )
+
+
+def restore(run: Run) -> LoopState:
+    """Load the newest intact checkpoint into the run's objects; damaged newer ones are named on stderr and
+    renamed ``*.damaged``; the logs are cut back to the checkpoint's step and the stale summary removed."""
+    check_resumable_config(run)
+    path, ckpt, problems = rd.find_intact_checkpoint(run.run_dir)
+    dd.barrier(run.env)  # every rank has read the run dir before rank 0 renames or rewrites anything
+    if run.env.is_main:
+        for problem in problems:
+            _note(f"warning: damaged checkpoint {problem}")
+        for damaged in rd.list_checkpoints(run.run_dir):
+            if damaged.name > path.name:
+                _note(f"set aside as {rd.set_aside(damaged).name}")
     try:
-        model.train()
-        while step < total and not monitor.aborted and not stop:
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        run.monitor.load_state_dict(ckpt["abort"])
+        run.tracker.load_state_dict(ckpt["tracker"], run.device)
+        state = LoopState(step=int(ckpt["step"]), ema=float(ckpt["ema"]), elapsed=float(ckpt["elapsed_s"]))
+        _set_rng_state(ckpt["rng"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise rd.CheckpointError(f"{path}: cannot be restored into this run ({type(exc).__name__}: {exc})") from None
+    if problems and run.env.is_main:
+        _note(f"resuming from {path} (step {state.step})")
+    dd.barrier(run.env)
+    if run.env.is_main:
+        rd.truncate_jsonl(run.run_dir / rd.METRICS, state.step)
+        rd.truncate_jsonl(run.run_dir / rd.STATS, state.step)
+        (run.run_dir / rd.SUMMARY).unlink(missing_ok=True)  # rewritten at the next checkpoint
+    return state
+
+
+def save_checkpoint(run: Run, state: LoopState) -> None:
+    """Checkpoint of everything the loop needs to continue bit-identically (rank 0 writes)."""
+    if not run.env.is_main:
+        return
+    rd.save_checkpoint(
+        run.run_dir,
+        state.step,
+        {
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "abort": run.monitor.state_dict(),
+            "tracker": run.tracker.state_dict(),
+            "rng": _rng_state(),
+            "step": state.step,
+            "ema": state.ema,
+            "elapsed_s": state.elapsed,
+            "config_sha256": run.cfg_sha,
+        },
+        keep=run.cfg.train.keep_checkpoints,
+    )
+
+
+def write_summary(run: Run, state: LoopState, status: str) -> dict[str, Any]:
+    """metrics.json (rank 0; other ranks return ``{}``)."""
+    if not run.env.is_main:
+        return {}
+    summary: dict[str, Any] = {
+        "status": status,
+        "unstable": run.monitor.aborted,
+        "abort_reason": run.monitor.reason,
+        "steps": state.step,
+        "total_steps": run.total_steps,
+        "tokens": state.step * run.tokens_per_step,
+        "elapsed_s": state.elapsed,
+        "config_sha256": run.cfg_sha,
+        "n_params": run.config_record["n_params"],
+    }
+    summary.update(
+        summarize(
+            run.run_dir,
+            target=run.cfg.endpoints.target_loss,
+            auc_fraction=run.cfg.endpoints.auc_fraction,
+            total_tokens=run.total_steps * run.tokens_per_step,
+        )
+    )
+    rd.atomic_write_json(run.run_dir / rd.SUMMARY, summary)
+    return summary
+
+
+# -- one optimizer step ----------------------------------------------------------------------------------
+
+
+def _micro_context(run: Run, index: int) -> AbstractContextManager[Any]:
+    """DDP's ``no_sync`` for every micro-batch but the last (gradients are all-reduced once per step)."""
+    if run.ddp is not None and index < run.micro_batches - 1:
+        ctx: AbstractContextManager[Any] = run.ddp.no_sync()
+        return ctx
+    return nullcontext()
+
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, step: int) -> StepResult:
+    """One optimizer step on this rank's rows ``x, y`` (``step`` = the 0-based number of the step).
+
+    The rows are split into ``run.micro_batches`` micro-batches; each loss is scaled by ``1/count`` before
+    its backward, so the accumulated gradient is that of the mean loss over the rows. A non-finite mean
+    loss (on any rank) skips the optimizer step. Then: clipping, ``optimizer.step()``, the post-step hooks,
+    ``scheduler.step()``, nGPT renormalization; gradients are cleared.
+    """
+    n = run.micro_batches
+    losses = []
+    for i, (xm, ym) in enumerate(zip(x.chunk(n), y.chunk(n), strict=True)):
+        with _micro_context(run, i):
+            with run.autocast():
+                _, loss = run.forward(xm, ym)
+            losses.append(loss.detach())
+            (loss / n if n > 1 else loss).backward()
+    local = losses[0] if n == 1 else torch.stack(losses).mean()
+    loss_v = dd.mean(local, run.env)  # equal slices: the mean of the rank means is the global mean
+    finite = math.isfinite(loss_v)
+    extra: dict[str, Any] = {}
+    if finite:
+        if run.cfg.train.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.train.grad_clip)
+        run.tracker.before_update(step + 1)
+        run.optimizer.step()
+        for hook in run.post_step_hooks:
+            extra.update(hook(step + 1, run.model, run.optimizer) or {})
+        run.scheduler.step()
+        if run.normalize and (step + 1) % run.mcfg.ngpt_normalize_every == 0:
+            run.model.normalize_weights()  # type: ignore[operator]
+    run.optimizer.zero_grad(set_to_none=True)
+    return StepResult(loss=loss_v, finite=finite, extra=extra)
+
+
+# -- the loop --------------------------------------------------------------------------------------------
+
+
+def _progress_bar(run: Run, state: LoopState, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+    return tqdm(
+        total=run.total_steps, initial=state.step, desc=run.cfg.name, unit="step", dynamic_ncols=True, leave=False
+    )
+
+
+def _metrics_record(run: Run, state: LoopState, result: StepResult, lr: float, smoothed: float) -> dict[str, Any]:
+    tokens = state.step * run.tokens_per_step
+    tok_s = tokens / state.elapsed if state.elapsed > 0 else None
+    rec: dict[str, Any] = {
+        "step": state.step,
+        "tokens": tokens,
+        "train_loss": result.loss if result.finite else None,
+        "smoothed_loss": smoothed if result.finite else None,
+        "lr": lr,
+        "elapsed_s": state.elapsed,
+        "tokens_per_s": tok_s,
+        "mfu": mfu(tok_s, run.flops_per_token, run.peak_flops),
+    }
+    rec.update(result.extra)
+    return rec
+
+
+def run_loop(
+    run: Run, state: LoopState, *, progress: bool, stop_after: int | None = None, deadline: float | None = None
+) -> str:
+    """Train from ``state`` until the budget, an abort, ``stop_after`` steps or the wall-clock ``deadline``
+    (``time.monotonic()``); returns the status: complete, aborted or stopped. The last step taken always
+    gets a metrics line and a checkpoint."""
+    cfg, env = run.cfg, run.env
+    beta = cfg.train.smoothing
+    metrics_w = rd.JsonlWriter(run.run_dir / rd.METRICS) if env.is_main else None
+    stats_w = rd.JsonlWriter(run.run_dir / rd.STATS) if env.is_main else None
+    # the global batch of a step is the same for every world size; each rank trains on its rows
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = run.shards.batches(
+        "train", cfg.train.batch_size, run.seq_len, cfg.seed, start_step=state.step
+    )
+    bar = _progress_bar(run, state, progress)
+    stop = out_of_time = False
+    try:
+        run.model.train()
+        while state.step < run.total_steps and not run.monitor.aborted and not stop:
             x, y = next(batches)
             x, y = dd.rank_slice(x, env), dd.rank_slice(y, env)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+            lr = float(run.optimizer.param_groups[0]["lr"])
             t0 = time.perf_counter()
-            lr = float(optimizer.param_groups[0]["lr"])
-            with autocast():
-                _, loss = fwd(x, y)
-            loss_v = dd.mean(loss.detach(), env)  # equal slices: the mean of the rank means is the global mean
-            finite = math.isfinite(loss_v)
-            if finite:
-                loss.backward()
-                if cfg.train.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                tracker.before_update(step + 1)
-                optimizer.step()
-                scheduler.step()
-                if normalize and (step + 1) % mcfg.ngpt_normalize_every == 0:
-                    model.normalize_weights()
-            optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
+            result = train_step(run, x, y, state.step)
+            if run.device.type == "cuda":
                 torch.cuda.synchronize()
-            elapsed += time.perf_counter() - t0
-            step += 1
-            tokens = step * tokens_per_step
-            ema_m = beta * ema_m + (1 - beta) * (loss_v if finite else 0.0)
-            smoothed = ema_m / (1 - beta**step) if finite else float("nan")
-            reason = monitor.observe_loss(step, loss_v)
-            if finite:
-                records = tracker.after_update(step, tokens)
+            state.elapsed += time.perf_counter() - t0
+            state.step += 1
+            state.ema = beta * state.ema + (1 - beta) * (result.loss if result.finite else 0.0)
+            smoothed = state.ema / (1 - beta**state.step) if result.finite else float("nan")
+            reason = run.monitor.observe_loss(state.step, result.loss)
+            if result.finite:
+                records = run.tracker.after_update(state.step, state.step * run.tokens_per_step)
                 if records:
                     for r in records:
                         if stats_w is not None:
                             stats_w.write(r)
-                    reason = monitor.observe_weight_norms(step, {r["layer"]: r["weight_norm"] for r in records})
+                    reason = run.monitor.observe_weight_norms(
+                        state.step, {r["layer"]: r["weight_norm"] for r in records}
+                    )
+            out_of_time = deadline is not None and dd.any_rank(time.monotonic() >= deadline, env, run.device)
             if env.enabled:  # identical inputs give identical decisions; this keeps the ranks in lockstep anyway
-                stop = dd.any_rank(reason is not None, env, device)
-            last = step in (total, stop_after) or reason is not None or stop
-            if step % cfg.train.log_every == 0 or last:
-                rec: dict[str, Any] = {
-                    "step": step,
-                    "tokens": tokens,
-                    "train_loss": loss_v if finite else None,
-                    "smoothed_loss": smoothed if finite else None,
-                    "lr": lr,
-                    "elapsed_s": elapsed,
-                    "tokens_per_s": tokens / elapsed if elapsed > 0 else None,
-                }
-                if env.is_main and finite and (step % cfg.train.eval_every == 0 or step == total):
-                    rec["val_loss"] = evaluate(model, val_batches, device, autocast)
+                stop = dd.any_rank(reason is not None, env, run.device)
+            last = state.step in (run.total_steps, stop_after) or reason is not None or stop or out_of_time
+            if state.step % cfg.train.log_every == 0 or last:
+                rec = _metrics_record(run, state, result, lr, smoothed)
+                if (
+                    env.is_main
+                    and result.finite
+                    and (state.step % cfg.train.eval_every == 0 or state.step == run.total_steps)
+                ):
+                    rec["val_loss"] = evaluate(run.model, run.val_batches, run.device, run.autocast)
                 if metrics_w is not None:
                     metrics_w.write(rec)
                 if bar is not None:
@@ -427,22 +603,131 @@ def _train(
             if bar is not None:
                 bar.update(1)
             ce = cfg.train.checkpoint_every
-            if (ce is not None and step % ce == 0) or step in (total, stop_after):
-                checkpoint()
-                write_summary("running")
-            if stop_after is not None and step >= stop_after:
+            if (ce is not None and state.step % ce == 0) or state.step in (run.total_steps, stop_after) or out_of_time:
+                save_checkpoint(run, state)
+                write_summary(run, state, "running")
+            if (stop_after is not None and state.step >= stop_after) or out_of_time:
                 break
-        if monitor.aborted or stop:
-            status = "aborted"
-        elif step >= total:
-            status = "complete"
-        else:
-            status = "stopped"
-        return dict(dd.broadcast_object(write_summary(status), env))
     finally:
-        if metrics_w is not None:
-            metrics_w.close()
-        if stats_w is not None:
-            stats_w.close()
+        for w in (metrics_w, stats_w):
+            if w is not None:
+                w.close()
         if bar is not None:
             bar.close()
+    if run.monitor.aborted or stop:
+        return "aborted"
+    if state.step >= run.total_steps:
+        return "complete"
+    if out_of_time and env.is_main:
+        _note(f"{run.run_dir}: time budget spent at step {state.step}/{run.total_steps}; continue with --resume")
+    return "stopped"
+
+
+# -- entry point -----------------------------------------------------------------------------------------
+
+
+def train(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    max_minutes: float | None = None,
+    post_step_hooks: Sequence[PostStepHook] = (),
+) -> dict[str, Any]:
+    """Train one run into ``run_dir``; returns the metrics.json summary (on every rank).
+
+    ``resume`` continues from the newest intact checkpoint; ``force`` deletes a non-empty run dir first
+    (the two exclude each other). ``stop_after`` ends the loop after that many completed steps, with a
+    checkpoint (used to test resume). ``max_minutes`` is a wall-clock budget for this call (data loading
+    included): the step that crosses it is the last, checkpointed, and the status is ``"stopped"``.
+    ``post_step_hooks`` run after every optimizer step (`PostStepHook`). A second process on the same
+    ``run_dir`` is refused (`lock.LockError`). With ``WORLD_SIZE > 1`` the run is data-parallel.
+    """
+    from .data import default_data_dir
+
+    if resume and force:
+        raise rd.RunDirError(
+            "--resume and --force are mutually exclusive (--resume continues the run, --force deletes it)"
+        )
+    if max_minutes is not None and not (math.isfinite(max_minutes) and max_minutes > 0):
+        raise ValueError(f"max_minutes: must be a positive number of minutes, got {max_minutes!r}")
+    deadline = time.monotonic() + 60.0 * max_minutes if max_minutes is not None else None
+    world, _, _ = dd.env_world()
+    if world > 1 and cfg.train.distributed not in dd.DDP_MODES:
+        raise ValueError(
+            f"train.distributed: {cfg.train.distributed!r} needs FSDP2 (sharded parameters), which the harness "
+            f"does not set up; use 'replicated' or 'none' with torchrun"
+        )
+    micro_batches_of(cfg, world)  # batch / world size / micro-batch divisibility, before anything starts
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    env, device = dd.setup(resolve_device(cfg.train.device))
+    try:
+        lock = _lock_run_dir(Path(run_dir), env)
+        try:
+            summary = _train(
+                cfg,
+                Path(run_dir),
+                Path(data_dir) if data_dir is not None else default_data_dir(),
+                env=env,
+                device=device,
+                resume=resume,
+                force=force,
+                progress=progress and env.is_main,
+                stop_after=stop_after,
+                deadline=deadline,
+                post_step_hooks=post_step_hooks,
+            )
+        finally:
+            if lock is not None:
+                lock.release()
+    except BaseException:
+        dd.teardown(env, sync=False)
+        raise
+    dd.teardown(env)
+    return summary
+
+
+def _lock_run_dir(run_dir: Path, env: dd.DistEnv) -> DirLock | None:
+    """Rank 0 takes the run dir's lock (creating the dir); every rank raises if it could not."""
+    lock: DirLock | None = None
+    error: str | None = None
+    if env.is_main:
+        try:
+            lock = DirLock(run_dir, what="run dir").acquire()
+        except rd.RunDirError as exc:
+            if not env.enabled:
+                raise
+            error = str(exc)
+        if lock is not None and lock.stale is not None:
+            _note(f"{run_dir}: took over a stale lock of {describe_holder(lock.stale)} (that process is gone)")
+    error = dd.broadcast_object(error, env)
+    if error is not None:
+        raise rd.RunDirError(error)
+    return lock
+
+
+def _train(
+    cfg: RunConfig,
+    run_dir: Path,
+    data_dir: Path,
+    *,
+    env: dd.DistEnv,
+    device: torch.device,
+    resume: bool,
+    force: bool,
+    progress: bool,
+    stop_after: int | None,
+    deadline: float | None,
+    post_step_hooks: Sequence[PostStepHook],
+) -> dict[str, Any]:
+    # everything that can fail on bad input happens before the run dir is written (the lock aside)
+    rd.check_run_dir(run_dir, resume=resume, force=force)
+    run = build_run(cfg, run_dir, data_dir, env=env, device=device, progress=progress, post_step_hooks=post_step_hooks)
+    state = restore(run) if resume else start_fresh(run, force=force)
+    status = run_loop(run, state, progress=progress, stop_after=stop_after, deadline=deadline)
+    return dict(dd.broadcast_object(write_summary(run, state, status), env))
