@@ -125,7 +125,16 @@ def _rank_points(rows: list[dict[str, Any]], points: list[Point], metric: str) -
     return [p for _, _, p in scored]
 
 
-def run_sweep(
+def run_sweep(sweep: SweepConfig, sweep_dir: str | Path, **kwargs: Any) -> Path:
+    """`_run_sweep_locked` while holding the sweep dir's lock (harness/lock.py): a second process on the same
+    sweep dir is refused at once (`lock.LockError` naming the holder) before anything is written."""
+    from .lock import DirLock
+
+    with DirLock(Path(sweep_dir), what="sweep dir"):
+        return _run_sweep_locked(sweep, sweep_dir, **kwargs)
+
+
+def _run_sweep_locked(
     sweep: SweepConfig,
     sweep_dir: str | Path,
     *,
