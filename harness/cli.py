@@ -2,7 +2,7 @@
 
 ::
 
-    muonlab train CONFIG [-o key=value ...] [--out RUN_DIR] [--data-dir DIR] [--resume | --force]
+    muonlab train CONFIG [-o key=value ...] [--out RUN_DIR] [--data-dir DIR] [--resume | --force] [--max-minutes M]
     muonlab sweep CONFIG [-o key=value ...] [--out SWEEP_DIR] [--data-dir DIR] [--force]
     muonlab report SWEEP_DIR
     muonlab corpus build [--out FILE] [--work-dir DIR] [--packages-dir DIR] [--verify-only]
@@ -45,7 +45,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_run_config(resolve_config_path(args.config), parse_cli_overrides(args.override))
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     summary = train(
-        cfg, out, data_dir=_data_dir(args.data_dir), resume=args.resume, force=args.force, progress=not args.no_progress
+        cfg,
+        out,
+        data_dir=_data_dir(args.data_dir),
+        resume=args.resume,
+        force=args.force,
+        progress=not args.no_progress,
+        max_minutes=args.max_minutes,
     )
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns rank 0's summary
         print(
@@ -107,51 +113,99 @@ def cmd_corpus_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_data_dir_text() -> str:
+    """What ``--data-dir`` defaults to here, for the help text (the rule when no data dir is found)."""
+    from .data import default_data_dir
+
+    try:
+        return str(default_data_dir())
+    except (FileNotFoundError, ValueError):
+        return "$MUONLAB_DATA_DIR, else ../shared/data next to the repository; none found here"
+
+
+def _positive_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="muonlab", description="Train and sweep Muon-family optimizers.")
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
+    data_default = _default_data_dir_text()
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("config", help="TOML/YAML config file or shipped config name")
+    def common(p: argparse.ArgumentParser, out_help: str) -> None:
+        p.add_argument("config", help="TOML/YAML config file, or a shipped config name (e.g. tiny_sweep)")
         p.add_argument(
             "-o",
             "--override",
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="dotted-key override, e.g. -o optimizer.lr=0.01 (repeatable)",
+            help="dotted-key override, e.g. -o optimizer.lr=0.01 (repeatable; default: none)",
         )
-        p.add_argument("--out", help="output directory")
-        p.add_argument("--data-dir", help="data dir (default: harness.data.default_data_dir())")
-        p.add_argument("--force", action="store_true", help="overwrite an existing non-empty output dir")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--out", metavar="DIR", help=out_help)
+        p.add_argument("--data-dir", metavar="DIR", help=f"data dir (default: {data_default})")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
 
-    p = sub.add_parser("train", help="train one run")
-    common(p)
-    p.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint")
+    p = sub.add_parser("train", help="train one run", description="Train one run into a run dir.")
+    common(p, "run dir (default: runs/<the config's name>)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue from the run dir's newest intact checkpoint")
+    mode.add_argument("--force", action="store_true", help="delete a non-empty run dir and start over")
+    p.add_argument(
+        "--max-minutes",
+        type=_positive_minutes,
+        metavar="M",
+        help="wall-clock budget: stop (checkpointed, resumable with --resume) after the step that crosses "
+        "M minutes (default: no budget)",
+    )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sweep", help="run (or resume) a sweep, then write the report")
-    common(p)
+    p = sub.add_parser(
+        "sweep",
+        help="run a sweep, then write the report",
+        description="Run a sweep, then write its report. Running the same sweep into the same dir again "
+        "resumes it: finished runs are kept, interrupted ones continue from their last checkpoint.",
+    )
+    common(p, "sweep dir (default: sweeps/<the config's sweep.name>)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="accept a sweep dir that holds another sweep or other files (default: refused)",
+    )
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="write RESULTS.md and plots for a sweep dir")
-    p.add_argument("sweep_dir")
+    p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a sweep dir written by muonlab sweep")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("corpus", help="the training corpus")
-    csub = p.add_subparsers(dest="corpus_command", required=True)
+    csub = p.add_subparsers(dest="corpus_command", required=True, metavar="COMMAND", help="one of:")
     b = csub.add_parser("build", help="build (or verify) corpus-debian-v1.txt.xz from Debian packages")
     b.add_argument(
         "--out",
+        metavar="FILE",
         help="output file (default ./corpus-debian-v1.txt.xz; with --verify-only the file to "
         "check, default DATA_DIR/corpus-debian-v1.txt.xz)",
     )
-    b.add_argument("--work-dir", help="scratch dir for downloads and extraction")
-    b.add_argument("--packages-dir", help="dir with the already-downloaded .deb files")
-    b.add_argument("--data-dir", help="data dir holding SHA256SUMS (and, for --verify-only, the corpus)")
-    b.add_argument("--sums", help="SHA256SUMS file to check against")
-    b.add_argument("--verify-only", action="store_true", help="only check the file's sha256")
+    b.add_argument(
+        "--work-dir", metavar="DIR", help="scratch dir for downloads and extraction (default: OUT's dir/.corpus-work)"
+    )
+    b.add_argument(
+        "--packages-dir", metavar="DIR", help="dir with the already-downloaded .deb files (default: download them)"
+    )
+    b.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help=f"data dir holding SHA256SUMS and, for --verify-only, the corpus (default: {data_default})",
+    )
+    b.add_argument("--sums", metavar="FILE", help="SHA256SUMS file to check against (default: DATA_DIR/SHA256SUMS)")
+    b.add_argument("--verify-only", action="store_true", help="only check the file's sha256 (default: build)")
     b.set_defaults(func=cmd_corpus_build)
     return ap
 

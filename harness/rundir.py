@@ -263,6 +263,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".ckpt.", dir=path.parent)
     try:
+        os.chmod(tmp, 0o644)
         with os.fdopen(fd, "wb") as f:
             w = _HashingWriter(f)
             torch.save(state, w)  # type: ignore[arg-type]  # torch only calls write/flush
@@ -342,6 +343,21 @@ def find_intact_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any], list[st
     raise CheckpointError(
         f"{run_dir}: no intact checkpoint to resume from: " + "; ".join(problems) + "; pass --force to start over"
     )
+
+
+def remove_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temp files an interrupted atomic write left in the run dir and its checkpoint dir
+    (``.ckpt.*``, ``.step_*``, ``.config.json.*``, ...); only safe while holding the run dir's lock."""
+    run_dir = Path(run_dir)
+    patterns = [(run_dir / CKPT_DIR, ".ckpt.*"), (run_dir / CKPT_DIR, ".step_*")]
+    patterns += [(run_dir, f".{name}.*") for name in (CONFIG, METRICS, STATS, SUMMARY)]
+    removed = []
+    for folder, pattern in patterns:
+        for tmp in folder.glob(pattern) if folder.is_dir() else []:
+            if tmp.is_file():
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
 
 
 def set_aside(path: Path) -> Path:

@@ -393,6 +393,7 @@ def restore(run: Run) -> LoopState:
     path, ckpt, problems = rd.find_intact_checkpoint(run.run_dir)
     dd.barrier(run.env)  # every rank has read the run dir before rank 0 renames or rewrites anything
     if run.env.is_main:
+        rd.remove_temp_files(run.run_dir)
         for problem in problems:
             _note(f"warning: damaged checkpoint {problem}")
         for damaged in rd.list_checkpoints(run.run_dir):

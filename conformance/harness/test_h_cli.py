@@ -76,3 +76,41 @@ def test_train_overrides_reach_config(tmp_path: Path, text_file: Path, data_dir:
         )
         == 2
     )
+
+
+def _all_parsers(parser: Any) -> list[Any]:
+    import argparse
+
+    out = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out.extend(_all_parsers(sub))
+    return out
+
+
+def test_every_argument_has_help_and_real_defaults() -> None:
+    import argparse
+
+    from muonlab.harness.cli import build_parser
+
+    parsers = _all_parsers(build_parser())
+    assert len(parsers) == 6  # muonlab, train, sweep, report, corpus, corpus build
+    for p in parsers:
+        for action in p._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help and action.help.strip(), f"{p.prog}: {action.dest} has no help"
+    res = subprocess.run(
+        [sys.executable, "-m", "muonlab.harness", "train", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0
+    assert "default_data_dir" not in res.stdout
+    from muonlab.harness.data import default_data_dir
+
+    try:
+        expected = str(default_data_dir())
+    except FileNotFoundError:
+        expected = "none found here"
+    assert expected in " ".join(res.stdout.split())
+    assert "--max-minutes" in res.stdout and "[--resume | --force]" in res.stdout
