@@ -40,12 +40,14 @@ from .orthogonalize import (
     scalar_map,
 )
 from .polar_express import optimal_composition, optimal_quintic
+from .qk_clip import GQA_RULES, qk_clip, qk_clip_factors
 from .sphere import geodesic_vectors, renormalize_vectors, sphere_step
 from .state import AdamState, MuonState, init_adam_state, init_muon_state, init_state
 from .step import adamw_step, muon_step, muon_update, step
 
 __all__ = [
     "COEFFICIENT_SETS",
+    "GQA_RULES",
     "PRESETS",
     "AdamState",
     "MuonSpec",
@@ -80,6 +82,8 @@ __all__ = [
     "optimal_quintic",
     "orthogonalize",
     "polar_factor",
+    "qk_clip",
+    "qk_clip_factors",
     "renormalize_vectors",
     "resolve_coefficients",
     "resolve_spec",
