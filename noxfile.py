@@ -1,42 +1,144 @@
-"""Developer sessions: `nox -s tests` (what CI runs), `conformance`, `typecheck`, `bench`, `docs`, `gpu`, `optax`.
+"""Developer sessions: `nox -s tests` (the README's test command), `lint`, `typecheck`, `docs`,
+`kernels_compile_oldest` (these five and the main job are what CI runs), `conformance`, `bench`, `gpu`, `optax`.
 
-torch is pinned to 2.13.0 (`pip install torch==2.13.0` picks the local CPU wheel where one is configured
-through PIP_FIND_LINKS; a looser pin would download CUDA wheels).
+Every session runs on the Python that launched nox, any of 3.10-3.13; ask for another with
+`nox --force-python 3.12 -s tests`. Installs go through `constraints/ci.txt`, the exact versions CI runs (torch
+2.13.0 from the local CPU wheel, triton 3.9.0, ...); the package itself states ranges (pyproject.toml, reasons in
+docs/install.md). `gpu` installs nothing from an index: it uses the torch, triton and pytest already on the machine.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
+from typing import Any
 
 import nox
 
-nox.options.sessions = ["tests", "typecheck", "docs"]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # nox itself depends on tomli below 3.11
+    import tomli as tomllib
+
+nox.options.sessions = ["lint", "tests", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
-PYTHON = "3.11"
+PYTHON = None  # None: the interpreter running nox (no pinned version; CI's default python3 is 3.11)
+CONSTRAINTS = ROOT / "constraints" / "ci.txt"
 CPU_ENV = {"TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "2"}
+KERNEL_COMPILE_TEST = "conformance/kernels/test_kern_compile.py"
 
 
-def _install(session: nox.Session, extras: str = "fast,harness,dev") -> None:
-    session.install(f".[{extras}]")
+def _pyproject() -> dict[str, Any]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)
+
+
+def _install(session: nox.Session, *args: str, constraints: Path = CONSTRAINTS) -> None:
+    """pip install with CI's exact versions as constraints (they only apply to what the arguments pull in)."""
+    session.install("-c", os.fspath(constraints), *args)
+
+
+def _floor(distribution: str, extra: str) -> str:
+    """The lowest version pyproject.toml admits for ``distribution`` in ``extra`` (``triton>=3.6; ...`` -> "3.6")."""
+    for requirement in _pyproject()["project"]["optional-dependencies"][extra]:
+        match = re.match(rf"\s*{re.escape(distribution)}\s*>=\s*([0-9.]+)", requirement)
+        if match:
+            return match.group(1)
+    raise ValueError(f"pyproject.toml: no '{distribution}>=' floor in the '{extra}' extra")
+
+
+def _packages() -> list[str]:
+    """The `muonlab.*` packages pyproject.toml builds, for `mypy -p` (one source: the setuptools package list)."""
+    return list(_pyproject()["tool"]["setuptools"]["packages"])
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Every CPU test: reference, fast (torch path and Triton kernels under TRITON_INTERPRET=1), harness."""
-    _install(session)
+    """Every CPU test: reference, fast (torch path and Triton kernels under TRITON_INTERPRET=1), harness, packaging."""
+    _install(session, ".[fast,harness,dev]")
     session.run(
         "pytest", "conformance", "--ignore=conformance/bench", "-m", "not gpu", "-q", *session.posargs, env=CPU_ENV
     )
 
 
 @nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the tree (rules and line length in pyproject.toml)."""
+    _install(session, "ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on every muonlab package, on an editable install in strict mode (a link tree mypy can follow)."""
+    _install(session, "--config-settings", "editable_mode=strict", "-e", ".[fast,harness]", "mypy")
+    packages = [arg for package in _packages() for arg in ("-p", package)]
+    session.run("mypy", "--strict", *packages, *session.posargs)
+    session.run("mypy", "--strict", "scripts/envcheck.py")
+
+
+@nox.session(python=PYTHON)
+def kernels_compile_oldest(session: nox.Session) -> None:
+    """The ahead-of-time kernel compile check on the oldest triton pyproject.toml admits (CI's torch, CPU wheel)."""
+    floor = _floor("triton", "fast")
+    pins = [line for line in CONSTRAINTS.read_text().splitlines() if not re.match(r"\s*triton\s*[=<>!~]", line)]
+    constraints = Path(session.create_tmp()) / "constraints-triton-oldest.txt"
+    constraints.write_text("\n".join([*pins, f"triton=={floor}.*", ""]))
+    _install(session, ".[fast]", "pytest", "hypothesis", constraints=constraints)
+    session.run(
+        "python",
+        "-c",
+        "import sys, triton; print('triton', triton.__version__); "
+        f"sys.exit(0 if triton.__version__.startswith('{floor}.') else 'expected triton {floor}.x')",
+    )
+    if not (ROOT / KERNEL_COMPILE_TEST).exists():
+        session.error(f"{KERNEL_COMPILE_TEST} is missing: nothing to run against triton {floor}")
+    session.run("pytest", KERNEL_COMPILE_TEST, "-q", *session.posargs, env=CPU_ENV)
+
+
+def _floor_pins(extras: list[str]) -> list[str]:
+    """``name==floor`` (marker kept) for every ``name>=floor`` in the base dependencies and ``extras``."""
+    project = _pyproject()["project"]
+    requirements = list(project["dependencies"])
+    for extra in extras:
+        requirements += project["optional-dependencies"][extra]
+    pins = []
+    for requirement in requirements:
+        match = re.match(r"\s*([A-Za-z0-9._-]+)\s*>=\s*([0-9.]+)\s*(;.*)?$", requirement)
+        if match:
+            pins.append(f"{match.group(1)}=={match.group(2)}{match.group(3) or ''}")
+    return pins
+
+
+@nox.session(python=PYTHON)
+def tests_oldest(session: nox.Session) -> None:
+    """The CPU suite on the floors pyproject.toml states (numpy, triton, the harness's libraries, pytest, hypothesis).
+
+    torch is the exception: CI's CPU wheel (constraints/ci.txt) stands in for the torch floor, which only runs on
+    the GPU machine (no CPU wheel of it here). Other dependencies of those packages resolve to their newest.
+    Arguments replace the test paths: `nox -s tests_oldest -- conformance/harness`.
+    """
+    torch_pin = [line for line in CONSTRAINTS.read_text().splitlines() if re.match(r"torch==", line)]
+    tested = ("pytest==", "hypothesis==")  # of the dev tools, only the test runner and hypothesis are exercised here
+    dev = [p for p in _floor_pins(["dev"]) if p.startswith(tested)]
+    pins = [p for p in _floor_pins(["fast", "harness"]) if not p.startswith("torch==")] + dev + torch_pin
+    constraints = Path(session.create_tmp()) / "constraints-oldest.txt"
+    constraints.write_text("\n".join([*pins, ""]))
+    session.log("floors: " + ", ".join(pins))
+    session.install("-c", os.fspath(constraints), ".[fast,harness]", "pytest", "hypothesis")
+    paths = session.posargs or ["conformance", "--ignore=conformance/bench", "--ignore=conformance/packaging"]
+    session.run("pytest", *paths, "-m", "not gpu", "-q", env=CPU_ENV)
+
+
+@nox.session(python=PYTHON)
 def conformance(session: nox.Session) -> None:
     """The property suite holding fast to reference (and both to peers), with the thorough hypothesis profile."""
-    _install(session)
+    _install(session, ".[fast,harness,dev]")
     env = {**CPU_ENV, "HYPOTHESIS_PROFILE": "thorough"}
     session.run(
         "pytest",
@@ -52,24 +154,22 @@ def conformance(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
-def typecheck(session: nox.Session) -> None:
-    """mypy --strict on muonlab.reference and muonlab.fast, as installed (the source folders map onto the namespace)."""
-    session.install(".[fast]", "mypy>=1.10")
-    session.run("mypy", "--strict", "-p", "muonlab.reference", "-p", "muonlab.fast")
-
-
-@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Side-by-side benchmarks (ratios, never asserted times); prints the markdown table for docs/benchmarks.md."""
-    _install(session)
+    _install(session, ".[fast,harness,dev]")
     session.run("pytest", "conformance/bench", "--benchmark-only", "-q", *session.posargs)
     session.run("python", "conformance/bench/report.py")
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=PYTHON, venv_params=["--system-site-packages"])
 def gpu(session: nox.Session) -> None:
-    """The same suite on CUDA (kernels compiled, not interpreted) plus the GPU-only checks; needs a CUDA device."""
-    _install(session)
+    """The suite on CUDA (kernels compiled, not interpreted), on the machine's own torch/triton/pytest: fetches nothing.
+
+    The session's environment sees the interpreter's site-packages; muonlab goes in with the offline install
+    (README, "A GPU machine as it comes") and scripts/envcheck.py refuses versions outside the supported ranges.
+    """
+    session.install("--no-index", "--no-deps", "--no-build-isolation", "-e", ".")
+    session.run("python", "scripts/envcheck.py", "--extras", "fast", "--need", "pytest", "--need", "hypothesis")
     session.run("python", "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')")
     session.run(
         "pytest",
@@ -84,8 +184,7 @@ def gpu(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def optax(session: nox.Session) -> None:
     """Peer check against optax.contrib.muon (jax installed in this session only)."""
-    _install(session)
-    session.install("jax", "optax")
+    _install(session, ".[fast,harness,dev]", "jax", "optax")
     session.run("pytest", "conformance/fast", "-m", "peer", "-q", *session.posargs, env=CPU_ENV)
 
 

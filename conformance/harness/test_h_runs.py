@@ -61,7 +61,6 @@ def test_refuses_to_overwrite(tmp_path: Path, text_file: Path, data_dir: Path, m
     assert sorted(p.name for p in run.iterdir()) == ["precious.txt"]
     # the CLI reports it as an error and leaves the dir alone too
     cfg_file = tmp_path / "c.json"
-    import tomllib  # noqa: F401  (configs are TOML/YAML; write YAML here)
     import yaml
 
     cfg_file = tmp_path / "c.yaml"
