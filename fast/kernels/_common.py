@@ -1,23 +1,100 @@
-"""Helpers shared by the Triton kernel modules: launch checks and scalar arguments.
+"""Helpers shared by the Triton kernel modules: launch checks, scalar arguments and the launch tables.
 
 A kernel runs on CUDA tensors, or on CPU tensors when Triton's interpreter is on (``TRITON_INTERPRET=1``
 must be set before the kernel modules are imported: `triton.jit` reads it when a kernel is defined).
+
+Launch tables: every kernel module states, as data, each variant its launch wrappers can launch (pointer
+dtypes, constexpr flags) and the tuning each one gets per *family* of devices (block sizes, ``num_warps``,
+``num_stages``): `Variant`. The wrappers look their launch up in that table (a combination it lacks is refused
+before anything runs), and ``conformance/kernels/test_kern_compile.py`` compiles every entry ahead of time
+for sm_80 and sm_90, so the check and production read one source.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["check_launchable", "interpreted", "needs_bf16_rounding", "round_bf16", "scalar_arg"]
+__all__ = [
+    "FAMILY_ARCH",
+    "SMEM_BUDGET",
+    "Family",
+    "Variant",
+    "check_launchable",
+    "device_family",
+    "interpreted",
+    "needs_bf16_rounding",
+    "round_bf16",
+    "scalar_arg",
+    "triton_type",
+]
+
+Family = Literal["interpret", "sm80", "sm90"]
+"""Which tuning a launch gets: the interpreter (small blocks), Hopper/datacenter Blackwell (``sm90``: compute
+capability 9.x and 10.x, 227 KiB of shared memory per block) or every other CUDA device (``sm80``: A100 and
+the 99 KiB parts, sm_86 / sm_89 / sm_120)."""
+
+FAMILY_ARCH: Mapping[Family, int] = {"sm80": 80, "sm90": 90}
+"""The compute capability each CUDA family is compiled for by the ahead-of-time check."""
+
+SMEM_BUDGET: Mapping[Family, int] = {"sm80": 101376, "sm90": 232448}
+"""Shared memory per block a family's configs may use: the smallest opt-in limit
+(``cudaDevAttrMaxSharedMemoryPerBlockOptin``) among its devices. sm_80 itself allows 166912 B (163 KiB), but
+the same configs run on sm_86 / sm_89 / sm_120 (101376 B, 99 KiB); sm_90 and sm_100 allow 232448 B (227 KiB)."""
+
+_DTYPE_NAMES: Mapping[torch.dtype, str] = {
+    torch.float32: "fp32",
+    torch.bfloat16: "bf16",
+    torch.float16: "fp16",
+    torch.float64: "fp64",
+}
+
+
+def triton_type(dtype: torch.dtype) -> str:
+    """Triton's name of the element type of a tensor of ``dtype`` (``"fp32"``, ``"bf16"``, ...)."""
+    return _DTYPE_NAMES[dtype]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One compiled form of a kernel: everything `triton.compile` needs to build it ahead of time.
+
+    ``signature`` maps every parameter of ``kernel`` (in order) to its Triton type: ``"*bf16"`` for a pointer,
+    ``"i32"`` / ``"fp32"`` / ``"u1"`` for a scalar, ``"constexpr"`` for a compile-time value given in
+    ``constexprs`` (which also holds integer arguments Triton specializes to constants, such as unit strides).
+    """
+
+    name: str
+    kernel: Any
+    signature: Mapping[str, str]
+    constexprs: Mapping[str, int | bool]
+    num_warps: int
+    num_stages: int
 
 
 def interpreted(kernel: Any) -> bool:
     """Whether ``kernel`` (a `triton.jit` function) was defined under ``TRITON_INTERPRET=1``."""
     return type(kernel).__name__ == "InterpretedFunction"
+
+
+@lru_cache(maxsize=64)
+def _cuda_family(index: int) -> Family:
+    major, _ = torch.cuda.get_device_capability(index)
+    return "sm90" if major in (9, 10) else "sm80"
+
+
+def device_family(kernel: Any, device: torch.device) -> Family:
+    """The tuning family of a launch of ``kernel`` on ``device`` (``"interpret"`` under the interpreter)."""
+    if interpreted(kernel):
+        return "interpret"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _cuda_family(index)
 
 
 def check_launchable(kernel: Any, t: torch.Tensor, name: str) -> None:
@@ -51,7 +128,7 @@ def scalar_arg(
     return None, float(value)
 
 
-def _round_bf16_impl(x: Any) -> Any:
+def _round_bf16_impl(x: tl.tensor) -> tl.tensor:
     """float32 ``x`` rounded to nearest-even bfloat16 by integer arithmetic on its bits.
 
     Used only in the interpreter: triton 3.9's interpreted ``float32 -> bfloat16`` cast truncates toward

@@ -14,15 +14,35 @@ Each kernel has a torch twin (``<name>_torch``) with the same signature and sema
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from functools import cache
+from typing import Literal, cast
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import check_launchable, interpreted, needs_bf16_rounding, round_bf16, scalar_arg
+from ._common import (
+    Family,
+    Variant,
+    check_launchable,
+    device_family,
+    round_bf16,
+    scalar_arg,
+    triton_type,
+)
 
-__all__ = ["fused_apply", "fused_apply_torch", "fused_momentum", "fused_momentum_torch"]
+__all__ = [
+    "BLOCKS",
+    "apply_table",
+    "fused_apply",
+    "fused_apply_torch",
+    "fused_momentum",
+    "fused_momentum_torch",
+    "momentum_table",
+    "supports",
+    "variants",
+]
 
 Form = Literal["ema", "sum"]
 CautiousMode = Literal["off", "ge", "gt"]
@@ -31,43 +51,50 @@ _FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _CAUTIOUS = {"off": 0, "ge": 1, "gt": 2}
 
 
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+def supports(dtype: torch.dtype) -> bool:
+    """Whether `fused_momentum` / `fused_apply` take tensors of ``dtype`` (float32, bfloat16, float16, float64)."""
+    return dtype in _FLOATS
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 for float64 tensors, float32 otherwise (the kernels' arithmetic dtype)."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _block(interpret: bool) -> tuple[int, int]:
-    """``(BLOCK, num_warps)``: 1024 elements per program on CUDA, 256 in the interpreter."""
-    return (256, 1) if interpret else (1024, 4)
+BLOCKS: Mapping[Family, tuple[int, int, int]] = {
+    "interpret": (256, 1, 1),
+    "sm80": (1024, 4, 1),
+    "sm90": (1024, 4, 1),
+}
+"""``(BLOCK, num_warps, num_stages)`` per family: 1024 elements per program (8 per thread) on CUDA, 256 in the
+interpreter. One pass, no loop, so ``num_stages`` has nothing to pipeline."""
 
 
-def _scalar(ptr: Any, val: Any, IS_PTR: tl.constexpr, F64: tl.constexpr) -> Any:
-    """The scalar argument: loaded from ``ptr`` (a float32 tensor) or the value ``val``, in the compute dtype."""
-    s = tl.load(ptr) if IS_PTR else val
-    if F64:
-        return s.to(tl.float64)
-    return s.to(tl.float32)
-
-
-_scalar_fn = triton.jit(_scalar)
+@cache
+def _dummy(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A one-element tensor passed where a scalar or scale pointer is absent (never read: its load is masked off)."""
+    return torch.zeros(1, dtype=dtype, device=device)
 
 
 def _momentum_impl(
-    buf_ptr: Any,
-    grad_ptr: Any,
-    n_ptr: Any,
-    beta_ptr: Any,
-    beta_val: Any,
-    omb_val: Any,
-    numel: Any,
-    BETA_IS_PTR: tl.constexpr,
-    EMA: tl.constexpr,
-    NESTEROV: tl.constexpr,
+    buf_ptr: tl.tensor,
+    grad_ptr: tl.tensor,
+    n_ptr: tl.tensor,
+    beta_ptr: tl.tensor,
+    beta_val: tl.tensor,
+    omb_val: tl.tensor,
+    numel: tl.tensor,
+    beta_is_ptr: tl.tensor,
+    ema: tl.tensor,
+    nesterov: tl.tensor,
     F64: tl.constexpr,
     ROUND_BF16: tl.constexpr,
     BLOCK: tl.constexpr,
 ) -> None:
-    """One block of `fused_momentum`; ``omb_val`` is ``1 - beta`` computed on the host (float ``beta``)."""
+    """One block of `fused_momentum`. ``beta`` is read from ``beta_ptr`` (compute dtype) when ``beta_is_ptr``,
+    else it is ``beta_val`` with ``omb_val = 1 - beta`` computed on the host. ``ema`` and ``nesterov`` are
+    runtime flags: both forms are evaluated and one selected (an elementwise kernel is bound by memory, and
+    one compiled variant serves every form)."""
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     inside = offs < numel
@@ -77,18 +104,13 @@ def _momentum_impl(
     else:
         m = tl.load(buf_ptr + offs, mask=inside, other=0.0).to(tl.float32)
         g = tl.load(grad_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-    beta = _scalar_fn(beta_ptr, beta_val, BETA_IS_PTR, F64)
-    if EMA:
-        # torch.lerp(start, end, w): start + w (end - start) if |w| < 0.5, else end - (end - start)(1 - w).
-        omb = 1.0 - beta if BETA_IS_PTR else _scalar_fn(beta_ptr, omb_val, False, F64)
-        m_new = tl.where(tl.abs(omb) < 0.5, m + omb * (g - m), g - (g - m) * (1.0 - omb))
-        if NESTEROV:
-            out = tl.where(tl.abs(beta) < 0.5, g + beta * (m_new - g), m_new - (m_new - g) * (1.0 - beta))
-        else:
-            out = m_new
-    else:
-        m_new = m * beta + g
-        out = g + beta * m_new if NESTEROV else m_new
+    beta = tl.load(beta_ptr, mask=beta_is_ptr, other=beta_val)
+    omb = tl.where(beta_is_ptr, 1.0 - beta, omb_val)
+    # torch.lerp(start, end, w): start + w (end - start) if |w| < 0.5, else end - (end - start)(1 - w).
+    m_ema = tl.where(tl.abs(omb) < 0.5, m + omb * (g - m), g - (g - m) * (1.0 - omb))
+    m_new = tl.where(ema, m_ema, m * beta + g)
+    n_ema = tl.where(tl.abs(beta) < 0.5, g + beta * (m_new - g), m_new - (m_new - g) * (1.0 - beta))
+    out = tl.where(nesterov, tl.where(ema, n_ema, g + beta * m_new), m_new)
     if ROUND_BF16:
         tl.store(buf_ptr + offs, round_bf16(m_new), mask=inside)
         tl.store(n_ptr + offs, round_bf16(out), mask=inside)
@@ -98,6 +120,26 @@ def _momentum_impl(
 
 
 _momentum_kernel = triton.jit(_momentum_impl)
+
+MomentumKey = tuple[torch.dtype, torch.dtype]
+"""``(buf dtype, grad dtype)``: what selects a variant of the momentum kernel."""
+
+
+@cache
+def momentum_table(family: Family) -> Mapping[MomentumKey, Mapping[str, int | bool]]:
+    """Every launch `fused_momentum` can make on ``family``: its constexprs per ``(buf, grad)`` dtype pair
+    (``n`` has ``buf``'s dtype, a tensor ``beta`` the compute dtype; the form, Nesterov and the kind of ``beta``
+    are runtime arguments). Block shape: `BLOCKS`."""
+    block = BLOCKS[family][0]
+    return {
+        (buf, grad): {
+            "F64": buf == torch.float64,
+            "ROUND_BF16": family == "interpret" and buf == torch.bfloat16,
+            "BLOCK": block,
+        }
+        for buf in _FLOATS
+        for grad in _FLOATS
+    }
 
 
 def _check_form(form: object, nesterov: object) -> None:
@@ -134,27 +176,29 @@ def fused_momentum(
     _check_form(form, nesterov)
     _check_pair(buf, grad, ("buf", "grad"))
     check_launchable(_momentum_kernel, buf, "fused_momentum")
-    beta_ptr, beta_val = scalar_arg(beta, buf.device, "beta", _compute_dtype(buf))
+    cdt = _compute_dtype(buf.dtype)
+    beta_ptr, beta_val = scalar_arg(beta, buf.device, "beta", cdt)
     n = torch.empty_like(buf)
     numel = buf.numel()
     if numel == 0:
         return n
-    block, warps = _block(interpreted(_momentum_kernel))
+    family = device_family(_momentum_kernel, buf.device)
+    constexprs = momentum_table(family)[(buf.dtype, grad.dtype)]
+    block, warps, stages = BLOCKS[family]
     _momentum_kernel[(triton.cdiv(numel, block),)](
         buf,
         grad.contiguous(),
         n,
-        buf if beta_ptr is None else beta_ptr,
+        _dummy(buf.device, cdt) if beta_ptr is None else beta_ptr,
         beta_val,
         1.0 - beta_val,
         numel,
-        BETA_IS_PTR=beta_ptr is not None,
-        EMA=form == "ema",
-        NESTEROV=nesterov,
-        F64=buf.dtype == torch.float64,
-        ROUND_BF16=needs_bf16_rounding(_momentum_kernel, buf.dtype),
-        BLOCK=block,
+        beta_ptr is not None,
+        form == "ema",
+        nesterov,
+        **constexprs,
         num_warps=warps,
+        num_stages=stages,
     )
     return n
 
@@ -165,7 +209,7 @@ def fused_momentum_torch(
     """Torch twin of `fused_momentum` (same arguments, same math, several eager ops)."""
     _check_form(form, nesterov)
     _check_pair(buf, grad, ("buf", "grad"))
-    beta_ptr, beta_val = scalar_arg(beta, buf.device, "beta", _compute_dtype(buf))
+    beta_ptr, beta_val = scalar_arg(beta, buf.device, "beta", _compute_dtype(buf.dtype))
     work = buf if buf.dtype in (torch.float32, torch.float64) else buf.float()
     b: float | torch.Tensor = beta_val if beta_ptr is None else beta_ptr.to(work.dtype)
     g = grad.to(work.dtype)
@@ -181,29 +225,33 @@ def fused_momentum_torch(
 
 
 def _apply_impl(
-    p_ptr: Any,
-    u_ptr: Any,
-    s_ptr: Any,
-    lr_ptr: Any,
-    lr_val: Any,
-    d_ptr: Any,
-    d_val: Any,
-    numel: Any,
-    rows: Any,
-    cols: Any,
-    ssb: Any,
-    ssm: Any,
-    ssn: Any,
+    p_ptr: tl.tensor,
+    u_ptr: tl.tensor,
+    s_ptr: tl.tensor,
+    lr_ptr: tl.tensor,
+    lr_val: tl.tensor,
+    d_ptr: tl.tensor,
+    d_val: tl.tensor,
+    numel: tl.tensor,
+    rows: tl.tensor,
+    cols: tl.tensor,
+    ssb: tl.tensor,
+    ssm: tl.tensor,
+    ssn: tl.tensor,
+    lr_is_ptr: tl.tensor,
+    d_is_ptr: tl.tensor,
+    has_decay: tl.tensor,
+    mask_off: tl.tensor,
+    mask_ge: tl.tensor,
     HAS_SCALE: tl.constexpr,
-    LR_IS_PTR: tl.constexpr,
-    D_IS_PTR: tl.constexpr,
-    HAS_DECAY: tl.constexpr,
-    CAUTIOUS: tl.constexpr,
     F64: tl.constexpr,
     ROUND_BF16: tl.constexpr,
     BLOCK: tl.constexpr,
 ) -> None:
-    """One block of `fused_apply` over the flat ``[B, rows, cols]`` parameter."""
+    """One block of `fused_apply` over the flat ``[B, rows, cols]`` parameter. ``lr`` / ``d`` are read from
+    their pointers (compute dtype) when ``*_is_ptr``, else they are the float arguments. The cautious mask
+    keeps ``u w > 0``, also ``u w = 0`` when ``mask_ge``, and everything when ``mask_off``; without
+    ``has_decay`` the decay term is not evaluated into ``W`` at all (an infinite weight stays infinite)."""
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     inside = offs < numel
@@ -217,17 +265,12 @@ def _apply_impl(
         col = offs % cols
         row = (offs // cols) % rows
         bat = offs // (cols * rows)
-        s = tl.load(s_ptr + bat * ssb + row * ssm + col * ssn, mask=inside, other=0.0)
-        u = u * s.to(tl.float64) if F64 else u * s.to(tl.float32)
-    lr = _scalar_fn(lr_ptr, lr_val, LR_IS_PTR, F64)
-    if HAS_DECAY:
-        d = _scalar_fn(d_ptr, d_val, D_IS_PTR, F64)
-        if CAUTIOUS == 0:
-            w = w - w * d
-        else:
-            prod = u * w
-            keep = prod >= 0.0 if CAUTIOUS == 1 else prod > 0.0
-            w = w - w * keep.to(w.dtype) * d
+        u = u * tl.load(s_ptr + bat * ssb + row * ssm + col * ssn, mask=inside, other=0.0)
+    lr = tl.load(lr_ptr, mask=lr_is_ptr, other=lr_val)
+    d = tl.load(d_ptr, mask=d_is_ptr, other=d_val)
+    prod = u * w
+    keep = mask_off | (prod > 0.0) | (mask_ge & (prod == 0.0))
+    w = tl.where(has_decay, w - w * keep.to(w.dtype) * d, w)
     w = w - u * lr
     if ROUND_BF16:
         tl.store(p_ptr + offs, round_bf16(w), mask=inside)
@@ -235,7 +278,30 @@ def _apply_impl(
         tl.store(p_ptr + offs, w.to(p_ptr.dtype.element_ty), mask=inside)
 
 
-_apply_kernel = triton.jit(_apply_impl)
+# The scale's index arithmetic is not specialized (a unit or zero stride would make another variant).
+_apply_kernel = triton.jit(_apply_impl, do_not_specialize=["rows", "cols", "ssb", "ssm", "ssn"])
+
+ApplyKey = tuple[torch.dtype, torch.dtype, bool]
+"""``(param dtype, update dtype, has scale)``: what selects a variant of the apply kernel."""
+
+
+@cache
+def apply_table(family: Family) -> Mapping[ApplyKey, Mapping[str, int | bool]]:
+    """Every launch `fused_apply` can make on ``family``: its constexprs per ``(param, update, has scale)``
+    (scalars, the scale and the dummies for absent ones are in the compute dtype; decay, the cautious mode and
+    the kind of each scalar are runtime arguments). Block shape: `BLOCKS`."""
+    block = BLOCKS[family][0]
+    return {
+        (param, update, has_scale): {
+            "HAS_SCALE": has_scale,
+            "F64": param == torch.float64,
+            "ROUND_BF16": family == "interpret" and param == torch.bfloat16,
+            "BLOCK": block,
+        }
+        for param in _FLOATS
+        for update in _FLOATS
+        for has_scale in (False, True)
+    }
 
 
 def _check_cautious(cautious: object) -> int:
@@ -299,8 +365,9 @@ def fused_apply(
     _check_pair(param, update, ("param", "update"))
     s3 = _check_scale(scale, param)
     check_launchable(_apply_kernel, param, "fused_apply")
-    lr_ptr, lr_val = scalar_arg(lr_update, param.device, "lr_update", _compute_dtype(param))
-    d_ptr, d_val = scalar_arg(decay_factor, param.device, "decay_factor", _compute_dtype(param))
+    cdt = _compute_dtype(param.dtype)
+    lr_ptr, lr_val = scalar_arg(lr_update, param.device, "lr_update", cdt)
+    d_ptr, d_val = scalar_arg(decay_factor, param.device, "decay_factor", cdt)
     decay = d_ptr is not None or d_val != 0.0
     if param.dtype == torch.float64 and isinstance(decay_factor, (int, float)):
         decay = float(decay_factor) != 0.0
@@ -308,28 +375,33 @@ def fused_apply(
     if numel == 0:
         return
     m, n = _matrix_dims(param.shape)
-    block, warps = _block(interpreted(_apply_kernel))
+    family = device_family(_apply_kernel, param.device)
+    constexprs = apply_table(family)[(param.dtype, update.dtype, s3 is not None)]
+    block, warps, stages = BLOCKS[family]
+    dummy = _dummy(param.device, cdt)
+    if s3 is not None and s3.dtype != cdt:
+        # Cast the small per-row / per-column tensor, then broadcast it (a stride-0 view, never materialized).
+        s3 = _check_scale(cast(torch.Tensor, scale).to(cdt), param)
     _apply_kernel[(triton.cdiv(numel, block),)](
         param,
         update.contiguous(),
-        param if s3 is None else s3,
-        param if lr_ptr is None else lr_ptr,
+        dummy if s3 is None else s3,
+        dummy if lr_ptr is None else lr_ptr,
         lr_val,
-        param if d_ptr is None else d_ptr,
+        dummy if d_ptr is None else d_ptr,
         d_val,
         numel,
         m,
         n,
         *((0, 0, 0) if s3 is None else s3.stride()),
-        HAS_SCALE=s3 is not None,
-        LR_IS_PTR=lr_ptr is not None,
-        D_IS_PTR=d_ptr is not None,
-        HAS_DECAY=decay,
-        CAUTIOUS=mode,
-        F64=param.dtype == torch.float64,
-        ROUND_BF16=needs_bf16_rounding(_apply_kernel, param.dtype),
-        BLOCK=block,
+        lr_ptr is not None,
+        d_ptr is not None,
+        decay,
+        mode == 0,
+        mode == 1,
+        **constexprs,
         num_warps=warps,
+        num_stages=stages,
     )
 
 
@@ -346,8 +418,8 @@ def fused_apply_torch(
     mode = _check_cautious(cautious)
     _check_pair(param, update, ("param", "update"))
     s3 = _check_scale(scale, param)
-    lr_ptr, lr_val = scalar_arg(lr_update, param.device, "lr_update", _compute_dtype(param))
-    d_ptr, d_val = scalar_arg(decay_factor, param.device, "decay_factor", _compute_dtype(param))
+    lr_ptr, lr_val = scalar_arg(lr_update, param.device, "lr_update", _compute_dtype(param.dtype))
+    d_ptr, d_val = scalar_arg(decay_factor, param.device, "decay_factor", _compute_dtype(param.dtype))
     work = param if param.dtype in (torch.float32, torch.float64) else param.float()
     u = update.to(work.dtype)
     if s3 is not None:
@@ -364,3 +436,44 @@ def fused_apply_torch(
     work.sub_(u * lr)
     if work is not param:
         param.copy_(work)
+
+
+def variants(family: Family) -> tuple[Variant, ...]:
+    """The compiled forms of both elementwise kernels on ``family``: every `momentum_table` and `apply_table`
+    entry (``numel`` as ``i32``: tensors under 2**31 elements)."""
+    _, warps, stages = BLOCKS[family]
+    out: list[Variant] = []
+    for (buf, grad), constexprs in momentum_table(family).items():
+        cdt = "*" + triton_type(_compute_dtype(buf))
+        sig = {
+            "buf_ptr": "*" + triton_type(buf),
+            "grad_ptr": "*" + triton_type(grad),
+            "n_ptr": "*" + triton_type(buf),
+            "beta_ptr": cdt,
+            "beta_val": "fp32",
+            "omb_val": "fp32",
+            "numel": "i32",
+            "beta_is_ptr": "u1",
+            "ema": "u1",
+            "nesterov": "u1",
+            **dict.fromkeys(constexprs, "constexpr"),
+        }
+        name = f"fused_momentum-buf_{triton_type(buf)}-grad_{triton_type(grad)}"
+        out.append(Variant(name, _momentum_kernel, sig, constexprs, warps, stages))
+    for (param, update, has_scale), constexprs in apply_table(family).items():
+        cdt = "*" + triton_type(_compute_dtype(param))
+        sig = {
+            "p_ptr": "*" + triton_type(param),
+            "u_ptr": "*" + triton_type(update),
+            "s_ptr": cdt,
+            "lr_ptr": cdt,
+            "lr_val": "fp32",
+            "d_ptr": cdt,
+            "d_val": "fp32",
+            **dict.fromkeys(("numel", "rows", "cols", "ssb", "ssm", "ssn"), "i32"),
+            **dict.fromkeys(("lr_is_ptr", "d_is_ptr", "has_decay", "mask_off", "mask_ge"), "u1"),
+            **dict.fromkeys(constexprs, "constexpr"),
+        }
+        name = f"fused_apply-param_{triton_type(param)}-update_{triton_type(update)}{'-scale' if has_scale else ''}"
+        out.append(Variant(name, _apply_kernel, sig, constexprs, warps, stages))
+    return tuple(out)

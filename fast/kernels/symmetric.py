@@ -17,36 +17,61 @@ one rounding, and the lower triangle mirrored onto the upper one.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import check_launchable, interpreted, needs_bf16_rounding, round_bf16
+from ._common import (
+    Family,
+    Variant,
+    check_launchable,
+    device_family,
+    round_bf16,
+    triton_type,
+)
 
-__all__ = ["ba_plus_caa", "ba_plus_caa_torch", "xxt", "xxt_torch"]
+__all__ = [
+    "CONFIGS",
+    "SymConfig",
+    "ba_plus_caa",
+    "ba_plus_caa_torch",
+    "launch_table",
+    "supports",
+    "variants",
+    "xxt",
+    "xxt_torch",
+]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def supports(dtype: torch.dtype) -> bool:
+    """Whether `xxt` / `ba_plus_caa` take inputs of ``dtype`` (float32, bfloat16, float16; float64 goes to
+    the torch twins: Triton's ``tl.dot`` has no float64 tensor-core path)."""
+    return dtype in _DTYPES
+
+
 def _sym_kernel_impl(
-    x_ptr: Any,
-    a_ptr: Any,
-    out_ptr: Any,
-    M: Any,
-    K: Any,
-    sxb: Any,
-    sxm: Any,
-    sxk: Any,
-    sab: Any,
-    sam: Any,
-    san: Any,
-    sob: Any,
-    som: Any,
-    son: Any,
-    alpha: Any,
-    beta: Any,
+    x_ptr: tl.tensor,
+    a_ptr: tl.tensor,
+    out_ptr: tl.tensor,
+    M: tl.tensor,
+    K: tl.tensor,
+    sxb: tl.tensor,
+    sxm: tl.tensor,
+    sxk: tl.tensor,
+    sab: tl.tensor,
+    sam: tl.tensor,
+    san: tl.tensor,
+    sob: tl.tensor,
+    som: tl.tensor,
+    son: tl.tensor,
+    alpha: tl.tensor,
+    beta: tl.tensor,
     EPILOGUE: tl.constexpr,
     IEEE: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -114,14 +139,115 @@ def _sym_kernel_impl(
 _sym_kernel = triton.jit(_sym_kernel_impl)
 
 
-def _config(k: int, interpret: bool) -> tuple[int, int, int, int, int]:
-    """``(BM, BN, BK, num_warps, num_stages)``: modded-nanogpt's H100 choices on CUDA (``(128, 128, 64)``
-    for ``K = 768``, else ``(64, 128, 128)``; 8 warps, 4 stages), 16-wide blocks in the interpreter."""
-    if interpret:
-        return 16, 16, 16, 1, 1
-    if k == 768:
-        return 128, 128, 64, 8, 4
-    return 64, 128, 128, 8, 4
+@dataclass(frozen=True)
+class SymConfig:
+    """Tile and launch shape of the symmetric kernel: ``BM x BN`` output blocks, ``BK`` deep K steps."""
+
+    bm: int
+    bn: int
+    bk: int
+    num_warps: int
+    num_stages: int
+
+
+CONFIGS: Mapping[Family, Mapping[str, SymConfig]] = {
+    # 16-wide blocks keep the interpreter fast (it runs the program instances one by one on the CPU).
+    "interpret": {kind: SymConfig(16, 16, 16, 1, 1) for kind in ("ieee", "tf32", "16bit")},
+    # Shared memory of the pipelined loop: stages-1 buffers of (BM + BN) x BK operands (64 KiB for the 16-bit
+    # and TF32 tiles), inside the 99 KiB of sm_86 / sm_89 / sm_120, so one table serves every non-Hopper part.
+    # IEEE float32 runs on FMA units (no tensor cores): small tiles keep the accumulator in registers.
+    "sm80": {
+        "ieee": SymConfig(64, 64, 16, 4, 3),
+        "tf32": SymConfig(128, 128, 32, 8, 3),
+        "16bit": SymConfig(128, 128, 64, 8, 3),
+    },
+    # modded-nanogpt's H100 tile for bf16 (128, 128, 64; 8 warps, 4 stages: 128 KiB); TF32 halves BK so its
+    # float32 tiles need the same bytes; IEEE float32 as on sm80 with a deeper BK (still no spills).
+    "sm90": {
+        "ieee": SymConfig(64, 64, 32, 4, 3),
+        "tf32": SymConfig(128, 128, 32, 8, 4),
+        "16bit": SymConfig(128, 128, 64, 8, 4),
+    },
+}
+"""Per family and operand kind (``"ieee"`` float32, ``"tf32"`` float32, ``"16bit"`` bf16/fp16) the tiles the
+wrappers launch; their shared memory and registers are checked by ``conformance/kernels/test_kern_compile.py``."""
+
+LaunchKey = tuple[torch.dtype, torch.dtype, bool, bool]
+"""``(input dtype, output dtype, epilogue, tf32)``: what selects a variant of the symmetric kernel."""
+
+
+def _operand_kind(dtype: torch.dtype, tf32: bool) -> str:
+    if dtype == torch.float32:
+        return "tf32" if tf32 else "ieee"
+    return "16bit"
+
+
+@cache
+def launch_table(family: Family) -> Mapping[LaunchKey, tuple[Mapping[str, int | bool], SymConfig]]:
+    """Every launch `xxt` / `ba_plus_caa` can make on ``family``: ``(constexprs, config)`` per `LaunchKey`.
+
+    The output is the input's dtype or float32 (a wider accumulator store); ``tf32`` only for float32 inputs.
+    In the interpreter 16-bit operands are upcast to float32 (triton 3.9 multiplies interpreted 16-bit floats as
+    their raw integer bits; products of 16-bit floats are exact in float32) and bfloat16 stores round in the
+    kernel (`round_bf16`).
+    """
+    interpret = family == "interpret"
+    table: dict[LaunchKey, tuple[Mapping[str, int | bool], SymConfig]] = {}
+    for dtype in _DTYPES:
+        for out_dtype in dict.fromkeys((dtype, torch.float32)):
+            for tf32 in (False, True) if dtype == torch.float32 else (False,):
+                for epilogue in (False, True):
+                    cfg = CONFIGS[family][_operand_kind(dtype, tf32)]
+                    upcast = interpret and dtype != torch.float32
+                    constexprs: dict[str, int | bool] = {
+                        "EPILOGUE": epilogue,
+                        "IEEE": upcast or (dtype == torch.float32 and not tf32),
+                        "UPCAST": upcast,
+                        "ROUND_BF16": interpret and out_dtype == torch.bfloat16,
+                        "BM": cfg.bm,
+                        "BN": cfg.bn,
+                        "BK": cfg.bk,
+                    }
+                    table[(dtype, out_dtype, epilogue, tf32)] = (constexprs, cfg)
+    return table
+
+
+_INTS = ("M", "K", "sxb", "sxm", "sxk", "sab", "sam", "san", "sob", "som", "son")
+
+
+def variants(family: Family) -> tuple[Variant, ...]:
+    """The compiled forms of the symmetric kernel on ``family``: every `launch_table` entry, with the unit
+    strides Triton specializes for the layouts the wrappers see (row-major ``X``; ``xxt`` also a transposed
+    view, as Newton-Schulz passes for tall matrices; contiguous ``A`` and output). Other integers are ``i32``."""
+    out: list[Variant] = []
+    for (dtype, out_dtype, epilogue, tf32), (constexprs, cfg) in launch_table(family).items():
+        layouts = (
+            {"row": ("sxk", "san", "son")} if epilogue else {"row": ("sxk", "san", "son"), "col": ("sxm", "sam", "son")}
+        )
+        for layout, units in layouts.items():
+            sig: dict[str, str] = {
+                "x_ptr": "*" + triton_type(dtype),
+                "a_ptr": "*" + triton_type(dtype),
+                "out_ptr": "*" + triton_type(out_dtype),
+            }
+            sig.update({name: "constexpr" if name in units else "i32" for name in _INTS})
+            sig.update({"alpha": "fp32", "beta": "fp32"})
+            sig.update({name: "constexpr" for name in constexprs})
+            name = (
+                f"{'ba_plus_caa' if epilogue else 'xxt'}-{triton_type(dtype)}"
+                f"{'-tf32' if tf32 else ''}-to-{triton_type(out_dtype)}-{layout}"
+            )
+            out.append(
+                Variant(
+                    name=name,
+                    kernel=_sym_kernel,
+                    signature=sig,
+                    constexprs={**dict.fromkeys(units, 1), **constexprs},
+                    num_warps=cfg.num_warps,
+                    num_stages=cfg.num_stages,
+                )
+            )
+    return tuple(out)
 
 
 def _as_batch(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -143,8 +269,8 @@ def _out_batch(out: torch.Tensor | None, like: torch.Tensor, shape: tuple[int, .
     full = shape if like.ndim == 3 else shape[1:]
     if tuple(out.shape) != full:
         raise ValueError(f"out: expected shape {full} for {name} of shape {tuple(like.shape)}, got {tuple(out.shape)}")
-    if out.dtype not in _DTYPES:
-        raise TypeError(f"out: expected float32, bfloat16 or float16, got {out.dtype}")
+    if out.dtype not in (like.dtype, torch.float32):
+        raise TypeError(f"out: expected dtype {like.dtype} or torch.float32 (as the input {name}), got {out.dtype}")
     if out.device != like.device:
         raise ValueError(f"out: expected device {like.device}, got {out.device}")
     return out if out.ndim == 3 else out.unsqueeze(0)
@@ -152,16 +278,16 @@ def _out_batch(out: torch.Tensor | None, like: torch.Tensor, shape: tuple[int, .
 
 def _launch(x3: torch.Tensor, a3: torch.Tensor | None, out3: torch.Tensor, alpha: float, beta: float) -> None:
     batch, m, k = x3.shape
+    family = device_family(_sym_kernel, x3.device)
+    tf32 = x3.dtype == torch.float32 and bool(torch.backends.cuda.matmul.allow_tf32)
+    entry = launch_table(family).get((x3.dtype, out3.dtype, a3 is not None, tf32))
+    if entry is None:
+        raise TypeError(f"out: expected dtype {x3.dtype} or torch.float32 for a {x3.dtype} input, got {out3.dtype}")
     if batch == 0 or m == 0:
         return
-    interpret = interpreted(_sym_kernel)
-    bm, bn, bk, warps, stages = _config(k, interpret)
-    # The interpreter multiplies 16-bit floats as their raw integer bits (triton 3.9 `create_dot`), so it
-    # gets float32 operands instead: products of 16-bit floats are exact in float32, the result is the same.
-    upcast = interpret and x3.dtype != torch.float32
-    ieee = upcast or (x3.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32)
+    constexprs, cfg = entry
     a = x3 if a3 is None else a3
-    grid = (triton.cdiv(m, bm) * triton.cdiv(m, bn), batch)
+    grid = (triton.cdiv(m, cfg.bm) * triton.cdiv(m, cfg.bn), batch)
     _sym_kernel[grid](
         x3,
         a,
@@ -173,15 +299,9 @@ def _launch(x3: torch.Tensor, a3: torch.Tensor | None, out3: torch.Tensor, alpha
         *out3.stride(),
         alpha,
         beta,
-        EPILOGUE=a3 is not None,
-        IEEE=ieee,
-        UPCAST=upcast,
-        ROUND_BF16=needs_bf16_rounding(_sym_kernel, out3.dtype),
-        BM=bm,
-        BN=bn,
-        BK=bk,
-        num_warps=warps,
-        num_stages=stages,
+        **constexprs,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
 
 
