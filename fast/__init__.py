@@ -2,7 +2,8 @@
 
 * `Muon` — a ``torch.optim.Optimizer`` for every `muonlab.reference.MuonSpec` / preset;
 * `orthogonalize` — ``Orth(X)`` on tensors (batched over leading dims);
-* `partition_params` / `ParamPlan` — route matrix weights to Muon and the rest to AdamW.
+* `partition_params` / `ParamPlan` — route matrix weights to Muon and the rest to AdamW;
+* `qk_clip_` — MuonClip's post-step QK-Clip, in place, batched over layers.
 
 The math mirrors `muonlab.reference` function for function (same names where a concept exists in both).
 """
@@ -13,6 +14,7 @@ from .backend import use_triton
 from .optimizer import Muon
 from .orthogonalize import orthogonalize
 from .partition import ParamPlan, partition_params
+from .qk_clip import qk_clip_
 
 __all__ = [
     "PRESETS",
@@ -22,6 +24,7 @@ __all__ = [
     "get_preset",
     "orthogonalize",
     "partition_params",
+    "qk_clip_",
     "resolve_spec",
     "use_triton",
 ]
