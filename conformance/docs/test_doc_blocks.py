@@ -1,0 +1,152 @@
+"""The code in README.md and docs/*.md runs as pasted.
+
+Every fenced block names its language. Each ```python block is run on its own, in a fresh interpreter
+(a subprocess with the working directory set to an empty temporary folder, CPU only), and must exit 0
+within `TIMEOUT_S`; the test id is ``page:line`` of the opening fence. Blocks that are not meant to run
+(shell commands, output, config files) use another language from `LANGUAGES`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LANGUAGES = frozenset({"python", "bash", "text", "toml", "yaml", "json"})
+TIMEOUT_S = 120
+
+_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced block: ``line`` is the 1-based line of its opening fence, ``code`` its body."""
+
+    page: str
+    line: int
+    language: str
+    code: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.page}:{self.line}"
+
+
+def fenced_blocks(text: str, page: str) -> list[Block]:
+    """The fenced code blocks of a markdown ``text`` (CommonMark fences: 3+ backticks or tildes; a block
+    closes at a fence of the same character at least as long, with nothing after it). The opening fence's
+    indentation is removed from the body, so blocks nested in list items run as written."""
+    blocks: list[Block] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        m = _FENCE.match(lines[i])
+        if m is None:
+            i += 1
+            continue
+        indent, fence = len(m["indent"]), m["fence"]
+        language = m["info"].strip().split(" ")[0] if m["info"].strip() else ""
+        body: list[str] = []
+        j = i + 1
+        while j < len(lines):
+            close = _FENCE.match(lines[j])
+            if (
+                close
+                and close["fence"][0] == fence[0]
+                and len(close["fence"]) >= len(fence)
+                and not close["info"].strip()
+            ):
+                break
+            body.append(lines[j][indent:] if lines[j][:indent].strip() == "" else lines[j].lstrip())
+            j += 1
+        else:
+            raise ValueError(f"{page}:{i + 1}: fence {fence!r} is never closed")
+        blocks.append(Block(page, i + 1, language, "\n".join(body) + "\n"))
+        i = j + 1
+    return blocks
+
+
+def _all_blocks() -> list[Block]:
+    out: list[Block] = []
+    for path in PAGES:
+        out.extend(fenced_blocks(path.read_text(encoding="utf-8"), path.relative_to(ROOT).as_posix()))
+    return out
+
+
+BLOCKS = _all_blocks()
+PYTHON_BLOCKS = [b for b in BLOCKS if b.language == "python"]
+
+
+def test_parser_handles_nesting_indent_and_tildes() -> None:
+    text = "\n".join(
+        [
+            "intro",
+            "```python",
+            "x = 1",
+            "```",
+            "- item",
+            "",
+            "  ```bash",
+            "  echo hi",
+            "  ```",
+            "````text",
+            "```python",
+            "not a block of its own",
+            "```",
+            "````",
+            "~~~toml",
+            "a = 1",
+            "~~~",
+        ]
+    )
+    blocks = fenced_blocks(text, "t.md")
+    assert [(b.line, b.language, b.code) for b in blocks] == [
+        (2, "python", "x = 1\n"),
+        (7, "bash", "echo hi\n"),
+        (10, "text", "```python\nnot a block of its own\n```\n"),
+        (15, "toml", "a = 1\n"),
+    ]
+    with pytest.raises(ValueError, match=r"t\.md:1: fence"):
+        fenced_blocks("```python\nx = 1\n", "t.md")
+
+
+def test_pages_have_python_blocks() -> None:
+    """The parser found the blocks the pages are known to hold (guards against a test that runs nothing)."""
+    pages = {b.page for b in PYTHON_BLOCKS}
+    assert {"README.md", "docs/fast.md", "docs/variants.md", "docs/distributed.md"} <= pages
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
+def test_fence_names_a_known_language(block: Block) -> None:
+    assert block.language in LANGUAGES, (
+        f"{block.id}: fence language {block.language!r}; use one of {sorted(LANGUAGES)} "
+        "(python blocks are executed, the others are not)"
+    )
+
+
+@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[b.id for b in PYTHON_BLOCKS])
+def test_python_block_runs(block: Block, tmp_path: Path) -> None:
+    script = tmp_path / "block.py"
+    script.write_text(block.code, encoding="utf-8")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0"}
+    env.setdefault("OMP_NUM_THREADS", "2")
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{block.id}: did not finish within {TIMEOUT_S} s")
+    assert proc.returncode == 0, f"{block.id}: exit {proc.returncode}\n{proc.stderr[-4000:]}"
