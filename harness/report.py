@@ -1,43 +1,184 @@
-"""`muonlab report SWEEP_DIR`: RESULTS.md with tables, PNG plots and a reproducibility block.
+"""`muonlab report SWEEP_DIR`: RESULTS.md that answers the sweep's question first, then tables, plots and a
+reproducibility block (docs/harness.md "Reports").
 
-Tables: one row per point (variant + grid assignment): mean +- sample std over its stable seeds of every
-endpoint; unstable runs are listed but excluded from the means and from winner selection; the winner
-(lowest mean of ``sweep.winner_metric``) is marked. Plots (matplotlib, Agg): smoothed train loss vs
-tokens per run, dose-response (endpoint vs each swept numeric value, seed std as error bars),
-tokens/minutes-to-target bars, total weight norm vs tokens.
+* An *arm* is one sweep point (variant + grid assignment); its seeds are its runs. Unstable runs are listed
+  but left out of every mean, spread and decision.
+* Each arm: mean ± sample std (ddof 1) over its stable seeds, with n.
+* A lead is called a win only when it is beyond the seed noise: Welch's t-test, two-sided p < 0.05
+  (`harness.compare`); otherwise the report says the arms tie within noise. One seed per arm decides nothing.
+* The answer block: Muon vs AdamW (val loss difference ± its standard error, Welch's p, tokens-to-target
+  ratio), one sentence per dose series (arms that differ in one numeric config value only, e.g. Muon's
+  ``optimizer.weight_decay``), and the overall winner or tie.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import rundir as rd
+from .compare import RULE, Welch, ratio_se, welch
 from .endpoints import mean_std
-from .sweep import ENDPOINT_KEYS, read_results
-from .train import total_weight_norms
+from .results import ENDPOINT_KEYS, RUN_COLS, config_columns, read_results
 
-_RUN_COLS = {
-    "run",
-    "point",
-    "variant",
-    "phases",
-    "seed",
-    "status",
-    "unstable",
-    "abort_reason",
-    "target_loss",
-    "steps",
-    "tokens",
-    "elapsed_s",
-    "config_sha256",
-    *ENDPOINT_KEYS,
+LOSS_UNIT = "nats/token"
+LOSS_KEYS = frozenset({"val_loss", "final_smoothed_loss", "auc_early_loss"})
+ENDPOINT_HEADS: dict[str, str] = {
+    "val_loss": f"val loss ({LOSS_UNIT})",
+    "final_smoothed_loss": f"final smoothed train loss ({LOSS_UNIT})",
+    "tokens_to_target_loss": "tokens to target",
+    "minutes_to_target_loss": "minutes to target (wall clock, machine-dependent)",
+    "auc_early_loss": f"early mean train loss ({LOSS_UNIT})",
+    "weight_norm_slope": "weight-norm slope (per M tokens)",
 }
 
 
-def _fmt(v: float | None, digits: int = 4) -> str:
+@dataclass
+class Arm:
+    """One sweep point and its runs (results.csv rows)."""
+
+    point: str
+    variant: str
+    params: dict[str, Any]
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def stable(self) -> list[dict[str, Any]]:
+        return [r for r in self.runs if not r.get("unstable")]
+
+    def values(self, key: str) -> list[float]:
+        """The stable runs' finite values of ``key``."""
+        out = []
+        for r in self.stable:
+            v = r.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out.append(float(v))
+        return out
+
+    def stat(self, key: str) -> tuple[float | None, float | None, int]:
+        """Mean, sample std (ddof 1; 0 for one value) and count of ``key`` over the stable runs."""
+        return mean_std(self.values(key))
+
+    @property
+    def optimizer(self) -> str:
+        return str(self.params.get("optimizer.name") or "")
+
+    @property
+    def label(self) -> str:
+        """The arm's name in tables and legends: the point, with the default variant ``base`` replaced by the
+        optimizer's name."""
+        if self.variant == "base" and self.point.startswith("base"):
+            return (self.optimizer or "run") + self.point[len("base") :]
+        return self.point
+
+
+@dataclass
+class Series:
+    """Arms that differ only in the numeric config value ``key`` (sorted by it); ``fixed`` names the rest."""
+
+    key: str
+    fixed: str
+    arms: list[Arm]
+
+    def x(self, arm: Arm) -> float:
+        return float(arm.params[self.key])
+
+
+@dataclass
+class Verdict:
+    """The best arm and whether its lead over each other arm is decided (`harness.compare.RULE`)."""
+
+    best: Arm
+    tests: list[tuple[Arm, Welch | None]]
+
+    @property
+    def tied(self) -> list[Arm]:
+        return [a for a, w in self.tests if w is None or not w.decided]
+
+    @property
+    def winner(self) -> Arm | None:
+        return self.best if self.tests and not self.tied else None
+
+
+# -- aggregation --------------------------------------------------------------------------------------------
+
+
+def build_arms(rows: list[dict[str, Any]]) -> list[Arm]:
+    """Group results.csv rows by point, in first-seen order."""
+    arms: dict[str, Arm] = {}
+    for r in rows:
+        arm = arms.get(r["point"])
+        if arm is None:
+            params = {k: v for k, v in r.items() if k not in RUN_COLS}
+            arm = arms[r["point"]] = Arm(point=r["point"], variant=str(r.get("variant") or r["point"]), params=params)
+        arm.runs.append(r)
+    return list(arms.values())
+
+
+def ranked(arms: list[Arm], metric: str) -> list[Arm]:
+    """Arms with at least one stable value of ``metric``, best (lowest mean) first."""
+    scored = [(a.stat(metric)[0], a.label, a) for a in arms if a.stat(metric)[2]]
+    scored.sort(key=lambda t: (t[0], t[1]))
+    return [a for _, _, a in scored]
+
+
+def verdict(arms: list[Arm], metric: str) -> Verdict | None:
+    """The best arm by mean ``metric`` tested against every other arm; None without two scored arms."""
+    order = ranked(arms, metric)
+    if len(order) < 2:
+        return None
+    best = order[0]
+    return Verdict(best, [(a, welch(best.values(metric), a.values(metric))) for a in order[1:]])
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def find_series(arms: list[Arm]) -> list[Series]:
+    """Every group of >= 2 arms that agree on all config values but one numeric key."""
+    cols = sorted({k for a in arms for k in a.params})
+    varying = [k for k in cols if len({json.dumps(a.params.get(k)) for a in arms}) > 1]
+    out = []
+    for key in varying:
+        groups: dict[str, list[Arm]] = {}
+        for a in arms:
+            if not _is_number(a.params.get(key)):
+                continue
+            rest = {k: a.params.get(k) for k in cols if k != key}
+            groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(a)
+        for members in groups.values():
+            xs = [float(a.params[key]) for a in members]
+            if len(set(xs)) >= 2 and len(set(xs)) == len(xs):
+                members.sort(key=lambda a: float(a.params[key]))
+                out.append(Series(key, _fixed_label(members[0], key, varying), members))
+    return out
+
+
+def _fixed_label(arm: Arm, key: str, varying: list[str]) -> str:
+    parts = [arm.optimizer] if arm.optimizer else []
+    for k in varying:
+        if k not in (key, "optimizer.name") and arm.params.get(k) is not None:
+            parts.append(f"{k.split('.')[-1]}={_num(arm.params[k])}")
+    return ", ".join(parts) or "all arms"
+
+
+# -- formatting ---------------------------------------------------------------------------------------------
+
+
+def _num(v: Any) -> str:
+    if _is_number(v):
+        f = float(v)
+        return str(int(f)) if f.is_integer() and abs(f) < 1e6 else f"{f:g}"
+    return str(v)
+
+
+def fmt(v: float | None, digits: int = 4) -> str:
+    """``v`` with ``digits`` significant digits (``-`` for missing)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     a = abs(v)
@@ -46,254 +187,191 @@ def _fmt(v: float | None, digits: int = 4) -> str:
     return f"{v:.{digits}g}"
 
 
-def _pm(mean: float | None, std: float | None, n: int) -> str:
+def fmt_loss(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def mean_pm(arm: Arm, key: str, loss: bool = False) -> str:
+    """``mean ± std (n=k)``; one seed: ``value (n=1, no spread)``."""
+    mean, std, n = arm.stat(key)
+    f = fmt_loss if loss else fmt
     if mean is None:
         return "-"
-    return _fmt(mean) if n <= 1 else f"{_fmt(mean)} ± {_fmt(std, 2)}"
+    if n == 1:
+        return f"{f(mean)} (n=1, no spread)"
+    return f"{f(mean)} ± {f(std) if loss else fmt(std, 2)} (n={n})"
 
 
-def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per point: seeds, stable count, mean/std/n of every endpoint over the stable runs."""
-    points: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        p = points.setdefault(
-            r["point"],
-            {
-                "point": r["point"],
-                "variant": r["variant"],
-                "runs": [],
-                "params": {k: v for k, v in r.items() if k not in _RUN_COLS},
-            },
-        )
-        p["runs"].append(r)
-    for p in points.values():
-        stable = [r for r in p["runs"] if not r["unstable"]]
-        p["n_runs"] = len(p["runs"])
-        p["n_stable"] = len(stable)
-        for k in ENDPOINT_KEYS:
-            p[k] = mean_std([r.get(k) for r in stable])
-    return list(points.values())
+def _p(p: float) -> str:
+    return "< 0.0001" if p < 1e-4 else f"{p:.2g}"
 
 
-def pick_winner(agg: list[dict[str, Any]], metric: str) -> str | None:
-    best = None
-    for p in agg:
-        mean, _, n = p.get(metric, (None, None, 0))
-        if n and mean is not None and (best is None or mean < best[0]):
-            best = (mean, p["point"])
-    return None if best is None else best[1]
+def _p_eq(p: float) -> str:
+    return "p < 0.0001" if p < 1e-4 else f"p = {p:.2g}"
 
 
-def _plots(
-    sweep_dir: Path, rows: list[dict[str, Any]], agg: list[dict[str, Any]], metric: str
-) -> list[tuple[str, str]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out: list[tuple[str, str]] = []
-    colors = {p["point"]: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(agg)}
-
-    # loss vs tokens
-    fig, ax = plt.subplots(figsize=(8, 5))
-    any_val = False
-    for r in rows:
-        recs = rd.read_jsonl(sweep_dir / "runs" / r["run"] / rd.METRICS)
-        pts = [(x["tokens"], x["smoothed_loss"]) for x in recs if x.get("smoothed_loss") is not None]
-        if pts:
-            style = ":" if r["unstable"] else "-"
-            ax.plot(
-                [t for t, _ in pts],
-                [v for _, v in pts],
-                style,
-                color=colors[r["point"]],
-                lw=1.3,
-                label=f"{r['run']}{' (unstable)' if r['unstable'] else ''}",
-            )
-        vals = [(x["tokens"], x["val_loss"]) for x in recs if x.get("val_loss") is not None]
-        if vals:
-            any_val = True
-            ax.plot([t for t, _ in vals], [v for _, v in vals], "o", color=colors[r["point"]], ms=4)
-    target = next((r.get("target_loss") for r in rows if r.get("target_loss") is not None), None)
-    if target is not None:
-        ax.axhline(target, color="gray", ls="--", lw=0.8, label=f"target {target:.3f}")
-    ax.set_xlabel("tokens")
-    ax.set_ylabel("smoothed train loss" + (" (dots: val loss)" if any_val else ""))
-    ax.set_title("Loss vs tokens")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    lo = [v for r in rows for v in [r.get("final_smoothed_loss")] if v is not None]
-    if lo:
-        ax.set_ylim(min(lo) - 0.3, min(lo) + 3.0)
-    fig.tight_layout()
-    fig.savefig(sweep_dir / "loss_vs_tokens.png", dpi=110)
-    plt.close(fig)
-    out.append(("Loss vs tokens", "loss_vs_tokens.png"))
-
-    # dose-response: every numeric parameter that varies across points
-    param_keys = sorted({k for p in agg for k in p["params"]})
-    for key in param_keys:
-        values = {p["params"].get(key) for p in agg}
-        nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if len(values) < 2 or len(nums) < 2:
-            continue
-        groups: dict[str, list[tuple[float, float, float]]] = {}
-        for p in agg:
-            x = p["params"].get(key)
-            mean, std, _n = p[metric]
-            if not isinstance(x, (int, float)) or mean is None:
-                continue
-            # one line per assignment of the other swept keys
-            label = (
-                ", ".join(
-                    f"{k.split('.')[-1]}={v}" for k, v in sorted(p["params"].items()) if k != key and v is not None
-                )
-                or "base"
-            )
-            groups.setdefault(label, []).append((float(x), mean, std or 0.0))
-        if not groups:
-            continue
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for label, pts in sorted(groups.items()):
-            pts.sort()
-            ax.errorbar(
-                [x for x, _, _ in pts],
-                [m for _, m, _ in pts],
-                yerr=[s for _, _, s in pts],
-                marker="o",
-                capsize=4,
-                label=label,
-            )
-        ax.set_xlabel(key)
-        ax.set_ylabel(f"{metric} (mean ± std over seeds)")
-        ax.set_title(f"Dose-response: {metric} vs {key}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fname = f"dose_response_{key.replace('.', '_')}.png"
-        fig.savefig(sweep_dir / fname, dpi=110)
-        plt.close(fig)
-        out.append((f"Dose-response: {key}", fname))
-
-    # endpoint bars
-    fig, axes = plt.subplots(1, 3, figsize=(13, 5.5))
-    names = [p["point"] for p in agg]
-    for ax, key, label in zip(
-        axes,
-        ("val_loss", "tokens_to_target_loss", "minutes_to_target_loss"),
-        ("val loss at budget", "tokens to target", "minutes to target"),
-        strict=True,
-    ):
-        means = [p[key][0] if p[key][0] is not None else 0.0 for p in agg]
-        errs = [p[key][1] or 0.0 for p in agg]
-        ax.bar(range(len(names)), means, yerr=errs, capsize=4, color=[colors[n] for n in names])
-        for i, p in enumerate(agg):
-            if p[key][0] is None:
-                ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
-        ax.set_title(label)
-        ax.grid(axis="y", alpha=0.3)
-        if key == "val_loss" and any(m > 0 for m in means):
-            lo = min(m for m in means if m > 0)
-            ax.set_ylim(lo * 0.95, max(means) * 1.02)
-    fig.subplots_adjust(bottom=0.3, wspace=0.3)
-    fig.savefig(sweep_dir / "endpoints.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    out.append(("Endpoints (val loss, tokens and minutes to target)", "endpoints.png"))
-
-    # weight-norm trends
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in rows:
-        wn = total_weight_norms(rd.read_jsonl(sweep_dir / "runs" / r["run"] / rd.STATS))
-        if wn:
-            ax.plot([t for t, _ in wn], [w for _, w in wn], "-o", ms=3, color=colors[r["point"]], label=r["run"])
-    ax.set_xlabel("tokens")
-    ax.set_ylabel("total matrix weight norm")
-    ax.set_title("Weight-norm trends")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(sweep_dir / "weight_norms.png", dpi=110)
-    plt.close(fig)
-    out.append(("Weight-norm trends", "weight_norms.png"))
-    return out
+def welch_words(w: Welch | None, unit: str = "nats") -> str:
+    """``difference ± s.e. unit (Welch t, df, p)`` or the reason no test was possible."""
+    if w is None:
+        return "fewer than 2 stable seeds in an arm, so the spread is unknown"
+    u = f" {unit}" if unit else ""
+    return f"{w.diff:+.4f} ± {w.se:.4f}{u} (difference ± s.e.; Welch t = {w.t:.2f}, df = {w.df:.1f}, {_p_eq(w.p)})"
 
 
-def write_report(sweep_dir: str | Path) -> Path:
-    """Write ``SWEEP_DIR/RESULTS.md`` and the PNGs from results.csv and the run dirs; returns the md path."""
-    sweep_dir = Path(sweep_dir)
-    csv_path = sweep_dir / "results.csv"
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"{sweep_dir}: no results.csv (run `muonlab sweep` first)")
-    rows = read_results(csv_path)
-    meta: dict[str, Any] = {}
-    if (sweep_dir / "sweep.json").is_file():
-        meta = json.loads((sweep_dir / "sweep.json").read_text())
-    sweep_sec = meta.get("sweep", {}).get("sweep", {})
-    metric = sweep_sec.get("winner_metric", "val_loss")
-    agg = aggregate(rows)
-    winner = pick_winner(agg, metric)
-    plots = _plots(sweep_dir, rows, agg, metric)
-    target = next((r.get("target_loss") for r in rows if r.get("target_loss") is not None), None)
+# -- the answer block ---------------------------------------------------------------------------------------
 
-    lines = [f"# Results: {sweep_sec.get('name', sweep_dir.name)}", ""]
-    lines.append(
-        f"{len(rows)} runs, {len(agg)} configurations. Winner by lowest mean `{metric}` over stable "
-        f"seeds: **{winner or 'none (no stable run)'}**. Target loss: "
-        f"{_fmt(target) if target is not None else 'none'}"
-        + (
-            f" ({json.loads((sweep_dir / 'target.json').read_text()).get('source')})"
-            if (sweep_dir / "target.json").is_file()
-            else ""
-        )
-        + "."
+
+def muon_vs_adamw(arms: list[Arm]) -> list[str]:
+    """The Muon-vs-AdamW sentences: the best Muon arm against the best AdamW arm (val loss, then tokens to
+    target)."""
+    muon = ranked([a for a in arms if a.optimizer == "muon"], "val_loss")
+    adamw = ranked([a for a in arms if a.optimizer == "adamw"], "val_loss")
+    if not muon or not adamw:
+        return []
+    m, a = muon[0], adamw[0]
+    w = welch(m.values("val_loss"), a.values("val_loss"))
+    (mm, _, _), (am, _, _) = m.stat("val_loss"), a.stat("val_loss")
+    assert mm is not None and am is not None
+    if w is None:
+        call = "no winner is named (one seed per arm: the seed spread is unknown)"
+    elif w.decided:
+        call = f"**{'Muon' if mm < am else 'AdamW'} wins** beyond the seed noise"
+    else:
+        call = "**tie within noise**"
+    best_note = f" (the best of {len(muon)} Muon arms)" if len(muon) > 1 else ""
+    text = (
+        f"**Muon vs AdamW.** `{m.label}`{best_note} reaches val loss {mean_pm(m, 'val_loss', True)} against "
+        f"`{a.label}` {mean_pm(a, 'val_loss', True)} (mean ± std over seeds): "
+        f"Muon - AdamW = {welch_words(w)}: {call}."
     )
-    lines += ["", "## Per configuration (mean ± std over stable seeds)", ""]
-    heads = ["config", "seeds (stable/all)", *ENDPOINT_KEYS]
-    lines.append("| " + " | ".join(heads) + " |")
-    lines.append("|" + "---|" * len(heads))
-    for p in sorted(agg, key=lambda p: (p[metric][0] is None, p[metric][0] or 0.0)):
-        name = f"**{p['point']}** (winner)" if p["point"] == winner else p["point"]
-        cells = [name, f"{p['n_stable']}/{p['n_runs']}", *(_pm(*p[k]) for k in ENDPOINT_KEYS)]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Units: losses in nats/token; tokens_to_target_loss in tokens; minutes_to_target_loss in "
-        "training wall-clock minutes; auc_early_loss = mean train loss over the early token window; "
-        "weight_norm_slope in norm units per million tokens.",
-        "",
-    ]
-    lines += ["## Runs", ""]
-    rheads = [
-        "run",
-        "seed",
-        "status",
-        "unstable",
-        "val_loss",
-        "final_smoothed_loss",
-        "tokens_to_target_loss",
-        "minutes_to_target_loss",
-        "elapsed_s",
-    ]
-    lines.append("| " + " | ".join(rheads) + " |")
-    lines.append("|" + "---|" * len(rheads))
-    for r in rows:
-        cells = [
-            str(r["run"]),
-            str(r["seed"]),
-            str(r["status"]),
-            f"yes: {r['abort_reason']}" if r["unstable"] else "no",
-            *(_fmt(r.get(k)) for k in rheads[4:]),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Plots", ""]
-    for title, fname in plots:
-        lines += [f"### {title}", "", f"![{title}]({fname})", ""]
+    return [text, "", *_tokens_ratio(m, a)]
 
-    # reproducibility
-    lines += ["## Reproducibility", ""]
+
+def _tokens_ratio(m: Arm, a: Arm) -> list[str]:
+    key = "tokens_to_target_loss"
+    (mm, ms, mn), (am, as_, an) = m.stat(key), a.stat(key)
+    reached = f"reached by {mn}/{len(m.stable)} Muon and {an}/{len(a.stable)} AdamW seeds"
+    if mm is None or am is None or mm == 0 or am == 0:
+        return [f"Tokens to the target loss: no ratio ({reached})."]
+    ratio = mm / am
+    if mn >= 2 and an >= 2 and ms is not None and as_ is not None:
+        se = ratio_se(mm, ms / math.sqrt(mn), am, as_ / math.sqrt(an))
+        spread = f"{ratio:.3f} ± {se:.3f} (ratio of means ± delta-method s.e.)"
+    else:
+        spread = f"{ratio:.3f} (ratio of means; one seed, no spread)"
+    return [f"Tokens to the target loss, Muon / AdamW: {spread}; {reached}.", ""]
+
+
+def series_sentence(s: Series, metric: str) -> str:
+    """One dose series in words: means at each value, the lowest, monotonicity, and the winner or tie."""
+    key = s.key.split(".")[-1]
+    means = [a.stat(metric)[0] for a in s.arms]
+    vals = " / ".join(_num(a.params[s.key]) for a in s.arms)
+    cells = " / ".join(mean_pm(a, metric, metric in LOSS_KEYS) for a in s.arms)
+    text = f"**{s.key} ({s.fixed}).** {metric} {cells} at {key} {vals}."
+    if any(m is None for m in means):
+        return text + " Some values have no stable seed."
+    ms = [float(m) for m in means if m is not None]
+    ups = [b > a for a, b in itertools.pairwise(ms)]
+    if all(ups):
+        trend = f"{metric} rises monotonically with {key}"
+    elif not any(ups):
+        trend = f"{metric} falls monotonically with {key}"
+    else:
+        trend = f"{metric} is not monotonic in {key}"
+    steps = [welch(a.values(metric), b.values(metric)) for a, b in itertools.pairwise(s.arms)]
+    tested = [w for w in steps if w is not None]
+    if tested:
+        trend += f" (adjacent steps beyond the seed noise: {sum(w.decided for w in tested)} of {len(steps)})"
+    v = verdict(s.arms, metric)
+    assert v is not None
+    lo, hi = s.arms[0], s.arms[-1]
+    ends = welch(hi.values(metric), lo.values(metric))
+    text += f" Lowest at {key} = {_num(v.best.params[s.key])}; {trend}. "
+    unit = "nats" if metric in LOSS_KEYS else ""
+    text += f"{key} {_num(hi.params[s.key])} - {key} {_num(lo.params[s.key])}: {welch_words(ends, unit)}. "
+    if v.winner is not None:
+        return text + f"**Winner: {key} = {_num(v.winner.params[s.key])}** (beats every other value, {RULE})."
+    tie = ", ".join(_num(a.params[s.key]) for a in [v.best, *v.tied])
+    return text + f"**Tie within noise** among {key} = {tie}."
+
+
+def overall_sentence(arms: list[Arm], metric: str) -> str:
+    v = verdict(arms, metric)
+    if v is None:
+        return f"**Overall.** Fewer than two arms have a stable `{metric}`; nothing to compare."
+    if v.winner is not None:
+        return f"**Overall winner by `{metric}`: `{v.winner.label}`**, ahead of every other arm beyond the seed noise."
+    names = ", ".join(f"`{a.label}`" for a in [v.best, *v.tied])
+    return (
+        f"**Overall: tie within noise** by `{metric}` among {names} (lowest mean: `{v.best.label}`; its lead over "
+        f"the others listed is not beyond the seed noise)."
+    )
+
+
+def answer_block(arms: list[Arm], metric: str) -> list[str]:
+    lines = [*muon_vs_adamw(arms)]
+    for s in find_series(arms):
+        lines += [series_sentence(s, metric), ""]
+    lines += [overall_sentence(arms, metric), ""]
+    lines += [
+        f"Decision rule: a lead counts only when it is beyond the seed noise by {RULE}; otherwise the arms "
+        "tie within noise. Means ± sample std (ddof 1) over stable seeds; differences ± their standard error "
+        "sqrt(s_a²/n_a + s_b²/n_b). No correction for multiple comparisons.",
+        "",
+    ]
+    return lines
+
+
+# -- tables ---------------------------------------------------------------------------------------------------
+
+
+def arm_table(arms: list[Arm], metric: str) -> list[str]:
+    cols = list(dict.fromkeys(k for a in arms for k in a.params))
+    heads = ["arm", *cols, "seeds (stable/all)", *(ENDPOINT_HEADS[k] for k in ENDPOINT_KEYS)]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for a in ranked(arms, metric) + [a for a in arms if not a.stat(metric)[2]]:
+        cells = [f"`{a.label}`", *(_num(a.params.get(k)) for k in cols), f"{len(a.stable)}/{len(a.runs)}"]
+        cells += [mean_pm(a, k, k in LOSS_KEYS) for k in ENDPOINT_KEYS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def comparison_table(arms: list[Arm], metric: str) -> list[str]:
+    v = verdict(arms, metric)
+    if v is None:
+        return []
+    lines = [
+        f"Each arm against the best by mean `{metric}` (`{v.best.label}`); difference = other - best.",
+        "",
+        f"| arm | difference ± s.e.{' (nats)' if metric in LOSS_KEYS else ''} | Welch t | df | p | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for a, w in v.tests:
+        if w is None:
+            d = (a.stat(metric)[0] or 0.0) - (v.best.stat(metric)[0] or 0.0)
+            lines.append(f"| `{a.label}` | {d:+.4f} | - | - | - | no spread (n < 2): undecided |")
+            continue
+        call = "best is ahead beyond noise" if w.decided else "tie within noise"
+        lines.append(f"| `{a.label}` | {-w.diff:+.4f} ± {w.se:.4f} | {-w.t:.2f} | {w.df:.1f} | {_p(w.p)} | {call} |")
+    return lines
+
+
+def runs_table(rows: list[dict[str, Any]], arms: list[Arm]) -> list[str]:
+    label = {r["run"]: a.label for a in arms for r in a.runs}
+    heads = ["run", "arm", "seed", "status", "unstable", "val_loss", "final_smoothed_loss"]
+    heads += ["tokens_to_target_loss", "minutes_to_target_loss", "elapsed_s"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for r in rows:
+        cells = [str(r["run"]), f"`{label[r['run']]}`", str(r["seed"]), str(r["status"])]
+        cells.append(f"yes: {r.get('abort_reason')}" if r.get("unstable") else "no")
+        cells += [fmt_loss(r.get("val_loss")), fmt_loss(r.get("final_smoothed_loss"))]
+        cells += [fmt(r.get(k)) for k in heads[7:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def reproducibility(sweep_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
     first_cfg: dict[str, Any] = {}
     for r in rows:
         try:
@@ -304,12 +382,9 @@ def write_report(sweep_dir: str | Path) -> Path:
     git = meta.get("git") or first_cfg.get("git") or {}
     vers = meta.get("versions") or first_cfg.get("versions") or {}
     data = first_cfg.get("data", {})
-    lines.append("```")
-    for c in meta.get("commands", []) or [f"muonlab sweep <config> --out {sweep_dir}"]:
-        lines.append(c)
-    lines.append(f"muonlab report {sweep_dir}")
-    lines.append("```")
-    lines.append("")
+    lines = ["## Reproducibility", "", "```"]
+    lines += list(meta.get("commands") or [f"muonlab sweep <config> --out {sweep_dir}"])
+    lines += [f"muonlab report {sweep_dir}", "```", ""]
     lines.append(f"- sweep config sha256: `{meta.get('sweep_sha256', 'n/a')}`")
     lines.append(f"- git commit: `{git.get('commit')}`" + (" (dirty working tree)" if git.get("dirty") else ""))
     lines.append(
@@ -326,9 +401,73 @@ def write_report(sweep_dir: str | Path) -> Path:
         )
     lines.append(f"- token cache key: `{data.get('key')}`; device: {first_cfg.get('device')}")
     lines += ["", "| run | config sha256 |", "|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['run']} | `{r['config_sha256']}` |")
-    lines.append("")
+    lines += [f"| {r['run']} | `{r['config_sha256']}` |" for r in rows]
+    return [*lines, ""]
+
+
+# -- the report ---------------------------------------------------------------------------------------------
+
+
+def _target_note(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
+    target = next((r.get("target_loss") for r in rows if r.get("target_loss") is not None), None)
+    if target is None:
+        return "Target loss: none."
+    path = sweep_dir / "target.json"
+    source = json.loads(path.read_text()).get("source") if path.is_file() else None
+    return f"Target loss (for tokens/minutes to target): {target:.4f} {LOSS_UNIT}" + (
+        f" ({source})." if source else "."
+    )
+
+
+def write_report(sweep_dir: str | Path) -> Path:
+    """Write ``SWEEP_DIR/RESULTS.md`` and the PNGs from results.csv and the run dirs; returns the md path."""
+    from .plots import make_plots
+
+    sweep_dir = Path(sweep_dir)
+    csv_path = sweep_dir / "results.csv"
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{sweep_dir}: no results.csv (run `muonlab sweep` first)")
+    rows = read_results(csv_path)
+    meta: dict[str, Any] = {}
+    if (sweep_dir / "sweep.json").is_file():
+        meta = json.loads((sweep_dir / "sweep.json").read_text())
+    sweep_sec = meta.get("sweep", {}).get("sweep", {})
+    metric = str(sweep_sec.get("winner_metric", "val_loss"))
+    arms = build_arms(rows)
+    unstable = sum(1 for r in rows if r.get("unstable"))
+    plots = make_plots(sweep_dir, arms, find_series(arms), metric)
+
+    lines = [f"# Results: {sweep_sec.get('name', sweep_dir.name)}", ""]
+    lines += answer_block(arms, metric)
+    lines += [
+        f"{len(rows)} runs ({unstable} unstable, excluded), {len(arms)} arms; config columns: "
+        + ", ".join(f"`{c}`" for c in config_columns(rows))
+        + ". "
+        + _target_note(sweep_dir, rows),
+        "",
+        "## Per arm (mean ± std over stable seeds, n)",
+        "",
+        *arm_table(arms, metric),
+        "",
+        "Losses in nats/token (natural log); tokens to target in training tokens; minutes to target in "
+        "training wall-clock minutes, which depend on the machine and its load (compare them only within one "
+        "sweep on one idle machine); early mean train loss = mean train loss over the first `auc_fraction` of "
+        "the budget; weight-norm slope in norm units per million tokens.",
+        "",
+        "## Comparisons",
+        "",
+        *comparison_table(arms, metric),
+        "",
+        "## Runs",
+        "",
+        *runs_table(rows, arms),
+        "",
+        "## Plots",
+        "",
+    ]
+    for title, fname in plots:
+        lines += [f"### {title}", "", f"![{title}]({fname})", ""]
+    lines += reproducibility(sweep_dir, rows, meta)
     out = sweep_dir / "RESULTS.md"
     rd.atomic_write_text(out, "\n".join(lines))
     return out

@@ -14,29 +14,22 @@
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
-import math
 import re
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import rundir as rd
-from .config import ConfigError, RunConfig, SweepConfig, apply_overrides, validate_run
+from .config import ConfigError, Phase, RunConfig, SweepConfig, apply_overrides, validate_run
 from .endpoints import mean_std
+from .progress import SweepProgress
+from .report import write_report
+from .results import CONFIG_KEYS, ENDPOINT_KEYS, FINISHED, read_results, write_results
 
-ENDPOINT_KEYS = (
-    "val_loss",
-    "final_smoothed_loss",
-    "tokens_to_target_loss",
-    "minutes_to_target_loss",
-    "auc_early_loss",
-    "weight_norm_slope",
-)
-FINISHED = ("complete", "aborted")
+__all__ = ["FINISHED", "read_results", "run_sweep", "write_results"]
 
 
 @dataclass
@@ -91,24 +84,31 @@ def is_finished(run_dir: Path) -> bool:
     return s is not None and s.get("status") in FINISHED
 
 
-def run_one(spec: RunSpec, run_dir: Path, *, data_dir: Path | None, progress: bool, log: Any = print) -> dict[str, Any]:
+def run_one(
+    spec: RunSpec, run_dir: Path, *, data_dir: Path | None, progress: bool, tracker: SweepProgress
+) -> dict[str, Any]:
+    """Train (or resume) one run unless an earlier invocation finished it; returns its metrics.json summary."""
     from .train import train
 
     if is_finished(run_dir):
-        log(f"[sweep] {spec.name}: finished, skipped")
         summary = rd.read_summary(run_dir)
         assert summary is not None
+        tracker.skip(spec.name, f"finished by an earlier invocation ({summary.get('status')}), skipped")
         return summary
     resume = rd.latest_checkpoint(run_dir) is not None
     force = rd.is_nonempty(run_dir) and not resume
-    log(f"[sweep] {spec.name}: {'resuming' if resume else 'training'}")
-    t0 = time.perf_counter()
+    tracker.start(spec.name, "resuming from its last checkpoint" if resume else "training")
     summary = train(spec.config, run_dir, data_dir=data_dir, resume=resume, force=force, progress=progress)
-    log(
-        f"[sweep] {spec.name}: {summary['status']} in {time.perf_counter() - t0:.1f}s, "
-        f"val_loss {summary.get('val_loss')}, smoothed {summary.get('final_smoothed_loss')}"
+    tracker.finish(
+        spec.name,
+        f"{summary['status']}, val_loss {_loss(summary.get('val_loss'))}, "
+        f"smoothed train loss {_loss(summary.get('final_smoothed_loss'))}",
     )
     return summary
+
+
+def _loss(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else str(v)
 
 
 def _rank_points(rows: list[dict[str, Any]], points: list[Point], metric: str) -> list[Point]:
@@ -142,14 +142,28 @@ def _run_sweep_locked(
     progress: bool = True,
     force: bool = False,
     command: str | None = None,
-    log: Any = print,
+    log: Callable[[str], Any] = print,
 ) -> Path:
     """Run (or resume) the sweep into ``sweep_dir``; writes results.csv and RESULTS.md; returns results.csv."""
-    from .report import write_report
-    from .train import summarize
-
     sweep_dir = Path(sweep_dir)
-    data_dir = Path(data_dir) if data_dir is not None else None
+    data = Path(data_dir) if data_dir is not None else None
+    _write_meta(sweep, sweep_dir, force=force, command=command)
+    points = expand_points(sweep)
+    phases = sweep.sweep.phases
+    tracker = SweepProgress(len(planned_runs(points, phases)), log=log, bar=progress)
+    done: dict[str, dict[str, Any]] = {}
+    try:
+        target = _freeze_target(sweep, sweep_dir, points, data, progress, tracker, done)
+        tracker.log(f"target loss: {target}")
+        csv_path = _run_phases(sweep, sweep_dir, points, target, data, progress, tracker, done)
+    finally:
+        tracker.close()
+    write_report(sweep_dir)
+    return csv_path
+
+
+def _write_meta(sweep: SweepConfig, sweep_dir: Path, *, force: bool, command: str | None) -> None:
+    """Refuse a sweep dir holding another sweep (or other files) unless ``force``; write sweep.json."""
     sha = sweep.sha256()
     meta_path = sweep_dir / "sweep.json"
     if meta_path.is_file():
@@ -178,87 +192,139 @@ def _run_sweep_locked(
         },
     )
 
-    points = expand_points(sweep)
-    phases = sweep.sweep.phases
 
-    # -- frozen target ---------------------------------------------------------------------------------
+def _freeze_target(
+    sweep: SweepConfig,
+    sweep_dir: Path,
+    points: list[Point],
+    data_dir: Path | None,
+    progress: bool,
+    tracker: SweepProgress,
+    done: dict[str, dict[str, Any]],
+) -> float | None:
+    """``sweep.target_loss``, else the stored target.json, else the pilot run's final smoothed loss x factor."""
     target_path = sweep_dir / "target.json"
-    target: float | None
     if sweep.sweep.target_loss is not None:
-        target = sweep.sweep.target_loss
-        rd.atomic_write_json(target_path, {"target_loss": target, "source": "sweep.target_loss"})
-    elif target_path.is_file():
-        target = json.loads(target_path.read_text())["target_loss"]
-    elif sweep.sweep.pilot is not None:
-        pilot_point = next(p for p in points if p.variant == sweep.sweep.pilot)
-        spec = make_run(sweep, pilot_point, phases[0].seeds[0])
-        log(f"[sweep] pilot run {spec.name} sets the target loss")
-        summary = run_one(spec, sweep_dir / "runs" / spec.name, data_dir=data_dir, progress=progress, log=log)
-        final = summary.get("final_smoothed_loss")
-        if summary.get("unstable") or final is None:
-            raise RuntimeError(f"pilot run {spec.name} is unstable ({summary.get('abort_reason')}); no target")
-        target = float(final) * sweep.sweep.target_factor
-        rd.atomic_write_json(
-            target_path,
-            {
-                "target_loss": target,
-                "source": f"pilot {spec.name}",
-                "pilot_final_smoothed_loss": final,
-                "factor": sweep.sweep.target_factor,
-            },
-        )
-    else:
-        target = None
-    log(f"[sweep] target loss: {target}")
+        rd.atomic_write_json(target_path, {"target_loss": sweep.sweep.target_loss, "source": "sweep.target_loss"})
+        return sweep.sweep.target_loss
+    if target_path.is_file():
+        return float(json.loads(target_path.read_text())["target_loss"])
+    if sweep.sweep.pilot is None:
+        return None
+    pilot_point = next(p for p in points if p.variant == sweep.sweep.pilot)
+    spec = make_run(sweep, pilot_point, sweep.sweep.phases[0].seeds[0])
+    tracker.log(f"pilot run {spec.name} sets the target loss")
+    summary = run_one(spec, sweep_dir / "runs" / spec.name, data_dir=data_dir, progress=progress, tracker=tracker)
+    done[spec.name] = summary
+    final = summary.get("final_smoothed_loss")
+    if summary.get("unstable") or final is None:
+        raise RuntimeError(f"pilot run {spec.name} is unstable ({summary.get('abort_reason')}); no target")
+    target = float(final) * sweep.sweep.target_factor
+    rd.atomic_write_json(
+        target_path,
+        {
+            "target_loss": target,
+            "source": f"pilot {spec.name}",
+            "pilot_final_smoothed_loss": final,
+            "factor": sweep.sweep.target_factor,
+        },
+    )
+    return target
 
+
+def _run_phases(
+    sweep: SweepConfig,
+    sweep_dir: Path,
+    points: list[Point],
+    target: float | None,
+    data_dir: Path | None,
+    progress: bool,
+    tracker: SweepProgress,
+    done: dict[str, dict[str, Any]],
+) -> Path:
+    """Every phase's runs in order (a run met before in this invocation is not run or logged again)."""
+    from .train import summarize
+
+    phases = sweep.sweep.phases
+    keys = config_keys(points)
     rows: dict[str, dict[str, Any]] = {}
     csv_path = sweep_dir / "results.csv"
     current = points
+    chosen: dict[int, list[Point]] = {}
     for i, phase in enumerate(phases):
         if i > 0 and phase.top_k is not None:
             prev = [r for r in rows.values() if phases[i - 1].name in r["phases"].split("+")]
-            current = _rank_points(prev, current, phase.metric)[: phase.top_k]
-            log(f"[sweep] phase {phase.name}: top {phase.top_k} by {phase.metric}: {[p.name for p in current]}")
+            current = chosen[i] = _rank_points(prev, current, phase.metric)[: phase.top_k]
+            tracker.set_total(len(planned_runs(points, phases, chosen)))
+            tracker.log(f"phase {phase.name}: top {phase.top_k} by {phase.metric}: {[p.name for p in current]}")
         for point in current:
             for seed in phase.seeds:
                 spec = make_run(sweep, point, seed)
-                run_dir = sweep_dir / "runs" / spec.name
-                summary = run_one(spec, run_dir, data_dir=data_dir, progress=progress, log=log)
-                cfg = spec.config
-                total_tokens = summary["total_steps"] * rd.read_config(run_dir)["tokens_per_step"]
-                ends = summarize(
-                    run_dir, target=target, auc_fraction=cfg.endpoints.auc_fraction, total_tokens=total_tokens
-                )
                 if spec.name in rows:
                     row = rows[spec.name]
                     if phase.name not in row["phases"].split("+"):
                         row["phases"] += "+" + phase.name
                     continue
-                row = {
-                    "run": spec.name,
-                    "point": point.name,
-                    "variant": point.variant,
-                    "phases": phase.name,
-                    "seed": seed,
-                    **{k: point.params.get(k) for k in all_param_keys(points)},
-                    "status": summary["status"],
-                    "unstable": bool(summary["unstable"]),
-                    "abort_reason": summary.get("abort_reason") or "",
-                    **{k: ends.get(k) for k in ENDPOINT_KEYS},
-                    "target_loss": target,
-                    "steps": summary["steps"],
-                    "tokens": summary["tokens"],
-                    "elapsed_s": summary["elapsed_s"],
-                    "config_sha256": summary["config_sha256"],
-                }
-                rows[spec.name] = row
+                run_dir = sweep_dir / "runs" / spec.name
+                if spec.name not in done:
+                    done[spec.name] = run_one(spec, run_dir, data_dir=data_dir, progress=progress, tracker=tracker)
+                summary = done[spec.name]
+                total_tokens = summary["total_steps"] * rd.read_config(run_dir)["tokens_per_step"]
+                ends = summarize(
+                    run_dir, target=target, auc_fraction=spec.config.endpoints.auc_fraction, total_tokens=total_tokens
+                )
+                rows[spec.name] = result_row(spec, phase.name, keys, summary, ends, target)
                 write_results(csv_path, list(rows.values()))
     write_results(csv_path, list(rows.values()))
-    write_report(sweep_dir)
     return csv_path
 
 
+def result_row(
+    spec: RunSpec,
+    phase: str,
+    keys: list[str],
+    summary: dict[str, Any],
+    ends: dict[str, Any],
+    target: float | None,
+) -> dict[str, Any]:
+    """One results.csv row (harness/results.py): the config columns hold the run's resolved values."""
+    return {
+        "run": spec.name,
+        "point": spec.point.name,
+        "variant": spec.point.variant,
+        "phases": phase,
+        "seed": spec.seed,
+        **{k: config_value(spec.config, k) for k in keys},
+        "status": summary["status"],
+        "unstable": bool(summary["unstable"]),
+        "abort_reason": summary.get("abort_reason") or "",
+        **{k: ends.get(k) for k in ENDPOINT_KEYS},
+        "target_loss": target,
+        "steps": summary["steps"],
+        "tokens": summary["tokens"],
+        "elapsed_s": summary["elapsed_s"],
+        "config_sha256": summary["config_sha256"],
+    }
+
+
+def planned_runs(points: list[Point], phases: list[Phase], chosen: dict[int, list[Point]] | None = None) -> list[str]:
+    """The names of the runs the sweep will visit, in order, each once. A top-k phase not resolved yet (not in
+    ``chosen``, phase index -> its points) stands in with the first k points of the previous phase, so the
+    count is exact once every top-k phase is resolved."""
+    chosen = chosen or {}
+    names: dict[str, None] = {}
+    current = points
+    for i, phase in enumerate(phases):
+        if i > 0 and phase.top_k is not None:
+            current = chosen.get(i, current[: phase.top_k])
+        for p in current:
+            for seed in phase.seeds:
+                names.setdefault(f"{p.name}_s{seed}", None)
+    return list(names)
+
+
 def all_param_keys(points: list[Point]) -> list[str]:
+    """Every dotted key some point sets, in first-seen order."""
     keys: list[str] = []
     for p in points:
         for k in p.params:
@@ -267,42 +333,30 @@ def all_param_keys(points: list[Point]) -> list[str]:
     return keys
 
 
-def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    cols: list[str] = []
-    for r in rows:
-        for k in r:
-            if k not in cols:
-                cols.append(k)
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
-    rd.atomic_write_text(path, buf.getvalue())
+def config_keys(points: list[Point]) -> list[str]:
+    """The config columns of results.csv: `results.CONFIG_KEYS`, then every other swept key."""
+    return [*CONFIG_KEYS, *(k for k in all_param_keys(points) if k not in CONFIG_KEYS)]
 
 
-def read_results(path: Path) -> list[dict[str, Any]]:
-    """results.csv rows with numbers parsed (empty cells -> None, unstable -> bool)."""
-    out = []
-    with Path(path).open() as f:
-        for r in csv.DictReader(f):
-            row: dict[str, Any] = {}
-            for k, v in r.items():
-                if v == "":
-                    row[k] = None
-                elif k == "unstable":
-                    row[k] = v == "True"
-                else:
-                    try:
-                        num = float(v)
-                        row[k] = int(num) if num.is_integer() and k in ("seed", "steps", "tokens") else num
-                        if not math.isfinite(num):
-                            row[k] = num
-                    except ValueError:
-                        row[k] = v
-            out.append(row)
-    return out
+def config_value(cfg: RunConfig, key: str) -> Any:
+    """The run's resolved value of the dotted config ``key``: the config's own value, else the default the
+    trainer uses (Muon's lr and weight decay from its preset, AdamW's decay 0, a model field from
+    ``model.base``); None for a key the config does not have or leaves unset."""
+    node: Any = cfg.model_dump(mode="json")
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    if node is not None:
+        return node
+    opt = cfg.optimizer
+    if key == "optimizer.lr" and opt.name == "muon":
+        return float(opt.muon_spec().lr)
+    if key == "optimizer.weight_decay":
+        return float(opt.muon_spec().weight_decay) if opt.name == "muon" else 0.0
+    if key.startswith("model."):
+        from .model import MODEL_CONFIGS
+
+        base = MODEL_CONFIGS.get(cfg.model.base)
+        return getattr(base, key.split(".", 1)[1], None) if base is not None else None
+    return None

@@ -11,8 +11,9 @@ import pytest
 
 from muonlab.harness.cli import main
 from muonlab.harness.config import validate_sweep
-from muonlab.harness.report import aggregate, pick_winner
-from muonlab.harness.sweep import expand_points, read_results, run_sweep
+from muonlab.harness.report import build_arms, ranked
+from muonlab.harness.results import read_results
+from muonlab.harness.sweep import expand_points, run_sweep
 
 
 def _sweep_dict(micro: Any, text_file: Path, cache: Path) -> dict[str, Any]:
@@ -60,18 +61,32 @@ def test_micro_sweep_end_to_end(tmp_path: Path, text_file: Path, data_dir: Path,
         assert float(r["val_loss"]) > 0
     adamw = next(r for r in rows if r["run"] == "adamw_s0")
     assert adamw["tokens_to_target_loss"] != ""  # the pilot reaches 1.05x its own final loss
+    # every config column is filled, Muon rows included (resolved lr and decay of the Keller preset)
+    muon = next(r for r in rows if r["run"] == "muon_s0")
+    assert (muon["optimizer.name"], float(muon["optimizer.lr"]), float(muon["optimizer.weight_decay"])) == (
+        "muon",
+        0.02,
+        0.0,
+    )
+    assert (adamw["optimizer.name"], float(adamw["optimizer.lr"])) == ("adamw", 0.003)
     md = (out / "RESULTS.md").read_text()
-    for name in ("adamw_s0", "muon_s0", "(winner)", "Reproducibility", "muonlab sweep micro.toml", sweep.sha256()):
+    for name in ("adamw_s0", "muon_s0", "Reproducibility", "muonlab sweep micro.toml", sweep.sha256()):
         assert name in md
+    # one seed per arm: the answer block names no winner and says why
+    head = md.split("## Per arm")[0]
+    assert "**Muon vs AdamW.**" in head and "no winner is named (one seed per arm" in head
+    assert "**Overall: tie within noise**" in head and "Welch's t-test" in head
+    assert "(n=1, no spread)" in md and "(winner)" not in md
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert {"loss_vs_tokens.png", "endpoints.png", "weight_norms.png"} <= set(pngs)
     for p in out.glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
-    # the winner has the lowest val loss among stable configs
-    agg = aggregate(read_results(csv_path))
-    best = min(agg, key=lambda p: p["val_loss"][0])
-    assert pick_winner(agg, "val_loss") == best["point"]
-    assert f"**{best['point']}** (winner)" in md
+    arms = build_arms(read_results(csv_path))
+    assert ranked(arms, "val_loss")[0].label == min(rows, key=lambda r: float(r["val_loss"]))["point"]
+    # progress: the sweep as a whole, the pilot logged once
+    assert any(line.startswith("[sweep] run 1/2 adamw_s0: training") for line in logs)
+    assert any(line.startswith("[sweep] run 2/2 muon_s0: complete") and "ETA 0s" in line for line in logs)
+    assert not any("skipped" in line for line in logs)
 
     # resuming the finished sweep trains nothing; report can be re-run from the CLI
     logs.clear()
@@ -81,16 +96,16 @@ def test_micro_sweep_end_to_end(tmp_path: Path, text_file: Path, data_dir: Path,
     assert main(["report", str(out)]) == 0 and (out / "RESULTS.md").is_file()
 
 
-def test_unstable_runs_are_excluded_from_winner() -> None:
+def test_unstable_runs_are_excluded_from_means() -> None:
     rows = [
         {"run": "a_s0", "point": "a", "variant": "a", "seed": 0, "unstable": True, "val_loss": 1.0},
         {"run": "b_s0", "point": "b", "variant": "b", "seed": 0, "unstable": False, "val_loss": 3.0},
         {"run": "b_s1", "point": "b", "variant": "b", "seed": 1, "unstable": False, "val_loss": 4.0},
     ]
-    agg = aggregate(rows)
-    assert pick_winner(agg, "val_loss") == "b"
-    b = next(p for p in agg if p["point"] == "b")
-    assert b["val_loss"][0] == pytest.approx(3.5) and b["val_loss"][2] == 2
+    arms = build_arms(rows)
+    assert [a.point for a in ranked(arms, "val_loss")] == ["b"]
+    b = next(a for a in arms if a.point == "b")
+    assert b.stat("val_loss")[0] == pytest.approx(3.5) and b.stat("val_loss")[2] == 2
 
 
 def test_phases_pick_top_k(tmp_path: Path) -> None:
@@ -114,6 +129,15 @@ def test_phases_pick_top_k(tmp_path: Path) -> None:
     assert [p.name for p in _rank_points(rows, points, "val_loss")] == [
         "base_weight_decay=0.2",
         "base_weight_decay=0.0",
+    ]
+    # the run count of the progress line: 3 points x seed 0, then the top 2 with seeds 0 (shared) and 1
+    from muonlab.harness.sweep import planned_runs
+
+    assert len(planned_runs(points, sweep.sweep.phases)) == 5
+    chosen = {1: [points[2], points[0]]}
+    assert planned_runs(points, sweep.sweep.phases, chosen)[3:] == [
+        "base_weight_decay=0.2_s1",
+        "base_weight_decay=0.0_s1",
     ]
 
 

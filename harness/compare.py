@@ -1,0 +1,142 @@
+"""Is one arm better than another beyond the seed noise? Welch's unequal-variance t-test.
+
+For arms ``a`` and ``b`` with ``n_a, n_b >= 2`` seeds, means ``m``, sample variances ``s^2`` (ddof 1):
+
+* difference ``d = m_a - m_b``, standard error ``se = sqrt(s_a^2/n_a + s_b^2/n_b)``, ``t = d / se``;
+* Welch-Satterthwaite degrees of freedom
+  ``df = se^4 / ((s_a^2/n_a)^2/(n_a-1) + (s_b^2/n_b)^2/(n_b-1))`` (Welch 1947, Biometrika 34, eq. 9);
+* two-sided ``p = P(|T_df| >= |t|) = I_{df/(df+t^2)}(df/2, 1/2)``, the regularized incomplete beta function
+  (Abramowitz & Stegun 26.7.1), evaluated by its continued fraction (Numerical Recipes 3rd ed., 6.4).
+
+The rule of the reports: a lead is *decided* when ``p < ALPHA`` (0.05, two-sided). With fewer than 2 seeds in
+either arm there is no spread to judge by and nothing is decided.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+ALPHA = 0.05
+"""Two-sided significance level at which a lead counts as beyond the seed noise."""
+
+RULE = "Welch's t-test, two-sided p < 0.05, over the stable seeds (n >= 2 per arm)"
+"""The decision rule in words, as the reports state it."""
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz; Numerical Recipes 6.4)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c = 1.0
+    d = 1.0 - qab * x / qap
+    d = tiny if abs(d) < tiny else d
+    d = 1.0 / d
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = tiny if abs(d) < tiny else d
+        c = 1.0 + aa / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = tiny if abs(d) < tiny else d
+        c = 1.0 + aa / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            return h
+    raise ArithmeticError(f"incomplete beta: continued fraction did not converge (a={a}, b={b}, x={x})")
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta ``I_x(a, b)`` for ``a, b > 0``, ``0 <= x <= 1`` (A&S 26.5.1)."""
+    if a <= 0 or b <= 0:
+        raise ValueError(f"a, b: must be positive, got a={a!r}, b={b!r}")
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(f"x: must lie in [0, 1], got {x!r}")
+    if x in (0.0, 1.0):
+        return x
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    front = math.exp(log_front)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_two_sided_p(t: float, df: float) -> float:
+    """``P(|T| >= |t|)`` for Student's t with ``df > 0`` degrees of freedom (A&S 26.7.1)."""
+    if not df > 0:
+        raise ValueError(f"df: must be positive, got {df!r}")
+    if math.isinf(t):
+        return 0.0
+    if math.isnan(t):
+        raise ValueError("t: is NaN")
+    return betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
+@dataclass(frozen=True)
+class Welch:
+    """Welch's t-test of ``mean(a) - mean(b)`` (module docstring)."""
+
+    diff: float
+    se: float
+    t: float
+    df: float
+    p: float
+    n_a: int
+    n_b: int
+
+    @property
+    def decided(self) -> bool:
+        """Whether the difference is beyond the seed noise (``p < ALPHA``)."""
+        return self.p < ALPHA
+
+
+def _clean(values: Sequence[float | None], name: str) -> list[float]:
+    out = []
+    for v in values:
+        if v is None:
+            continue
+        f = float(v)
+        if not math.isfinite(f):
+            raise ValueError(f"{name}: non-finite value {v!r}")
+        out.append(f)
+    return out
+
+
+def welch(a: Sequence[float | None], b: Sequence[float | None]) -> Welch | None:
+    """Welch's t-test of arm ``a`` against arm ``b`` (missing values dropped); ``None`` when either arm has
+    fewer than 2 values. Zero spread in both arms: ``p = 0`` for a nonzero difference, 1 for none."""
+    xa, xb = _clean(a, "a"), _clean(b, "b")
+    na, nb = len(xa), len(xb)
+    if na < 2 or nb < 2:
+        return None
+    ma, mb = sum(xa) / na, sum(xb) / nb
+    va = sum((x - ma) ** 2 for x in xa) / (na - 1)
+    vb = sum((x - mb) ** 2 for x in xb) / (nb - 1)
+    qa, qb = va / na, vb / nb
+    se = math.sqrt(qa + qb)
+    diff = ma - mb
+    if se == 0.0:
+        t0 = math.copysign(math.inf, diff) if diff else 0.0
+        return Welch(diff, 0.0, t0, float(na + nb - 2), 0.0 if diff else 1.0, na, nb)
+    df = (qa + qb) ** 2 / (qa**2 / (na - 1) + qb**2 / (nb - 1))
+    t = diff / se
+    return Welch(diff, se, t, df, t_two_sided_p(t, df), na, nb)
+
+
+def ratio_se(mean_a: float, se_a: float, mean_b: float, se_b: float) -> float:
+    """Standard error of ``mean_a / mean_b`` by the delta method (independent arms):
+    ``|r| sqrt((se_a/mean_a)^2 + (se_b/mean_b)^2)``."""
+    if mean_a == 0 or mean_b == 0:
+        raise ValueError("mean_a, mean_b: must be nonzero for a ratio's relative error")
+    r = mean_a / mean_b
+    return abs(r) * math.hypot(se_a / mean_a, se_b / mean_b)

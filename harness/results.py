@@ -1,0 +1,104 @@
+"""results.csv: the names `sweep` writes and `report` reads (docs/harness.md "Sweeps", "Reports").
+
+One row per run: ``run, point, variant, phases, seed``, the config columns (every swept dotted key plus
+`CONFIG_KEYS`, each filled with the run's resolved value), ``status, unstable, abort_reason``, the
+endpoints (`ENDPOINT_KEYS`), ``target_loss, steps, tokens, elapsed_s, config_sha256``. Shared by both so that
+neither imports the other's internals.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from . import rundir as rd
+
+ENDPOINT_KEYS: tuple[str, ...] = (
+    "val_loss",
+    "final_smoothed_loss",
+    "tokens_to_target_loss",
+    "minutes_to_target_loss",
+    "auc_early_loss",
+    "weight_norm_slope",
+)
+"""Per-run endpoints in results.csv (docs/harness.md "Endpoints")."""
+
+FINISHED: tuple[str, ...] = ("complete", "aborted")
+"""metrics.json statuses of a run a sweep does not train again."""
+
+CONFIG_KEYS: tuple[str, ...] = ("optimizer.name", "optimizer.lr", "optimizer.weight_decay")
+"""Config columns every results.csv carries, swept or not, so that each row names its optimizer arm."""
+
+RUN_COLS: frozenset[str] = frozenset(
+    {
+        "run",
+        "point",
+        "variant",
+        "phases",
+        "seed",
+        "status",
+        "unstable",
+        "abort_reason",
+        "target_loss",
+        "steps",
+        "tokens",
+        "elapsed_s",
+        "config_sha256",
+        *ENDPOINT_KEYS,
+    }
+)
+"""The columns that are not config values (every other column is a dotted config key)."""
+
+_INT_COLS = ("seed", "steps", "tokens")
+
+
+def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` to ``path`` atomically; columns in first-seen order, ``None`` as an empty cell."""
+    if not rows:
+        return
+    cols: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+    rd.atomic_write_text(Path(path), buf.getvalue())
+
+
+def parse_cell(key: str, text: str) -> Any:
+    """One results.csv cell: empty -> None, ``unstable`` -> bool, numbers -> float (int for seed/steps/tokens),
+    anything else the string."""
+    if text == "":
+        return None
+    if key == "unstable":
+        return text == "True"
+    try:
+        num = float(text)
+    except ValueError:
+        return text
+    if key in _INT_COLS and math.isfinite(num) and num.is_integer():
+        return int(num)
+    return num
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """results.csv rows with every cell parsed by `parse_cell`."""
+    with Path(path).open(newline="") as f:
+        return [{k: parse_cell(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def config_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The config (dotted-key) columns of ``rows``, in first-seen order."""
+    cols: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in RUN_COLS and k not in cols:
+                cols.append(k)
+    return cols
