@@ -1,4 +1,4 @@
-"""One training run: config -> run directory (docs/harness.md "Training runs").
+"""One training run: config -> run directory (docs/harness.md "Commands", "Run directory").
 
 `train` takes the run dir's lock (harness/lock.py), checks the dir, builds everything (`build_run`: data,
 seeded model, optimizer, schedule, abort monitor, statistics), then either starts a fresh run dir

@@ -48,7 +48,7 @@ def decay_lr(lr: float, lr_update: float, spec: MuonSpec) -> float:
 
 
 def decoupled_decay(weight: Array, update: Array, lr: float, lr_update: float, spec: MuonSpec) -> Array:
-    """``W - eta_d lambda mask (.) W`` (stage 6 of `muonlab.contract.spec`), a new array."""
+    """``W - eta_d lambda mask (.) W`` (stage 6 of docs/variants.md, "The step, stage by stage"), a new array."""
     w = np.asarray(weight, dtype=np.float64)
     if spec.weight_decay == 0.0:
         return w.copy()

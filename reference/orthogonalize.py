@@ -1,4 +1,4 @@
-"""The orthogonalization operator ``Orth(X; C, s, eps)`` (docs/variants.md, "The orthogonalization operator").
+"""The orthogonalization operator ``Orth(X; C, s, eps)`` (docs/variants.md, "Orthogonalization").
 
 Pure NumPy, float64. One matrix ``X`` of shape ``[m, n]`` is processed as in KellerJordan/Muon
 ``zeropower_via_newtonschulz5`` (variants.md section 0.2):

@@ -1,16 +1,9 @@
 """One optimizer step, as pure functions: `muon_step`, `adamw_step` and `step` over parameter lists.
 
-`muon_step` follows exactly the order in `muonlab.contract.spec` (stages 1-8):
-
-1. coupled decay ``G <- G + lambda W`` (``decay_placement`` ``"update"``/``"both"``);
-2. momentum (`muonlab.reference.momentum`), giving ``N``;
-3. ``O = Orth(N)`` on the ``nd_mode`` matrix view (`muonlab.reference.orthogonalize`);
-4. NorMuon ``O <- normalize(O, S)`` (`muonlab.reference.normuon`);
-5. ``eta_u = eta * shape_scale(m, n)`` (`muonlab.contract.scaling`);
-6. decoupled decay ``W <- W - eta_d lambda mask (.) W`` on the pre-update ``W`` (``"param"``/``"both"``;
-   `muonlab.reference.decay`);
-7. ``W <- W - eta_u O``;
-8. or, with a ``sphere``, the step ``D = -eta_u O`` taken on the sphere (`muonlab.reference.sphere`).
+`muon_step` runs stages 1-8 of docs/variants.md, "The step, stage by stage", in that order; `muon_update`
+stops after stage 4 and returns the direction ``O``. Each stage is a function of its sibling module (stage
+1 and 6 `muonlab.reference.decay`, 2 `.momentum`, 3 `.orthogonalize`, 4 `.normuon`, 5
+`muonlab.contract.scaling`, 8 `.sphere`).
 
 Policies (docs/variants.md, "Decisions"): everything is float64 and nothing passed in is mutated (results
 are new arrays, states are new frozen records); a ``None`` gradient skips its parameter (weights and state

@@ -123,6 +123,83 @@ def test_pages_have_python_blocks() -> None:
     assert {"README.md", "docs/fast.md", "docs/variants.md", "docs/distributed.md"} <= pages
 
 
+def heading_anchors(text: str) -> set[str]:
+    """GitHub's anchors for the headings of a markdown ``text`` outside fenced blocks: lower case, every
+    character but letters, digits, ``_``, ``-`` and spaces dropped, spaces -> ``-``; repeats get ``-1``, ..."""
+    fenced = {n for b in fenced_blocks(text, "") for n in range(b.line, b.line + b.code.count("\n") + 2)}
+    seen: dict[str, int] = {}
+    out: set[str] = set()
+    for n, line in enumerate(text.splitlines(), start=1):
+        m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if m is None or n in fenced:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", m[1].lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        out.add(slug if count == 0 else f"{slug}-{count}")
+    return out
+
+
+def test_heading_anchors() -> None:
+    text = "# A `b(c, d)`: e\n```text\n# not a heading\n```\n## Step, stage by stage\n## Step, stage by stage\n"
+    assert heading_anchors(text) == {"a-bc-d-e", "step-stage-by-stage", "step-stage-by-stage-1"}
+
+
+_LINK = re.compile(r"\]\(([^)\s]*#[^)\s]*)\)")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
+def test_link_anchors_resolve(page: Path) -> None:
+    """Every ``[text](page.md#anchor)`` link (or ``(#anchor)``) names a heading of its target page."""
+    broken = []
+    for link in _LINK.findall(page.read_text(encoding="utf-8")):
+        target, anchor = link.split("#", 1)
+        path = page if not target else (page.parent / target).resolve()
+        if path.suffix != ".md" or not path.is_file():
+            continue  # not a page (the nox docs session checks that relative links resolve)
+        if anchor not in heading_anchors(path.read_text(encoding="utf-8")):
+            broken.append(link)
+    assert not broken, f"{page.relative_to(ROOT)}: links to missing headings: {broken}"
+
+
+_CITATION = re.compile(r'docs/(\w+)\.md,?\s+"([^"\n]+)"')
+
+
+def _headings(text: str) -> list[str]:
+    """Heading texts outside fenced blocks, without markdown backticks."""
+    fenced = {n for b in fenced_blocks(text, "") for n in range(b.line, b.line + b.code.count("\n") + 2)}
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        m = re.match(r"^#{1,6}\s+(.*?)\s*$", line)
+        if m is not None and n not in fenced:
+            out.append(m[1].replace("`", ""))
+    return out
+
+
+def _cites(heading: str, title: str) -> bool:
+    """``title`` is the heading, or the heading up to a parenthesis, bracket or colon (``NorMuon`` cites
+    ``NorMuon (stage 4) [S §3.2, §4]``)."""
+    return re.fullmatch(re.escape(title) + r"(\s*[(\[:].*)?", heading) is not None
+
+
+SOURCES = sorted(f for folder in ("reference", "fast", "harness") for f in (ROOT / folder).rglob("*.py"))
+
+
+def test_code_cites_existing_sections() -> None:
+    """A docstring or comment that cites a section (``docs/variants.md, "Decisions"``) names a heading of that
+    page, so the prose it points to can be found (and a renamed heading fails here)."""
+    pages: dict[str, list[str]] = {}
+    broken = []
+    for source in SOURCES:
+        for page, title in _CITATION.findall(source.read_text(encoding="utf-8")):
+            path = ROOT / "docs" / f"{page}.md"
+            if page not in pages:
+                pages[page] = _headings(path.read_text(encoding="utf-8")) if path.is_file() else []
+            if not any(_cites(h, title) for h in pages[page]):
+                broken.append(f'{source.relative_to(ROOT)}: docs/{page}.md "{title}"')
+    assert not broken, "citations of missing sections:\n" + "\n".join(broken)
+
+
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
 def test_fence_names_a_known_language(block: Block) -> None:
     assert block.language in LANGUAGES, (

@@ -7,20 +7,9 @@ that reproduce each source live in `muonlab.contract.presets`.
 Notation (docs/variants.md): a parameter ``W`` has shape ``[..., m, n]`` in PyTorch ``[out, in]`` layout,
 ``G`` is its gradient, ``M`` the momentum buffer, ``eta`` the learning rate, ``lambda`` the weight decay.
 
-One optimizer step, in order (every reference and fast implementation follows exactly this order):
-
-1. coupled decay, if ``decay_placement`` is ``"update"`` or ``"both"``: ``G <- G + lambda W``;
-2. momentum (``momentum_form``, ``nesterov``) gives the orthogonalizer input ``N``;
-3. N-D inputs are viewed as matrices (``nd_mode``), then ``O = Orth(N)`` (``orthogonalizer``,
-   ``ns_coefficients``, ``ns_steps``, ``norm_scale``, ``eps``, ``eps_mode``);
-4. NorMuon, if ``normuon``: ``O <- normalize(O, S)`` with the second-moment buffer ``S``;
-5. ``eta_u = eta * shape_scale(m, n)`` (``shape_scale``, ``rms_scale``, ``scale_shape``);
-6. decoupled decay, if ``decay_placement`` is ``"param"`` or ``"both"``:
-   ``W <- W - eta_d * lambda * mask (.) W`` with ``eta_d`` from ``decay_lr`` and ``mask`` from ``cautious``,
-   both evaluated on the pre-update ``W``;
-7. ``W <- W - eta_u * O``;
-8. hypersphere (``sphere``): the Euclidean step ``D = -eta_u O`` is replaced by a renormalized or geodesic
-   step that keeps each vector (or the whole matrix) on its sphere.
+The knobs act on the eight stages of one optimizer step, described once (equation and knobs per stage) in
+docs/variants.md, "The step, stage by stage"; both implementations run them in that order. The field
+table there gives each field's values, default and source.
 """
 
 from __future__ import annotations
@@ -89,7 +78,7 @@ class MuonSpec:
     lr: float = 0.02
     """Default base learning rate ``eta`` for matrix parameters."""
 
-    # -- momentum (docs/variants.md "Momentum forms") ---------------------------------------------
+    # -- momentum (docs/variants.md "Momentum") ---------------------------------------------------
     momentum: float = 0.95
     """``beta`` (EMA/optax) or ``mu`` (sum form)."""
     momentum_form: MomentumForm = "ema"
@@ -99,7 +88,7 @@ class MuonSpec:
     otherwise ``N = M/(1-beta^t)`` (optax ``scale_by_muon``)."""
     nesterov: bool = True
 
-    # -- orthogonalization (docs/variants.md "The orthogonalization operator") ----------------------
+    # -- orthogonalization (docs/variants.md "Orthogonalization") -----------------------------------
     orthogonalizer: Orthogonalizer = "newton_schulz"
     """``"newton_schulz"`` iterates the odd quintics of ``ns_coefficients`` (this covers NS5, cubic NS and
     Polar Express); ``"svd"`` returns the exact polar factor ``U V^T`` of the thin SVD."""
@@ -121,7 +110,7 @@ class MuonSpec:
     """Which ``(m, n)`` the shape scale reads: ``"matrix"``, the matrix actually orthogonalized, or
     ``"last2"``, the parameter's own last two dims (Keller's quirk: a flattened conv scales by ``kh/kw``)."""
 
-    # -- update magnitude (docs/variants.md "Shape scaling") ---------------------------------------
+    # -- update magnitude (docs/variants.md "Shape scale") -----------------------------------------
     shape_scale: ShapeScale = "keller"
     """``"keller"``: ``sqrt(max(1, m/n))`` (Keller, torch ``"original"``, optax default, modded);
     ``"moonlight"``: ``rms_scale * sqrt(max(m, n))`` (Moonlight Eq. 4, torch ``"match_rms_adamw"``, dion
