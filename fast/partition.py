@@ -11,21 +11,33 @@ Rules, first match wins (docs/variants.md sections 1.3, 3.1, 7.2):
 4. parameters of normalization layers (``nn.LayerNorm``, ``nn.RMSNorm``, ``nn.GroupNorm``, batch/instance
    norms) or with ``norm`` in the module name: AdamW ("norm");
 5. ``ndim < 2`` (biases, gains, scalars): AdamW ("bias" / "scalar or 1-D");
-6. ``ndim >= 2``: Muon ("matmul weight" for ``nn.Linear`` / ``nn.Conv*``, else "ndim >= 2 weight").
+6. ``ndim >= 2``: Muon ("matmul weight" for ``nn.Linear`` / ``nn.Conv*`` / transformers' ``Conv1D``, "expert
+   bank" for a 3-D ``[E, out, in]`` parameter (E matrices, orthogonalized in one batched call), else
+   "ndim >= 2 weight").
 
-Tied and shared parameters appear once, under their first name.
+Tied and shared parameters appear once, under their first name (a tied LM head goes to AdamW once, as the
+embedding).
+
+Orientation (`muonlab.fast.layout`): Muon reads a parameter as ``[..., out, in]`` (``nn.Linear``). Each Muon
+parameter gets a ``matrix_dims`` entry: ``None`` for that layout, ``(1, 0)`` for a detected transformers GPT-2
+``Conv1D`` (class name ``Conv1D`` with ``nx``/``nf`` attributes matching its ``[in, out]`` weight; detected
+without importing transformers), or what a ``matrix_dims=`` pattern says (``(row_dim, col_dim)``, ``"in_out"``
+= the last two dims swapped, ``"out_in"`` = the default). The plan prints it; `ParamPlan.param_groups` passes
+it to `muonlab.fast.Muon` as the group key ``"matrix_dims"``.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from .layout import MatrixDims, check_matrix_dims, matrix_shape
 
 __all__ = ["ParamPlan", "partition_params"]
 
@@ -48,22 +60,44 @@ class ParamPlan:
     muon: list[tuple[str, nn.Parameter]] = field(default_factory=list)
     adamw: list[tuple[str, nn.Parameter]] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
+    matrix_dims: dict[str, MatrixDims] = field(default_factory=dict)
+    """Muon parameter name -> its ``(row_dim, col_dim)``, ``None`` for ``[..., out, in]`` (absent = ``None``)."""
 
     def param_groups(self, **muon_group_kwargs: Any) -> list[dict[str, Any]]:
-        """Groups for `muonlab.fast.Muon`: the Muon group (with ``muon_group_kwargs``) and an
-        ``algorithm="adamw"`` group; empty groups are left out."""
+        """Groups for `muonlab.fast.Muon`: the Muon group (with ``muon_group_kwargs`` and ``"matrix_dims"``, a
+        list parallel to its params) and an ``algorithm="adamw"`` group; empty groups are left out."""
+        if "matrix_dims" in muon_group_kwargs or "params" in muon_group_kwargs:
+            raise ValueError("muon_group_kwargs: 'params' and 'matrix_dims' come from the plan (partition_params)")
         groups: list[dict[str, Any]] = []
         if self.muon:
-            groups.append({"params": [p for _, p in self.muon], **muon_group_kwargs})
+            groups.append(
+                {
+                    "params": [p for _, p in self.muon],
+                    "matrix_dims": [self.matrix_dims.get(n) for n, _ in self.muon],
+                    **muon_group_kwargs,
+                }
+            )
         if self.adamw:
             groups.append({"params": [p for _, p in self.adamw], "algorithm": "adamw"})
         return groups
 
+    def matrix_text(self, name: str, shape: Sequence[int]) -> str:
+        """How Muon reads a parameter: ``[batch x] rows x cols`` and, when not ``[..., out, in]``, the dims."""
+        dims = self.matrix_dims.get(name)
+        view = matrix_shape(shape, dims)
+        text = "x".join(map(str, view[-2:]))
+        if len(view) > 2:
+            text = f"{'x'.join(map(str, view[:-2]))} of {text}"
+        return text if dims is None else f"{text} (rows=dim {dims[0]}, cols=dim {dims[1]})"
+
     def __str__(self) -> str:
-        rows = [(n, "x".join(map(str, p.shape)) or "scalar", "muon", self.reasons[n]) for n, p in self.muon]
-        rows += [(n, "x".join(map(str, p.shape)) or "scalar", "adamw", self.reasons[n]) for n, p in self.adamw]
-        header = ("name", "shape", "route", "reason")
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+        def shape(p: torch.Tensor) -> str:
+            return "x".join(map(str, p.shape)) or "scalar"
+
+        rows = [(n, shape(p), "muon", self.matrix_text(n, p.shape), self.reasons[n]) for n, p in self.muon]
+        rows += [(n, shape(p), "adamw", "-", self.reasons[n]) for n, p in self.adamw]
+        header = ("name", "shape", "route", "matrix (out x in)", "reason")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
         lines.append("  ".join("-" * w for w in widths))
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -84,6 +118,15 @@ def _module_of(model: nn.Module) -> dict[str, nn.Module]:
     return owner
 
 
+def _is_conv1d(module: nn.Module | None, p: torch.Tensor) -> bool:
+    """transformers' ``Conv1D`` (GPT, GPT-2, ...): weight ``[nx, nf]`` = ``[in, out]``; matched by class name and
+    its ``nx`` / ``nf`` attributes, so transformers is never imported."""
+    if module is None or type(module).__name__ != "Conv1D" or p is not getattr(module, "weight", None):
+        return False
+    nx, nf = getattr(module, "nx", None), getattr(module, "nf", None)
+    return isinstance(nx, int) and isinstance(nf, int) and tuple(p.shape) == (nx, nf)
+
+
 def _rule(name: str, p: torch.Tensor, module: nn.Module | None, embed_ids: set[int]) -> tuple[str, str]:
     parts = name.split(".")
     module_names = parts[:-1]
@@ -99,7 +142,22 @@ def _rule(name: str, p: torch.Tensor, module: nn.Module | None, embed_ids: set[i
         return "adamw", "bias" if parts[-1] == "bias" else "scalar or 1-D"
     if isinstance(module, _MATMUL):
         return "muon", f"matmul weight ({type(module).__name__})"
+    if _is_conv1d(module, p):
+        return "muon", "matmul weight (Conv1D, stored [in, out])"
+    if p.ndim == 3:
+        return "muon", f"batch of {p.shape[0]} matrices (e.g. MoE experts)"
     return "muon", "ndim >= 2 weight"
+
+
+def _explicit_dims(value: object, shape: Sequence[int], name: str) -> MatrixDims:
+    """A ``matrix_dims=`` value for one parameter: ``"in_out"``, ``"out_in"``, ``None`` or ``(row, col)``."""
+    if value == "in_out":
+        value = (-1, -2)
+    elif value == "out_in":
+        value = None
+    elif isinstance(value, str):
+        raise ValueError(f"{name}: matrix_dims string must be 'in_out' or 'out_in', got {value!r}")
+    return check_matrix_dims(shape, value, name)
 
 
 def partition_params(
@@ -107,18 +165,28 @@ def partition_params(
     *,
     muon: Sequence[str] = (),
     adamw: Sequence[str] = (),
+    matrix_dims: Mapping[str, object] | None = None,
     verbose: bool = False,
 ) -> ParamPlan:
     """Split ``model``'s trainable parameters between Muon and AdamW (rules in the module docstring).
 
     ``muon`` / ``adamw`` are fnmatch patterns on parameter names that override the rules; a pattern that
-    matches no parameter, or a name matched by both lists, raises `ValueError`. ``verbose`` prints the plan.
+    matches no parameter, or a name matched by both lists, raises `ValueError`. ``matrix_dims`` maps fnmatch
+    patterns to a layout for the Muon parameters they match (``(row_dim, col_dim)``: which stored dims are
+    fan_out and fan_in, other dims batch; ``"in_out"``; ``"out_in"``), overriding the ``Conv1D`` detection; a
+    pattern matching no Muon parameter, a name matched by two patterns, or dims invalid for the parameter's
+    shape raises `ValueError` naming it. ``verbose`` prints the plan.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     for label, pats in (("muon", muon), ("adamw", adamw)):
         if isinstance(pats, str):
             raise TypeError(f"{label}: expected a sequence of patterns, got the string {pats!r}")
+    layouts = dict(matrix_dims or {})
+    for pat in layouts:
+        if not isinstance(pat, str):
+            raise TypeError(f"matrix_dims: keys are fnmatch patterns (str), got {pat!r}")
+    layout_used = dict.fromkeys(layouts, False)
     owner = _module_of(model)
     embed_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -148,10 +216,24 @@ def partition_params(
             route, reason = _rule(name, p, owner.get(name), embed_ids)
         (plan.muon if route == "muon" else plan.adamw).append((name, p))
         plan.reasons[name] = reason
+        pats = [pat for pat in layouts if fnmatch.fnmatchcase(name, pat)]
+        if route == "muon":
+            if len(pats) > 1:
+                raise ValueError(f"matrix_dims: {name} is matched by several patterns {pats}")
+            if pats:
+                layout_used[pats[0]] = True
+                dims = _explicit_dims(layouts[pats[0]], p.shape, f"matrix_dims[{pats[0]!r}] ({name})")
+            else:
+                dims = (1, 0) if _is_conv1d(owner.get(name), p) else None
+            if dims is not None:
+                plan.matrix_dims[name] = dims
     unused = [k for k, hit in used.items() if not hit]
     if unused:
         label, pat = unused[0].split(":", 1)
         raise ValueError(f"{label}: pattern {pat!r} matches no parameter of the model")
+    unused_layouts = [pat for pat, hit in layout_used.items() if not hit]
+    if unused_layouts:
+        raise ValueError(f"matrix_dims: pattern {unused_layouts[0]!r} matches no parameter routed to Muon")
     if verbose:
         print(plan)
     return plan

@@ -122,3 +122,166 @@ def test_full_model_trains_with_one_muon(preset: str) -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+# -- orientation: transformers' Conv1D, explicit matrix_dims, MoE banks (docs/fast.md "Real model code") ----------
+
+
+class Conv1D(nn.Module):
+    """transformers.pytorch_utils.Conv1D as GPT-2 defines it (weight ``[nx, nf]`` = ``[in, out]``)."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf, self.nx = nf, nx
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.2)
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x.reshape(-1, self.nx), self.weight).reshape(*x.shape[:-1], self.nf)
+
+
+class Experts(nn.Module):
+    """An MoE bank ``[E, out, in]`` (transformers' Mixtral layout), dense over its experts for the test."""
+
+    def __init__(self, e: int, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(e, d_out, d_in) * 0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bi,eoi->bo", x, self.w)
+
+
+def test_conv1d_detected_and_printed() -> None:
+    model = nn.Sequential(Conv1D(12, 4), Conv1D(4, 12))
+    plan = partition_params(model)
+    assert plan.matrix_dims == {"0.weight": (1, 0), "1.weight": (1, 0)}
+    assert plan.reasons["0.weight"] == "matmul weight (Conv1D, stored [in, out])"
+    text = str(plan)
+    assert "12x4 (rows=dim 1, cols=dim 0)" in text and "matrix (out x in)" in text
+    (muon_group, adamw_group) = plan.param_groups(lr=0.1)
+    assert muon_group["matrix_dims"] == [(1, 0), (1, 0)] and muon_group["lr"] == 0.1
+    assert "matrix_dims" not in adamw_group
+    with pytest.raises(ValueError, match="muon_group_kwargs"):
+        plan.param_groups(matrix_dims=[None, None])
+
+
+def test_conv1d_lookalikes_are_not_detected() -> None:
+    class Conv1D(nn.Module):  # same class name, no nx / nf: not transformers'
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(3, 5))
+
+    fake = Conv1D()
+    real = globals()["Conv1D"](5, 3)
+    real.nx = 4  # attributes disagree with the weight's shape
+    plan = partition_params(nn.Sequential(fake, real))
+    assert plan.matrix_dims == {}
+    assert all(muon_dims is None for muon_dims in plan.param_groups()[0]["matrix_dims"])
+
+
+def test_moe_bank_routes_as_a_batch_of_matrices() -> None:
+    model = nn.Sequential(Experts(4, 6, 10))
+    plan = partition_params(model)
+    assert [n for n, _ in plan.muon] == ["0.w"]
+    assert plan.reasons["0.w"] == "batch of 4 matrices (e.g. MoE experts)"
+    assert plan.matrix_dims == {}
+    assert "4 of 10x6" in str(plan)
+
+
+def test_explicit_matrix_dims_patterns() -> None:
+    model = nn.Sequential(Experts(4, 6, 10), nn.Conv2d(3, 5, 3), Conv1D(12, 4), nn.LayerNorm(4))
+    model.register_parameter("in_e_out", nn.Parameter(torch.zeros(6, 4, 10)))  # [in, E, out]
+    plan = partition_params(
+        model,
+        matrix_dims={"0.w": "in_out", "1.weight": (0, 1), "2.weight": "out_in", "in_e_out": (2, 0)},
+    )
+    assert plan.matrix_dims == {"0.w": (2, 1), "1.weight": (0, 1), "in_e_out": (2, 0)}  # out_in beats detection
+    text = str(plan)
+    assert "4 of 6x10 (rows=dim 2, cols=dim 1)" in text
+    assert "3x3 of 5x3 (rows=dim 0, cols=dim 1)" in text
+    assert "4 of 10x6 (rows=dim 2, cols=dim 0)" in text
+
+
+@pytest.mark.parametrize(
+    ("dims", "exc", "match"),
+    [
+        ({"0.w": (0, 3)}, ValueError, r"matrix_dims\['0.w'\] \(0.w\): matrix_dims col_dim=3 is out of range"),
+        ({"0.w": (1, 1)}, ValueError, r"\(0.w\): matrix_dims .* name the same dim 1 twice"),
+        ({"0.w": "transposed"}, ValueError, r"\(0.w\): matrix_dims string must be 'in_out' or 'out_in'"),
+        ({"0.w": 1}, TypeError, r"\(0.w\): matrix_dims must be None or a pair"),
+        ({"1.weight": "in_out"}, ValueError, r"matrix_dims: pattern '1.weight' matches no parameter routed to Muon"),
+        ({"nothing*": "in_out"}, ValueError, r"matrix_dims: pattern 'nothing\*' matches no parameter"),
+        ({"0.*": "in_out", "*.w": "out_in"}, ValueError, r"matrix_dims: 0.w is matched by several patterns"),
+    ],
+)
+def test_bad_matrix_dims_name_the_parameter(dims: dict[str, object], exc: type[Exception], match: str) -> None:
+    model = nn.Sequential(Experts(4, 6, 10), nn.LayerNorm(4))
+    with pytest.raises(exc, match=match):
+        partition_params(model, matrix_dims=dims)
+
+
+# -- through Muon: the "matrix_dims" group key (Muon.add_param_group / Muon.step call muonlab.fast.layout) -------
+
+
+def _one_step(params: list[nn.Parameter], grads: list[torch.Tensor], dims: list[object], preset: str) -> None:
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    Muon([{"params": params, "matrix_dims": dims}], preset, lr=0.1, backend="torch").step()
+
+
+@pytest.mark.parametrize("preset", ["keller", "moonlight", "modded_normuon"])
+def test_muon_steps_conv1d_as_its_transpose(preset: str) -> None:
+    """A [in, out] weight with matrix_dims (1, 0) takes exactly the step of its [out, in] transpose."""
+    torch.manual_seed(1)
+    w = torch.randn(16, 48)  # Conv1D: in=16, out=48
+    g = torch.randn(16, 48)
+    conv = nn.Parameter(w.clone())
+    lin = nn.Parameter(w.T.contiguous())
+    _one_step([conv], [g], [(1, 0)], preset)
+    _one_step([lin], [g.T.contiguous()], [None], preset)
+    torch.testing.assert_close(conv.detach(), lin.detach().T, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(conv.detach(), w)
+
+
+def test_muon_matrix_dims_wrong_for_the_shape_raises() -> None:
+    p = nn.Parameter(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"param_groups\[0\].*col_dim=2 is out of range"):
+        Muon([{"params": [p], "matrix_dims": [(0, 2)]}])
+    with pytest.raises(ValueError, match=r"param_groups\[0\]"):
+        Muon([{"params": [p], "matrix_dims": [None, None]}])
+
+
+@pytest.mark.parametrize("preset", ["keller", "moonlight", "modded_normuon"])
+def test_muon_moe_bank_is_e_matrices(preset: str) -> None:
+    """[E, out, in] (default) and [in, E, out] (explicit (2, 0)) both step as E separate [out, in] matrices."""
+    torch.manual_seed(2)
+    e, d_out, d_in = 3, 10, 6
+    w = torch.randn(e, d_out, d_in)
+    g = torch.randn(e, d_out, d_in)
+    bank = nn.Parameter(w.clone())
+    stored = nn.Parameter(w.permute(2, 0, 1).contiguous())  # [in, E, out]
+    singles = [nn.Parameter(w[i].clone()) for i in range(e)]
+    _one_step([bank], [g], [None], preset)
+    _one_step([stored], [g.permute(2, 0, 1).contiguous()], [(2, 0)], preset)
+    _one_step(singles, [g[i] for i in range(e)], [None] * e, preset)
+    want = torch.stack([s.detach() for s in singles])
+    torch.testing.assert_close(bank.detach(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stored.detach().permute(1, 2, 0), want, rtol=1e-5, atol=1e-6)
+
+
+def test_model_with_conv1d_and_experts_trains() -> None:
+    """partition_params -> Muon on a model mixing Conv1D, an expert bank and Linear: the loss falls."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Embedding(16, 8), Conv1D(24, 8), nn.GELU(), Experts(2, 24, 8), nn.Linear(8, 16))
+    model[-1].weight.requires_grad_(True)
+    plan = partition_params(model, adamw=["4.weight"])
+    opt = Muon(plan.param_groups(), "moonlight", lr=0.02, backend="torch")
+    idx = torch.randint(0, 16, (64,))
+    losses = []
+    for _ in range(25):
+        loss = nn.functional.cross_entropy(model(idx), (idx + 1) % 16)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
