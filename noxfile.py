@@ -52,8 +52,8 @@ def _floor(distribution: str, extra: str) -> str:
 
 
 def _packages() -> list[str]:
-    """The `muonlab.*` packages pyproject.toml builds, for `mypy -p` (one source: the setuptools package list)."""
-    return list(_pyproject()["tool"]["setuptools"]["packages"])
+    """The `muonlab.*` packages pyproject.toml builds, for `mypy -p` (which recurses into their subpackages)."""
+    return [p for p in _pyproject()["tool"]["setuptools"]["packages"] if p.count(".") == 1]
 
 
 @nox.session(python=PYTHON)
