@@ -95,21 +95,25 @@ def cmd_corpus_build(args: argparse.Namespace) -> int:
         print(f"{path}: {'OK' if ok else 'MISMATCH'} (against {sums})")
         return 0 if ok else 1
     out = Path(args.out) if args.out else Path(name)
-    kwargs = {}
-    sums = Path(args.sums) if args.sums else (_data_dir(args.data_dir) / "SHA256SUMS" if args.data_dir else None)
-    if sums is not None:
+    build_sums = Path(args.sums) if args.sums else (_data_dir(args.data_dir) / "SHA256SUMS" if args.data_dir else None)
+    expected: str | None = corpus.CORPUS_SHA256
+    if build_sums is not None:
         from .tokenizer import read_sha256sums
 
-        kwargs["expected_sha256"] = read_sha256sums(sums).get(out.name) or read_sha256sums(sums).get(name)
+        listed = read_sha256sums(build_sums)
+        expected = listed.get(out.name) or listed.get(name)
     work = Path(args.work_dir) if args.work_dir else out.resolve().parent / ".corpus-work"
     try:
-        path = corpus.build_corpus(
-            out, work_dir=work, packages_dir=Path(args.packages_dir) if args.packages_dir else None, **kwargs
+        built = corpus.build_corpus(
+            out,
+            work_dir=work,
+            packages_dir=Path(args.packages_dir) if args.packages_dir else None,
+            expected_sha256=expected,
         )
     except corpus.CorpusMismatchError as exc:
         print(f"muonlab: error: {exc}", file=sys.stderr)
         return 1
-    print(path)
+    print(built)
     return 0
 
 

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from .config import OptimizerSection, ScheduleSection
+
+if TYPE_CHECKING:
+    from muonlab.fast.backend import Backend
+    from muonlab.fast.distributed import DistributedMode
 
 
 def lr_lambda(schedule: ScheduleSection, total_steps: int) -> Callable[[int], float]:
@@ -46,7 +50,8 @@ def lr_lambda(schedule: ScheduleSection, total_steps: int) -> Callable[[int], fl
 
 
 def _adamw(model: nn.Module, cfg: OptimizerSection) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for _, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -66,8 +71,9 @@ def _muon(model: nn.Module, cfg: OptimizerSection, distributed: str = "none") ->
     plan = partition_params(model)
     groups: list[dict[str, Any]] = plan.param_groups()
     axes: dict[str, str] = {}
-    if spec.sphere != "none" and hasattr(model, "ngpt_sphere_axes"):
-        axes = model.ngpt_sphere_axes()
+    sphere_axes = getattr(model, "ngpt_sphere_axes", None)
+    if spec.sphere != "none" and callable(sphere_axes):
+        axes = dict(sphere_axes())
     if axes:
         # regroup the Muon parameters by sphere axis; each group carries its own spec
         by_axis: dict[str, list[Any]] = {}
@@ -78,7 +84,14 @@ def _muon(model: nn.Module, cfg: OptimizerSection, distributed: str = "none") ->
             {"params": ps, "algorithm": "muon", "spec": spec.replace(sphere_axis=axis)}
             for axis, ps in sorted(by_axis.items())
         ] + rest
-    return Muon(groups, preset=cfg.preset, lr=cfg.muon_lr(), backend=cfg.backend, distributed=distributed, **overrides)
+    return Muon(
+        groups,
+        preset=cfg.preset,
+        lr=cfg.muon_lr(),
+        backend=cast("Backend", cfg.backend),  # validated by Muon
+        distributed=cast("DistributedMode", distributed),
+        **overrides,
+    )
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerSection, *, distributed: str = "none") -> torch.optim.Optimizer:
