@@ -204,3 +204,11 @@ def docs(session: nox.Session) -> None:
     if broken:
         session.error("broken links:\n  " + "\n  ".join(broken))
     session.log(f"docs: all relative links resolve ({os.fspath(ROOT / 'docs')})")
+
+
+@nox.session(python=PYTHON)
+def hf(session: nox.Session) -> None:
+    """Muon on Hugging Face models: GPT-2 (Conv1D) and Llama trained with transformers' Trainer (the `hf` marker);
+    transformers and accelerate installed in this session only, at the versions tested."""
+    _install(session, ".[fast,harness,dev]", "transformers==5.24.0", "accelerate==1.15.0")
+    session.run("pytest", "conformance", "--ignore=conformance/bench", "-m", "hf", "-q", *session.posargs, env=CPU_ENV)
