@@ -25,9 +25,11 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 PROJECT = "muonlab"
 INSTALL_HINT = "pip install --no-deps --no-build-isolation -e ."
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 _REQUIREMENT = re.compile(
     r"^\s*(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?P<spec>[^;]*?)\s*(?:;(?P<marker>.*))?$"
@@ -133,6 +135,18 @@ def parse_requirement(line: str) -> Requirement:
                 raise ValueError(f"requirement: cannot parse the marker clause {text.strip()!r} in {line!r}")
             clauses.append((clause.group("var"), clause.group("op"), clause.group("value")))
     return Requirement(normalize(match.group("name")), tuple(specifiers), tuple(clauses))
+
+
+def build_requirements(pyproject: Path) -> list[str]:
+    """The ``[build-system] requires`` entries of a checkout's pyproject.toml (none when there is no such file).
+
+    Read with a regular expression, not a TOML parser, so that this works on Python 3.10 (no tomllib) too.
+    """
+    if not pyproject.is_file():
+        return []
+    section = re.search(r"^\[build-system\](.*?)(?=^\[)", pyproject.read_text(encoding="utf-8") + "\n[", re.M | re.S)
+    requires = re.search(r"^requires\s*=\s*\[(.*?)\]", section.group(1) if section else "", re.M | re.S)
+    return re.findall(r"[\"']([^\"']+)[\"']", requires.group(1)) if requires else []
 
 
 def environment() -> dict[str, str]:
@@ -285,6 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"FAIL {PROJECT} is not installed in this Python ({sys.executable}); from the repository root, without "
             f"fetching anything: {sys.executable} -m {INSTALL_HINT}"
         )
+        build = build_requirements(PYPROJECT)
+        if build:  # that install builds with the setuptools already here: say now whether it can
+            findings = check(build, None, [], lookup=installed_version)
+            for finding in findings:
+                print(("ok   " if finding.ok else "FAIL ") + finding.text + " (builds the offline install)")
         return 1
     extras = [e.strip() for e in args.extras.split(",") if e.strip()]
     try:

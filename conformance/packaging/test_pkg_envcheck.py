@@ -162,3 +162,12 @@ def test_not_installed_says_how_to_install() -> None:
     assert done.returncode == 1, done.stdout + done.stderr
     assert "muonlab is not installed" in done.stdout
     assert "pip install --no-deps --no-build-isolation -e ." in done.stdout
+    assert "setuptools is not installed; muonlab needs setuptools>=" in done.stdout  # what that install builds with
+
+
+def test_build_requirements(envcheck: ModuleType, pyproject: dict[str, Any], tmp_path: Path) -> None:
+    assert envcheck.build_requirements(ROOT / "pyproject.toml") == pyproject["build-system"]["requires"]
+    other = tmp_path / "pyproject.toml"
+    other.write_text('[project]\nrequires = ["no"]\n[build-system]\nrequires = [\n  "setuptools>=80", \'x\',\n]\n')
+    assert envcheck.build_requirements(other) == ["setuptools>=80", "x"]
+    assert envcheck.build_requirements(tmp_path / "missing.toml") == []
