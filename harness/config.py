@@ -72,7 +72,38 @@ class DataSection(_Strict):
         return v
 
 
+ADAMW_BASELINE_BETAS: tuple[float, float] = (0.9, 0.95)
+"""``adam_betas`` of an AdamW run that does not set them."""
+ADAMW_BASELINE_EPS = 1e-8
+"""``adam_eps`` of an AdamW run that does not set it."""
+
+_MUON_ONLY: dict[str, Any] = {
+    "preset": "keller",
+    "overrides": {},
+    "adam_lr": None,
+    "lr_scale": 1.0,
+    "consistent_rms": None,
+    "backend": "auto",
+}
+"""Keys that only a Muon run reads, with their defaults: an AdamW run that sets one to another value is
+refused (the key would do nothing)."""
+
+_RENAMED = {"adamw_lr": "adam_lr", "adamw_betas": "adam_betas", "adamw_eps": "adam_eps"}
+
+_SHORTHANDS = {
+    "weight_decay": ("weight_decay",),
+    "adam_lr": ("adam_lr",),
+    "adam_betas": ("adam_betas",),
+    "adam_eps": ("adam_eps",),
+    "consistent_rms": ("shape_scale", "rms_scale"),
+}
+"""Section key -> the `MuonSpec` fields it sets (a field may come from the key or from ``overrides``, not both)."""
+
+
 class OptimizerSection(_Strict):
+    """The AdamW knobs use the `MuonSpec` names (``adam_lr``, ``adam_betas``, ``adam_eps``); torch's
+    param-group keys ``betas`` / ``eps`` are what they become inside the optimizers."""
+
     name: Literal["muon", "adamw"] = "muon"
     preset: str = "keller"
     """A `muonlab.contract.presets` name (Muon only)."""
@@ -82,10 +113,13 @@ class OptimizerSection(_Strict):
     """Muon: the matrix decay (may be negative); AdamW: the decay of >= 2-D parameters."""
     overrides: dict[str, Any] = Field(default_factory=dict)
     """`MuonSpec` fields applied on top of the preset."""
-    adamw_lr: float | None = Field(default=None, ge=0)
-    """Muon: lr of the AdamW-routed parameters (the spec's ``adam_lr``)."""
-    adamw_betas: tuple[float, float] = (0.9, 0.95)
-    adamw_eps: float = Field(default=1e-8, gt=0)
+    adam_lr: float | None = Field(default=None, ge=0)
+    """Muon only: lr of the AdamW-routed parameters (the spec's ``adam_lr``; default: the preset's)."""
+    adam_betas: tuple[float, float] | None = None
+    """``(beta1, beta2)`` of every AdamW-stepped parameter: Muon: of the AdamW-routed ones (the spec's
+    ``adam_betas``; default: the preset's); AdamW: of all (default `ADAMW_BASELINE_BETAS`)."""
+    adam_eps: float | None = Field(default=None, gt=0)
+    """AdamW ``eps``, as ``adam_betas`` (the spec's ``adam_eps``; AdamW default `ADAMW_BASELINE_EPS`)."""
     lr_scale: float = Field(default=1.0, gt=0)
     """Multiplies the Muon lr."""
     consistent_rms: float | None = Field(default=None, gt=0)
@@ -111,11 +145,38 @@ class OptimizerSection(_Strict):
             raise ValueError(f"unknown MuonSpec field(s) {', '.join(unknown)}")
         return v
 
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"each beta must be in [0, 1), got {v}")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in _RENAMED.items():
+                if old in data:
+                    raise ValueError(f"{old}: renamed to {new} (the MuonSpec name)")
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> OptimizerSection:
         if self.name == "adamw" and self.lr is None:
             raise ValueError("lr: required when name = 'adamw'")
+        if self.name == "adamw":
+            for key, default in _MUON_ONLY.items():
+                if getattr(self, key) != default:
+                    raise ValueError(
+                        f"{key}: only read by Muon runs, does nothing when name = 'adamw' (in a sweep, a variant "
+                        f'that switches to AdamW drops it with unset = ["optimizer.{key}"])'
+                    )
         if self.name == "muon":
+            for key, fields in _SHORTHANDS.items():
+                twice = [f for f in fields if f in self.overrides]
+                if getattr(self, key) is not None and twice:
+                    raise ValueError(f"{key}: also set as overrides.{twice[0]}; set it once")
             try:
                 self.muon_spec()
             except ValueError as exc:
@@ -127,8 +188,9 @@ class OptimizerSection(_Strict):
         out = dict(self.overrides)
         if self.weight_decay is not None:
             out["weight_decay"] = self.weight_decay
-        if self.adamw_lr is not None:
-            out["adam_lr"] = self.adamw_lr
+        for key in ("adam_lr", "adam_betas", "adam_eps"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         if self.consistent_rms is not None:
             out["shape_scale"] = "moonlight"
             out["rms_scale"] = self.consistent_rms
@@ -141,6 +203,11 @@ class OptimizerSection(_Strict):
         from muonlab.contract import resolve_spec
 
         return resolve_spec(self.preset, **self.spec_overrides())
+
+    def adamw_hyperparameters(self) -> tuple[tuple[float, float], float]:
+        """An AdamW run's ``(betas, eps)``: ``adam_betas`` / ``adam_eps``, else the baseline defaults."""
+        betas = ADAMW_BASELINE_BETAS if self.adam_betas is None else self.adam_betas
+        return betas, ADAMW_BASELINE_EPS if self.adam_eps is None else self.adam_eps
 
     def muon_lr(self) -> float:
         base = self.lr if self.lr is not None else float(self.muon_spec().lr)
@@ -248,6 +315,21 @@ class Variant(_Strict):
     name: str
     set: dict[str, Any] = Field(default_factory=dict)
     """Dotted-key overrides of the base config."""
+    unset: list[str] = Field(default_factory=list)
+    """Dotted keys of the base config dropped (back to their defaults) before ``set`` applies: e.g. the
+    Muon-only keys of the base in a variant that switches to AdamW."""
+
+    @field_validator("unset")
+    @classmethod
+    def _known_keys(cls, v: list[str]) -> list[str]:
+        for key in v:
+            if not _is_config_key(key):
+                raise ValueError(f"unknown config key {key!r}")
+        return v
+
+    def apply(self, data: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``data`` (a base config) with ``unset`` dropped, then ``set`` and ``extra`` applied."""
+        return apply_overrides(without_keys(data, self.unset), {**self.set, **(extra or {})})
 
 
 class SweepSection(_Strict):
@@ -349,6 +431,35 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
+def without_keys(data: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """A copy of ``data`` without the dotted ``keys`` (a key that is not there is skipped)."""
+    out = copy.deepcopy(data)
+    for key in keys:
+        *parents, last = key.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
+
+
+def _is_config_key(key: str) -> bool:
+    """``key`` names a section or a field of `RunConfig` (``"optimizer.adam_lr"``, ``"model"``)."""
+    model: type[BaseModel] = RunConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return i == len(parts) - 1
+    return True
+
+
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(data)
     for key, value in overrides.items():
@@ -403,12 +514,12 @@ def validate_sweep(data: dict[str, Any]) -> SweepConfig:
         for key, values in section.grid.items():
             for value in values:
                 try:
-                    validate_run(apply_overrides(data, {**variant.set, key: value}))
+                    validate_run(variant.apply(data, {key: value}))
                 except ConfigError as exc:
                     raise ConfigError(f"sweep.variants[{variant.name}] with {key}={value!r}: {exc}") from None
         if not section.grid:
             try:
-                validate_run(apply_overrides(data, variant.set))
+                validate_run(variant.apply(data))
             except ConfigError as exc:
                 raise ConfigError(f"sweep.variants[{variant.name}]: {exc}") from None
     return SweepConfig(base=base, sweep=section)

@@ -4,7 +4,8 @@
   embeddings / lm_head / norms / scalars -> AdamW), preset + overrides resolved by `OptimizerSection`.
   For nGPT models with a sphere-constrained spec, every sphere weight gets a Muon group whose spec has the
   model's ``sphere_axis`` for it (rows vs columns, `GPT.ngpt_sphere_axes`).
-* ``name = "adamw"``: `torch.optim.AdamW`; decay on >= 2-D parameters only.
+* ``name = "adamw"``: `torch.optim.AdamW` (``adam_betas`` / ``adam_eps`` become its ``betas`` / ``eps``); decay on
+  >= 2-D parameters only.
 
 Schedule (`lr_lambda`): linear warmup from 0 over ``warmup_frac`` of the steps, constant, then a linear or
 cosine cooldown to ``final_lr_frac`` over the last ``cooldown_frac``; applied by ``LambdaLR`` (it scales
@@ -60,7 +61,8 @@ def _adamw(model: nn.Module, cfg: OptimizerSection) -> torch.optim.Optimizer:
     groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     assert cfg.lr is not None
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adamw_betas, eps=cfg.adamw_eps)
+    betas, eps = cfg.adamw_hyperparameters()
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=eps)
 
 
 def _muon(model: nn.Module, cfg: OptimizerSection, distributed: str = "none") -> torch.optim.Optimizer:

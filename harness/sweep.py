@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir as rd
-from .config import ConfigError, Phase, RunConfig, SweepConfig, apply_overrides, validate_run
+from .config import ConfigError, Phase, RunConfig, SweepConfig, apply_overrides, validate_run, without_keys
 from .endpoints import mean_std
 from .progress import SweepProgress
 from .report import write_report
@@ -71,7 +71,8 @@ def expand_points(sweep: SweepConfig) -> list[Point]:
 def make_run(sweep: SweepConfig, point: Point, seed: int) -> RunSpec:
     base = sweep.base.model_dump(mode="json")
     name = f"{point.name}_s{seed}"
-    data = apply_overrides(base, {**point.params, "seed": seed, "name": name})
+    variant = next(v for v in sweep.sweep.variants if v.name == point.variant)
+    data = apply_overrides(without_keys(base, variant.unset), {**point.params, "seed": seed, "name": name})
     try:
         cfg = validate_run(data)
     except ConfigError as exc:

@@ -64,7 +64,7 @@ def micro_config(text_file: Path, cache_dir: Path, **sections: dict[str, Any]) -
             "seq_len": 32,
         },
         "data": {"tokenizer": "bpe4096", "sources": [str(text_file)], "val_fraction": 0.1, "cache_dir": str(cache_dir)},
-        "optimizer": {"name": "muon", "preset": "keller", "lr": 0.02, "adamw_lr": 0.01},
+        "optimizer": {"name": "muon", "preset": "keller", "lr": 0.02, "adam_lr": 0.01},
         "train": {
             "batch_size": 4,
             "seq_len": 16,

@@ -94,6 +94,75 @@ def test_consistent_rms_and_lr_scale() -> None:
     assert cfg.optimizer.muon_lr() == pytest.approx(0.02)
 
 
+def test_adam_keys_use_the_spec_names() -> None:
+    cfg = validate_run({**BASE, "optimizer": {"adam_lr": 0.004, "adam_betas": [0.8, 0.9], "adam_eps": 1e-9}})
+    spec = cfg.optimizer.muon_spec()  # a Muon run: they set the spec's AdamW knobs
+    assert (spec.adam_lr, spec.adam_betas, spec.adam_eps) == (0.004, (0.8, 0.9), 1e-9)
+    adamw = validate_run({**BASE, "optimizer": {"name": "adamw", "lr": 0.01, "adam_betas": [0.8, 0.9]}})
+    assert adamw.optimizer.adamw_hyperparameters() == ((0.8, 0.9), 1e-8)  # eps: the baseline default
+    assert validate_run({**BASE, "optimizer": {"name": "adamw", "lr": 0.01}}).optimizer.adamw_hyperparameters() == (
+        (0.9, 0.95),
+        1e-8,
+    )
+    msg = _err({**BASE, "optimizer": {"adam_betas": [0.9, 1.0]}})
+    assert "optimizer.adam_betas" in msg and "[0, 1)" in msg
+
+
+@pytest.mark.parametrize("old", ["adamw_lr", "adamw_betas", "adamw_eps"])
+def test_old_adamw_names_say_the_new_one(old: str) -> None:
+    msg = _err({**BASE, "optimizer": {old: 0.1}})
+    assert f"optimizer.{old}" in msg and "renamed to adam_" in msg
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("preset", "moonlight"),
+        ("overrides", {"nesterov": False}),
+        ("adam_lr", 0.01),
+        ("lr_scale", 2.0),
+        ("consistent_rms", 0.2),
+        ("backend", "torch"),
+    ],
+)
+def test_muon_only_key_on_adamw_run_is_named(key: str, value: object) -> None:
+    msg = _err({**BASE, "optimizer": {"name": "adamw", "lr": 0.01, key: value}})
+    assert f"optimizer.{key}" in msg and "does nothing" in msg
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "field", "field_value"),
+    [
+        ("weight_decay", 0.1, "weight_decay", 0.2),
+        ("adam_lr", 0.01, "adam_lr", 0.02),
+        ("consistent_rms", 0.2, "rms_scale", 0.3),
+    ],
+)
+def test_key_and_override_of_the_same_field_is_named(key: str, value: float, field: str, field_value: float) -> None:
+    msg = _err({**BASE, "optimizer": {key: value, "overrides": {field: field_value}}})
+    assert f"optimizer.{key}" in msg and f"overrides.{field}" in msg
+
+
+def test_sweep_variant_unset_drops_base_keys() -> None:
+    from muonlab.harness.sweep import expand_points, make_run
+
+    data = {
+        **BASE,
+        "optimizer": {"preset": "moonlight", "adam_lr": 0.004},
+        "sweep": {"variants": [{"name": "adamw", "set": {"optimizer.name": "adamw", "optimizer.lr": 0.01}}]},
+    }
+    with pytest.raises(ConfigError, match=r"sweep\.variants\[adamw\].*optimizer\.preset.*does nothing"):
+        validate_sweep(data)
+    data["sweep"]["variants"][0]["unset"] = ["optimizer.preset", "optimizer.adam_lr"]
+    sweep = validate_sweep(data)
+    (point,) = expand_points(sweep)
+    opt = make_run(sweep, point, 0).config.optimizer
+    assert (opt.name, opt.preset, opt.adam_lr, opt.lr) == ("adamw", "keller", None, 0.01)
+    data["sweep"]["variants"][0]["unset"] = ["optimizer.adam_lrr"]
+    with pytest.raises(ConfigError, match=r"sweep\.variants\.0\.unset.*adam_lrr"):
+        validate_sweep(data)
+
+
 def test_cli_overrides_parse_literals() -> None:
     o = parse_cli_overrides(["optimizer.lr=0.01", "train.compile=true", "name=abc", "data.sources=['a', 'b']"])
     assert o == {"optimizer.lr": 0.01, "train.compile": True, "name": "abc", "data.sources": ["a", "b"]}

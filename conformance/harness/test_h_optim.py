@@ -49,7 +49,7 @@ def test_adamw_no_decay_on_vectors() -> None:
 
 def test_muon_groups_and_lr_scale() -> None:
     model = _model()
-    cfg = OptimizerSection(name="muon", preset="keller", lr=0.01, lr_scale=3.0, weight_decay=0.05, adamw_lr=0.004)
+    cfg = OptimizerSection(name="muon", preset="keller", lr=0.01, lr_scale=3.0, weight_decay=0.05, adam_lr=0.004)
     opt = build_optimizer(model, cfg)
     muon = [g for g in opt.param_groups if g["algorithm"] == "muon"]
     adamw = [g for g in opt.param_groups if g["algorithm"] == "adamw"]

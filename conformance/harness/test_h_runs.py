@@ -127,7 +127,7 @@ def test_nan_loss_marks_run_unstable(tmp_path: Path, text_file: Path, data_dir: 
         micro(
             text_file,
             tmp_path / "cache",
-            optimizer={"name": "adamw", "lr": 1e4, "adamw_lr": None},
+            optimizer={"name": "adamw", "lr": 1e4, "adam_lr": None},
             train={"steps": 40, "stats_every": 2, "checkpoint_every": None},
             abort={"window": 4, "patience": 2, "early_points": 1},
         )

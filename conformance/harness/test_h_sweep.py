@@ -29,12 +29,8 @@ def _sweep_dict(micro: Any, text_file: Path, cache: Path) -> dict[str, Any]:
         "variants": [
             {
                 "name": "adamw",
-                "set": {
-                    "optimizer.name": "adamw",
-                    "optimizer.lr": 0.003,
-                    "optimizer.weight_decay": 0.1,
-                    "optimizer.adamw_lr": None,
-                },
+                "unset": ["optimizer.adam_lr"],  # the base's Muon-only key
+                "set": {"optimizer.name": "adamw", "optimizer.lr": 0.003, "optimizer.weight_decay": 0.1},
             },
             {"name": "muon"},
         ],
