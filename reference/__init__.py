@@ -6,6 +6,9 @@ blocks of one step (momentum, NorMuon, shape scale, weight decay, hypersphere, P
 
 What both implementations share (spec, presets, coefficient sets, shape rules) is `muonlab.contract`
 (folder ``reference/contract/``); its names are re-exported here.
+
+Docstrings cite docs/variants.md by section title and the project's source survey
+(``shared/specs/variants.md``) as ``[S §n]``, as docs/variants.md does.
 """
 
 from muonlab.contract import (

@@ -1,4 +1,5 @@
-"""AdamW for the non-matrix parameters (docs/variants.md sections 1.3, 2.2, 3.4, A11).
+"""AdamW for the non-matrix parameters (docs/variants.md "AdamW for the other parameters"; [S §1.3, §2.2,
+§3.4, A11]).
 
 ``m = lerp(m, g, 1-beta1)``, ``v = lerp(v, g^2, 1-beta2)``, ``t <- t + 1``, then
 

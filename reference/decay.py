@@ -1,4 +1,4 @@
-"""Weight decay (docs/variants.md sections 4.3, 10 "Decay placement", A8).
+"""Weight decay (docs/variants.md "Weight decay", decisions A8 and "Decay placement"; [S §4.3, §10]).
 
 All sources are algebraic variants of ``W <- W - eta_u O - eta_d lambda mask (.) W`` on the pre-update ``W``:
 

@@ -1,4 +1,4 @@
-"""Momentum forms (docs/variants.md section 0.1 and 7.3): EMA/lerp, SGD-sum, optax bias-corrected.
+"""Momentum forms (docs/variants.md "Momentum"; [S §0.1, §7.3]): EMA/lerp, SGD-sum, optax bias-corrected.
 
 Each function takes the previous buffer ``M`` and the gradient ``G`` and returns ``(M_new, N)``, where ``N``
 is the orthogonalizer input. Inputs are never mutated.

@@ -1,4 +1,4 @@
-"""NorMuon neuron-wise normalization (docs/variants.md sections 3.2 and 4; arXiv 2510.05491 Alg. 1).
+"""NorMuon neuron-wise normalization (docs/variants.md "NorMuon"; [S §3.2, §4]; arXiv 2510.05491 Alg. 1).
 
 Acts on the orthogonalized update ``O`` of shape ``[..., m, n]`` (the matrix view, batched over leading
 dims) with a second-moment buffer ``S``:
@@ -13,7 +13,7 @@ dims) with a second-moment buffer ``S``:
   ``"rms"``: ``O_hat * rms_scale * sqrt(m n) / ||O_hat||_F`` (the paper's ``eta_hat = 0.2 eta sqrt(mn)/||O_hat||_F``),
   with ``0/0 -> 0``.
 
-Zero input gives zero output and no NaN (variants.md section 3.7).
+Zero input gives zero output and no NaN ([S §3.7]).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The orthogonalization operator ``Orth(X; C, s, eps)`` (docs/variants.md, "Orthogonalization").
 
 Pure NumPy, float64. One matrix ``X`` of shape ``[m, n]`` is processed as in KellerJordan/Muon
-``zeropower_via_newtonschulz5`` (variants.md section 0.2):
+``zeropower_via_newtonschulz5`` ([S §0.2]):
 
 1. if ``m > n`` (strict) transpose, so the iteration runs on the wide side (``p(X^T) = p(X)^T``: this
    changes the FLOPs and the rounding, never the exact result);
@@ -62,7 +62,7 @@ def as_matrices(x: npt.ArrayLike, spec: MuonSpec, name: str = "x") -> tuple[Arra
 def normalize_frobenius(x: Array, norm_scale: float, eps: float, eps_mode: EpsMode) -> Array:
     """``X / (s ||X||_F + eps)`` (``"add"``) or ``X / max(s ||X||_F, eps)`` (``"clamp"``), per matrix.
 
-    The norm is over the last two dims (variants.md section 0.2 step 3); ``Orth(0) = 0`` exactly.
+    The norm is over the last two dims ([S §0.2], step 3); ``Orth(0) = 0`` exactly.
     """
     norm = np.sqrt(np.sum(x * x, axis=(-2, -1), keepdims=True))
     denom = norm_scale * norm + eps if eps_mode == "add" else np.maximum(norm_scale * norm, eps)
@@ -115,7 +115,7 @@ def polar_factor(x: npt.ArrayLike) -> Array:
 
 
 def orthogonalize(x: npt.ArrayLike, spec: MuonSpec) -> Array:
-    """``O = Orth(x)`` in float64 per ``spec`` (variants.md section 0.2); same shape as ``x``.
+    """``O = Orth(x)`` in float64 per ``spec`` ([S §0.2]); same shape as ``x``.
 
     ``x`` must have at least 2 dims. Leading dims are a batch; ``ndim >= 4`` follows ``spec.nd_mode``.
     ``orthogonalizer="newton_schulz"`` iterates ``schedule(spec.ns_coefficients, spec.ns_steps)`` after the
@@ -141,8 +141,8 @@ def orthogonalize(x: npt.ArrayLike, spec: MuonSpec) -> Array:
 def scalar_map(sigma: npt.ArrayLike, coefficients: CoefficientSet) -> Array:
     """The composition ``p_K(...p_1(sigma))`` applied to already-normalized singular values ``sigma``.
 
-    ``Orth`` maps the singular values of ``X / (s ||X||_F + eps)`` exactly by this map (variants.md
-    section 0.2); used for the band table of section 0.3.
+    ``Orth`` maps the singular values of ``X / (s ||X||_F + eps)`` exactly by this map ([S §0.2]);
+    used for the band table of docs/variants.md "Orthogonalization" ([S §0.3]).
     """
     s = np.array(sigma, dtype=np.float64, copy=True)
     for a, b, c in coefficients:

@@ -1,7 +1,7 @@
 """Polar Express coefficient generator (Amsel, Persson, Musco, Gower; arXiv 2505.16932), pure NumPy float64.
 
 Follows the procedure of NoahAmsel/PolarExpress ``polar_express/_core.py`` (``optimal_quintic``,
-``optimal_composition``) as described in docs/variants.md section 5.1:
+``optimal_composition``) as described in [S §5.1]:
 
 * `optimal_quintic` finds the minimax odd quintic ``p(x) = a x + b x^3 + c x^5`` approximating 1 on
   ``[l, u]`` by a simplified Remez exchange on four points ``{l, q, r, u}``;
@@ -72,7 +72,7 @@ def optimal_composition(
     safety_factor_eps: float = 0.0,
     cushion: float = 0.0,
 ) -> CoefficientSet:
-    """``num_iters`` quintics whose composition maps ``[l, 1]`` towards 1 (arXiv 2505.16932, variants.md 5.1).
+    """``num_iters`` quintics whose composition maps ``[l, 1]`` towards 1 (arXiv 2505.16932, [S §5.1]).
 
     With ``u = 1`` and ``sf = 1 + safety_factor_eps``, for each iteration:
 

@@ -1,4 +1,5 @@
-"""Hypersphere updates (docs/variants.md section 9; nGPT arXiv 2410.01131, MuonH, the geodesic rule of 9.3).
+"""Hypersphere updates (docs/variants.md "Hypersphere"; nGPT arXiv 2410.01131, MuonH, the geodesic rule of
+[S §9.3]).
 
 The Euclidean step ``D = -eta_u O`` is replaced by a step that keeps each vector on its sphere. The
 vectors are those of the matrix view ``[..., m, n]`` of the parameter (the view `orthogonalize` uses):
@@ -12,7 +13,7 @@ its slice ``d`` of ``D``, with ``u = w / r`` and ``e = d / r``:
 
 * ``"renormalize"`` (nGPT ``normalize_matrices``/``justnorm``; MuonH): ``w' = R (w + d) / ||w + d||``;
   if ``w + d = 0`` exactly, ``w`` is left unchanged.
-* ``"geodesic"`` (variants.md 9.3): ``t = e - (u.e) u``, ``tau = ||t||``;
+* ``"geodesic"`` ([S §9.3]): ``t = e - (u.e) u``, ``tau = ||t||``;
   ``theta`` = ``min(tau, pi/2)`` (``"exp"``), ``atan2(tau, 1 + u.e)`` (``"renorm"``), ``atan(tau)``
   (``"retract"``) or ``min(eta_u, pi/2)`` (``"fixed"``);
   ``u' = cos(theta) u + sin(theta) t / tau``, then ``w' = R u' / ||u'||``.

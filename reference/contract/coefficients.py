@@ -5,7 +5,7 @@ Each set is a tuple of ``(a, b, c)`` triples; iteration ``k`` applies the odd qu
 When a spec asks for more iterations than a set has triples, the last triple repeats (the rule of
 NoahAmsel/PolarExpress ``basic.py``); when it asks for fewer, the first ``ns_steps`` triples are used.
 
-Sources (see docs/variants.md, section "Coefficient sets"):
+Sources (docs/variants.md "Orthogonalization", its table of sets; [S §0.3, §5.2]):
 
 * ``keller``: KellerJordan/Muon ``zeropower_via_newtonschulz5``, ``(3.4445, -4.7750, 2.0315)``; also
   Moonlight Eq. 2, torch.optim.Muon, optax ``'standard'``, the official NorMuon.

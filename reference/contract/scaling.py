@@ -1,4 +1,5 @@
-"""Shape scaling of the update: ``eta_u = eta * shape_scale(m, n)`` (docs/variants.md A3, sections 1-8).
+"""Shape scaling of the update: ``eta_u = eta * shape_scale(m, n)`` (docs/variants.md "Shape scale",
+decision A3).
 
 * ``"keller"``: ``sqrt(max(1, m/n))`` (KellerJordan/Muon ``muon_update``, torch ``"original"``, optax
   default ``scale_by_shape``, modded-nanogpt);

@@ -1,7 +1,7 @@
 """Shape rules both implementations share: the matrix view of a parameter and NorMuon's state shape.
 
 Pure Python on shapes (no array library): `muonlab.reference` and `muonlab.fast` call these, so the two
-sides cannot disagree on which ``(m, n)`` a parameter is orthogonalized as (docs/variants.md section 0).
+sides cannot disagree on which ``(m, n)`` a parameter is orthogonalized as (docs/variants.md "Orthogonalization").
 """
 
 from __future__ import annotations
