@@ -208,6 +208,20 @@ def test_fence_names_a_known_language(block: Block) -> None:
     )
 
 
+TOML_BLOCKS = [b for b in BLOCKS if b.language == "toml"]
+
+
+@pytest.mark.parametrize("block", TOML_BLOCKS, ids=[b.id for b in TOML_BLOCKS])
+def test_toml_block_is_a_valid_config(block: Block) -> None:
+    """A ```toml block parses; one with a ``[sweep]`` table is a valid sweep config on a minimal base."""
+    import tomllib
+
+    data = tomllib.loads(block.code)
+    if "sweep" in data:
+        config = pytest.importorskip("muonlab.harness.config")
+        config.validate_sweep({"train": {"steps": 10}, **data})
+
+
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[b.id for b in PYTHON_BLOCKS])
 def test_python_block_runs(block: Block, tmp_path: Path) -> None:
     script = tmp_path / "block.py"
