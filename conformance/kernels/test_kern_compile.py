@@ -52,23 +52,29 @@ CASES = [(family, name) for family in FAMILIES for name in _variant_names(family
 
 @pytest.fixture(scope="module")
 def compiled() -> Iterator[dict[str, dict[str, dict[str, Any]]]]:
-    """``{family: {variant name: result}}`` from one `aot_compile.py` subprocess per family, run in parallel."""
+    """``{family: {variant name: result}}`` from one `aot_compile.py` subprocess per family, run in parallel
+    (output to files, not pipes: a failing ptxas prints the whole PTX)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     with tempfile.TemporaryDirectory() as tmp:
-        procs = {}
-        for family in FAMILIES:
-            out = Path(tmp) / f"{family}.json"
-            cmd = [sys.executable, str(SCRIPT), family, str(out)]
-            procs[family] = (subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), out)
-        results: dict[str, dict[str, dict[str, Any]]] = {}
-        for family, (proc, out) in procs.items():
-            log, _ = proc.communicate(timeout=TIMEOUT_S)
-            if proc.returncode != 0:
-                pytest.fail(
-                    f"aot_compile.py {family} exited {proc.returncode}:\n{log.decode(errors='replace')[-4000:]}"
-                )
-            rows = json.loads(out.read_text(encoding="utf-8"))
-            results[family] = {r["name"]: r for r in rows}
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        try:
+            for family in FAMILIES:
+                cmd = [sys.executable, str(SCRIPT), family, str(Path(tmp) / f"{family}.json")]
+                with open(Path(tmp) / f"{family}.log", "wb") as log:
+                    procs[family] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            results: dict[str, dict[str, dict[str, Any]]] = {}
+            for family, proc in procs.items():
+                code = proc.wait(timeout=TIMEOUT_S)
+                if code != 0:
+                    log_text = (Path(tmp) / f"{family}.log").read_text(encoding="utf-8", errors="replace")
+                    pytest.fail(f"aot_compile.py {family} exited {code}:\n{log_text[-4000:]}")
+                rows = json.loads((Path(tmp) / f"{family}.json").read_text(encoding="utf-8"))
+                results[family] = {r["name"]: r for r in rows}
+        finally:
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
         yield results
 
 
