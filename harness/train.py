@@ -49,7 +49,8 @@ TIMING_FIELDS = ("elapsed_s", "tokens_per_s", "mfu")
 
 PostStepHook = Callable[[int, torch.nn.Module, torch.optim.Optimizer], Mapping[str, Any] | None]
 """``hook(step, model, optimizer)``, called right after ``optimizer.step()`` (``step`` = the 1-based number
-of the step just taken, ``model`` the bare module). It may change the weights (e.g. a QK-clip); what it
+of the step just taken, ``model`` the bare module), under ``torch.no_grad()``. It may change the weights in
+place (e.g. a QK-clip); what it
 returns is merged into that step's metrics.jsonl record when the step is logged. Hooks carry no state
 across a resume."""
 
@@ -505,8 +506,9 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, step: int) -> StepRes
             torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.train.grad_clip)
         run.tracker.before_update(step + 1)
         run.optimizer.step()
-        for hook in run.post_step_hooks:
-            extra.update(hook(step + 1, run.model, run.optimizer) or {})
+        with torch.no_grad():  # a hook may change the weights in place
+            for hook in run.post_step_hooks:
+                extra.update(hook(step + 1, run.model, run.optimizer) or {})
         run.scheduler.step()
         if run.normalize and (step + 1) % run.mcfg.ngpt_normalize_every == 0:
             run.model.normalize_weights()  # type: ignore[operator]

@@ -68,8 +68,14 @@ def _config(tmp_path: Path, text_file: Path, micro: Any) -> tuple[Path, dict[str
     return path, data
 
 
-def test_torchrun_two_ranks_match_one_process(tmp_path: Path, text_file: Path, data_dir: Path, micro: Any) -> None:
+@pytest.mark.parametrize("micro_batch", [None, 1], ids=["whole", "micro1"])
+def test_torchrun_two_ranks_match_one_process(
+    tmp_path: Path, text_file: Path, data_dir: Path, micro: Any, micro_batch: int | None
+) -> None:
     """Two ranks, batch 4 = 2 + 2, train the same trajectory as one process on batch 4.
+
+    With ``micro_batch = 1`` each rank accumulates two micro-batches of 1 (DDP's ``no_sync`` on the first),
+    so the gradient all-reduce happens once per step and the result is the same step again.
 
     Not bit-exact, by construction: one process takes the mean loss over 4 x 16 tokens in one reduction,
     two ranks each take the mean over 2 x 16 and DDP averages the gradients (sum over ranks / 2) and the
@@ -83,11 +89,13 @@ def test_torchrun_two_ranks_match_one_process(tmp_path: Path, text_file: Path, d
     assert ref["status"] == "complete"
 
     run = tmp_path / "ddp"
-    proc = _launch(config, run, data_dir, 2)
+    extra = ["-o", f"train.micro_batch_size={micro_batch}"] if micro_batch else []
+    proc = _launch(config, run, data_dir, 2, *extra)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     conf = json.loads((run / "config.json").read_text())
     assert conf["world_size"] == 2 and conf["tokens_per_step"] == 4 * 16
+    assert conf["micro_batches"] == (2 if micro_batch else 1)
     metrics = rd.read_jsonl(run / "metrics.jsonl")
     ref_metrics = rd.read_jsonl(single / "metrics.jsonl")
     assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))  # one writer: no duplicated lines
