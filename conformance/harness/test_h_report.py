@@ -203,3 +203,13 @@ def test_sweep_progress_counts_and_eta() -> None:
     assert fmt_duration(3725) == "1h02m05s" and fmt_duration(None) == "unknown"
     with pytest.raises(ValueError, match="total: must be >= 0"):
         SweepProgress(-1)
+
+
+def test_report_does_not_import_sweep() -> None:
+    # the sweep/report cycle is broken: shared names live in harness/results.py
+    import subprocess
+    import sys
+
+    code = "import sys, muonlab.harness.report; print('muonlab.harness.sweep' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
