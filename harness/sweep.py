@@ -27,9 +27,7 @@ from .config import ConfigError, Phase, RunConfig, SweepConfig, apply_overrides,
 from .endpoints import mean_std
 from .progress import SweepProgress
 from .report import write_report
-from .results import CONFIG_KEYS, ENDPOINT_KEYS, FINISHED, read_results, write_results
-
-__all__ = ["FINISHED", "read_results", "run_sweep", "write_results"]
+from .results import CONFIG_KEYS, ENDPOINT_KEYS, FINISHED, write_results
 
 
 @dataclass
