@@ -123,6 +123,15 @@ def test_tables_cover_every_dtype_the_wrappers_accept() -> None:
     assert not symmetric.supports(torch.float64) and elementwise.supports(torch.float64)
 
 
+def test_device_families() -> None:
+    """Hopper and datacenter Blackwell get the sm90 tiles; everything else the sm80 ones (fit in 99 KiB)."""
+    cases = {(8, 0): "sm80", (8, 6): "sm80", (8, 9): "sm80", (9, 0): "sm90", (10, 0): "sm90", (12, 0): "sm80"}
+    for capability, family in cases.items():
+        assert _common.capability_family(capability) == family
+    if _common.interpreted(symmetric._sym_kernel):
+        assert _common.device_family(symmetric._sym_kernel, torch.device("cpu")) == "interpret"
+
+
 def test_cubin_resources_reads_registers_and_frame() -> None:
     """The ``.nv.info`` reader on a hand-made ELF64: REGCOUNT 0x2f and FRAME_SIZE 0x11 entries (EIFMT_SVAL)."""
     info = struct.pack("<BBHII", 4, 0x2F, 8, 7, 168) + struct.pack("<BBH", 3, 0x1B, 255)

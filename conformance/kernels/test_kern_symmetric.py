@@ -150,3 +150,14 @@ def test_cpu_tensor_without_interpreter_is_a_runtime_error() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_out_dtype_is_the_input_dtype_or_float32() -> None:
+    """A launch table has a variant per (input, output) pair it admits: the input's dtype or float32."""
+    x = randn(5, 7, seed=4)
+    with pytest.raises(TypeError, match="out"):
+        xxt(x, out=torch.empty(5, 5, dtype=torch.bfloat16, device=DEVICE))
+    with pytest.raises(TypeError, match="out"):
+        xxt_torch(x, out=torch.empty(5, 5, dtype=torch.float16, device=DEVICE))
+    with pytest.raises(TypeError, match="x"):
+        xxt(x.double())

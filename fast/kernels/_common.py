@@ -26,6 +26,7 @@ __all__ = [
     "SMEM_BUDGET",
     "Family",
     "Variant",
+    "capability_family",
     "check_launchable",
     "device_family",
     "interpreted",
@@ -83,10 +84,15 @@ def interpreted(kernel: Any) -> bool:
     return type(kernel).__name__ == "InterpretedFunction"
 
 
+def capability_family(capability: tuple[int, int]) -> Family:
+    """The tuning family of a CUDA device of compute ``capability`` ``(major, minor)``: ``"sm90"`` for 9.x and
+    10.x (227 KiB of shared memory per block), ``"sm80"`` for every other (its configs fit 99 KiB)."""
+    return "sm90" if capability[0] in (9, 10) else "sm80"
+
+
 @lru_cache(maxsize=64)
 def _cuda_family(index: int) -> Family:
-    major, _ = torch.cuda.get_device_capability(index)
-    return "sm90" if major in (9, 10) else "sm80"
+    return capability_family(torch.cuda.get_device_capability(index))
 
 
 def device_family(kernel: Any, device: torch.device) -> Family:
