@@ -10,6 +10,12 @@ read inside the kernel from its pointer, so a changed value needs no recompile (
 modded-nanogpt passes its schedules as 0-D tensors, docs/variants.md 3.3).
 
 Each kernel has a torch twin (``<name>_torch``) with the same signature and semantics.
+
+Launch table: `momentum_table` / `apply_table` hold the constexprs per dtype pair, `BLOCKS` the block shape per
+device family; the wrappers launch nothing else, and `variants` lists the compiled forms for the ahead-of-time
+check. The momentum form, Nesterov, the cautious mode, decay on/off and whether each scalar is a tensor are
+runtime arguments (both branches are evaluated and one is selected: the kernels are bound by memory), so one
+compiled variant per dtype pair serves every optimizer spec. float64 tensors compile (float64 arithmetic).
 """
 
 from __future__ import annotations
