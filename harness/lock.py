@@ -96,9 +96,15 @@ class DirLock:
             raise RuntimeError(f"{self.path}: already held by this object")
         if self.directory.exists() and not self.directory.is_dir():
             raise RunDirError(f"{self.directory}: exists and is not a directory")
-        if not self.directory.exists():
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self.created_dir = True
+        try:
+            if not self.directory.exists():
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self.created_dir = True
+            return self._acquire()
+        except OSError as exc:
+            raise RunDirError(f"{self.directory}: cannot take the lock {self.path} ({exc})") from None
+
+    def _acquire(self) -> DirLock:
         for _ in range(10):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -118,12 +124,17 @@ class DirLock:
             os.close(fd)  # the file was removed (released) between our open and flock: start over
         else:  # pragma: no cover - needs ten consecutive lost races
             raise LockError(f"{self.directory}: could not take the lock {self.path}", None)
-        previous = read_holder(self.path)
-        self.stale = previous if previous and previous.get("pid") is not None else None
-        blob = (json.dumps(holder_record()) + "\n").encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, blob, 0)
-        os.fsync(fd)
+        try:
+            # a record left in the file is a dead holder's: a live one removes the file when it releases
+            previous = read_holder(self.path)
+            self.stale = previous if previous and previous.get("pid") is not None else None
+            blob = (json.dumps(holder_record()) + "\n").encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, blob, 0)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         self._fd = fd
         return self
 

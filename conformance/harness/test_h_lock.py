@@ -55,6 +55,15 @@ def test_second_lock_in_the_same_directory_is_refused(tmp_path: Path) -> None:
     assert not d.exists()  # created by the lock, nothing written: removed on release
 
 
+def test_lock_errors_name_the_directory(tmp_path: Path) -> None:
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(rd.RunDirError, match=rf"{afile}: exists and is not a directory"):
+        DirLock(afile).acquire()
+    with pytest.raises(rd.RunDirError, match=rf"{afile / 'run'}: cannot take the lock"):
+        DirLock(afile / "run").acquire()  # its parent is a file: mkdir fails with an OSError
+
+
 def test_second_train_is_refused_and_dead_holder_is_taken_over(
     tmp_path: Path,
     text_file: Path,
