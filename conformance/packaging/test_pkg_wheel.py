@@ -49,14 +49,22 @@ def wheel(tmp_path_factory: pytest.TempPathFactory, pyproject: dict[str, Any]) -
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv (no pip) whose .pth adds this interpreter's site-packages after its own."""
+    """A fresh venv without pip (this interpreter's pip installs into it with ``--python``)."""
     root = tmp_path_factory.mktemp("venv")
     ok(run(sys.executable, "-m", "venv", "--without-pip", root))
-    python = root / "bin" / "python"
+    return root
+
+
+def see_parent_site_packages(venv: Path) -> None:
+    """A .pth in the venv that adds this interpreter's site-packages (torch, numpy, ...) after the venv's own.
+
+    Written after muonlab is installed: while the parent's muonlab is visible, pip would take it as already
+    installed (or, told to reinstall, uninstall it from the parent).
+    """
+    python = venv / "bin" / "python"
     purelib = Path(ok(run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")).strip())
     parents = dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"]])
     (purelib / "zz_parent_site.pth").write_text("".join(f"{p}\n" for p in parents))
-    return root
 
 
 def test_wheel_contents(wheel: Path, pyproject: dict[str, Any]) -> None:
@@ -79,6 +87,7 @@ def test_install_no_deps_into_a_fresh_venv(wheel: Path, venv: Path) -> None:
     envcheck = ROOT / "scripts" / "envcheck.py"
 
     ok(run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", wheel))
+    see_parent_site_packages(venv)
     where = ok(
         run(
             python,
