@@ -341,7 +341,9 @@ def find_intact_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any], list[st
     if not problems:
         raise CheckpointError(f"{run_dir}: nothing to resume (no checkpoint in {Path(run_dir) / CKPT_DIR})")
     raise CheckpointError(
-        f"{run_dir}: no intact checkpoint to resume from: " + "; ".join(problems) + "; pass --force to start over"
+        f"{run_dir}: no intact checkpoint to resume from: "
+        + "; ".join(problems)
+        + f"; to start the run over, delete {run_dir} (muonlab train --force does)"
     )
 
 
