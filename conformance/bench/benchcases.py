@@ -35,6 +35,11 @@ GPT2_SMALL_SHAPES: list[tuple[int, int]] = [s for _ in range(12) for s in [(768,
 """GPT-2 small's 72 hidden matrices: 12 layers x (q, k, v, o at 768x768, MLP up 3072x768, down 768x3072)."""
 
 
+def gpt2_shapes(divisor: int) -> list[tuple[int, int]]:
+    """`GPT2_SMALL_SHAPES` with every dimension divided by ``divisor`` (2: half scale, 4: quarter scale)."""
+    return [(m // divisor, n // divisor) for m, n in GPT2_SMALL_SHAPES]
+
+
 def device() -> torch.device:
     """``cuda`` when ``MUONLAB_BENCH_DEVICE=cuda`` or a GPU is present, else ``cpu``."""
     want = os.environ.get("MUONLAB_BENCH_DEVICE")
@@ -179,6 +184,20 @@ def cases() -> list[Case]:
             "muonlab.fast.Muon",
             full_step(GPT2_SMALL_SHAPES),
             note="72 matrices of GPT-2 small",
+        ),
+        Case(
+            "step/gpt2-half72",
+            "torch.optim.Muon",
+            "muonlab.fast.Muon",
+            full_step(gpt2_shapes(2)),
+            note="72 matrices of GPT-2 small at half scale (384, 1536)",
+        ),
+        Case(
+            "step/gpt2-quarter72",
+            "torch.optim.Muon",
+            "muonlab.fast.Muon",
+            full_step(gpt2_shapes(4)),
+            note="72 matrices of GPT-2 small at quarter scale (192, 768)",
         ),
         Case("ns5/8x128x512-fp32", "looped", "batched", newton_schulz(8, 128, 512, torch.float32)),
         Case("ns5/8x128x512-bf16", "looped", "batched", newton_schulz(8, 128, 512, torch.bfloat16)),

@@ -1,12 +1,14 @@
 """Print a markdown table of the side-by-side benchmarks (medians and ratios) for docs/benchmarks.md.
 
-    python conformance/bench/report.py [--threads N] [--rounds R] [--gpt2-cpu] [--only SUBSTRING]
+    python conformance/bench/report.py [--threads N[,N...]] [--rounds R] [--gpt2-cpu] [--only SUBSTRING] [--profile]
 
 Each case's baseline and candidate are timed in alternating rounds (`torch.utils.benchmark.Timer`, one
 ``timeit`` per round and side), so a load change on a shared machine hits both sides alike; the table gives
 the median of the rounds and ``ratio = baseline / candidate`` (above 1: the candidate is faster). CUDA-only
 cases are listed as skipped on CPU. ``--gpt2-cpu`` adds the GPT-2 small full step on CPU (seconds per
-step; timed over ``--gpt2-rounds`` rounds). Nothing is asserted.
+step; timed over ``--gpt2-rounds`` rounds). ``--threads 1,2`` prints one table per thread count from one process.
+``--profile`` then prints, for each selected step case, the top ops of one step of each side by self CPU time
+(`torch.profiler`, one thread). Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -64,22 +66,27 @@ def _environment(dev: torch.device, threads: int) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--rounds", type=int, default=15, help="alternating rounds per case")
-    parser.add_argument("--gpt2-cpu", action="store_true", help="also time the GPT-2 small full step on CPU")
-    parser.add_argument("--gpt2-rounds", type=int, default=3, help="rounds of the GPT-2 small step on CPU")
-    parser.add_argument("--only", default="", help="run the cases whose name contains this")
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    dev = bc.device()
-    if dev.type == "cuda":
-        os.environ.pop("TRITON_INTERPRET", None)
+def _profile(cases: list[bc.Case], dev: torch.device, top: int = 8) -> None:
+    """Top ops by self CPU time of one step of each side (after a warm-up step), one torch thread."""
+    from torch.profiler import ProfilerActivity, profile
 
-    print("\n".join(_environment(dev, torch.get_num_threads())))
-    print()
+    torch.set_num_threads(1)
+    for case in cases:
+        for label, fn in zip((case.baseline_label, case.candidate_label), case.build(dev), strict=True):
+            fn()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fn()
+            events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+            total = sum(e.self_cpu_time_total for e in events) or 1.0
+            events.sort(key=lambda e: -e.self_cpu_time_total)
+            ops = ", ".join(
+                f"`{e.key[6:]}` {100 * e.self_cpu_time_total / total:.0f}% ({e.count})" for e in events[:top]
+            )
+            print(f"- {case.name}, {label} (self CPU {_fmt(total * 1e-6)}, 1 thread): {ops}")
+            sys.stdout.flush()
+
+
+def _table(args: argparse.Namespace, dev: torch.device) -> None:
     print("| case | baseline | candidate | baseline median | candidate median | ratio (baseline / candidate) | note |")
     print("|---|---|---|---:|---:|---:|---|")
     for case in bc.cases():
@@ -102,6 +109,38 @@ def main(argv: list[str] | None = None) -> int:
         cells = [case.name, case.baseline_label, case.candidate_label, _fmt(b), _fmt(c), f"{b / c:.2f}x", note]
         print("| " + " | ".join(cells) + " |")
         sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", default=None, help="torch intra-op threads, or a list (1,2): one table each")
+    parser.add_argument("--rounds", type=int, default=15, help="alternating rounds per case")
+    parser.add_argument("--gpt2-cpu", action="store_true", help="also time the GPT-2 small full steps on CPU")
+    parser.add_argument("--gpt2-rounds", type=int, default=3, help="rounds of the GPT-2 small steps on CPU")
+    parser.add_argument("--only", default="", help="run the cases whose name contains this")
+    parser.add_argument("--profile", action="store_true", help="then profile the selected step cases (1 thread)")
+    args = parser.parse_args(argv)
+    try:
+        thread_counts = [None] if args.threads is None else [int(t) for t in str(args.threads).split(",")]
+    except ValueError:
+        parser.error(f"--threads: expected N or a comma-separated list of N, got {args.threads!r}")
+    if any(t is not None and t < 1 for t in thread_counts):
+        parser.error(f"--threads: thread counts must be >= 1, got {args.threads!r}")
+    dev = bc.device()
+    if dev.type == "cuda":
+        os.environ.pop("TRITON_INTERPRET", None)
+
+    for i, threads in enumerate(thread_counts):
+        if threads is not None:
+            torch.set_num_threads(threads)
+        env = _environment(dev, torch.get_num_threads())
+        print("\n".join(env if i == 0 else env[1:2]))
+        print()
+        _table(args, dev)
+        print()
+    if args.profile:
+        steps = [c for c in bc.cases() if c.name.startswith("step/") and (not args.only or args.only in c.name)]
+        _profile([c for c in steps if not c.cuda_only or dev.type == "cuda"], dev)
     return 0
 
 
