@@ -546,6 +546,54 @@ def _metrics_record(run: Run, state: LoopState, result: StepResult, lr: float, s
     return rec
 
 
+def _advance(run: Run, state: LoopState, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+    """`train_step`, timed (training time only), then the step counter and the EMA of the loss (Adam-style
+    bias correction in `_smoothed`)."""
+    t0 = time.perf_counter()
+    result = train_step(run, x, y, state.step)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    state.elapsed += time.perf_counter() - t0
+    state.step += 1
+    beta = run.cfg.train.smoothing
+    state.ema = beta * state.ema + (1 - beta) * (result.loss if result.finite else 0.0)
+    return result
+
+
+def _smoothed(run: Run, state: LoopState, result: StepResult) -> float:
+    """``m_t / (1 - beta^t)``: the bias-corrected EMA of the train loss (NaN after a non-finite loss)."""
+    beta = run.cfg.train.smoothing
+    return state.ema / (1 - beta**state.step) if result.finite else float("nan")
+
+
+def _observe(run: Run, state: LoopState, result: StepResult, stats_w: rd.JsonlWriter | None) -> str | None:
+    """Abort rules on the loss, then (at stats steps) the manifold statistics and the weight-norm rule;
+    returns the abort reason or None."""
+    reason = run.monitor.observe_loss(state.step, result.loss)
+    if not result.finite:
+        return reason
+    records = run.tracker.after_update(state.step, state.step * run.tokens_per_step)
+    if records:
+        for r in records:
+            if stats_w is not None:
+                stats_w.write(r)
+        reason = run.monitor.observe_weight_norms(state.step, {r["layer"]: r["weight_norm"] for r in records})
+    return reason
+
+
+def _log(run: Run, state: LoopState, result: StepResult, lr: float, metrics_w: rd.JsonlWriter | None, bar: Any) -> None:
+    """One metrics.jsonl line, with the validation loss at eval steps and the last step (rank 0 evaluates)."""
+    smoothed = _smoothed(run, state, result)
+    rec = _metrics_record(run, state, result, lr, smoothed)
+    at_eval = state.step % run.cfg.train.eval_every == 0 or state.step == run.total_steps
+    if run.env.is_main and result.finite and at_eval:
+        rec["val_loss"] = evaluate(run.model, run.val_batches, run.device, run.autocast)
+    if metrics_w is not None:
+        metrics_w.write(rec)
+    if bar is not None:
+        bar.set_postfix(loss=f"{smoothed:.3f}", tok_s=f"{rec['tokens_per_s'] or 0:.0f}")
+
+
 def run_loop(
     run: Run, state: LoopState, *, progress: bool, stop_after: int | None = None, deadline: float | None = None
 ) -> str:
@@ -553,7 +601,6 @@ def run_loop(
     (``time.monotonic()``); returns the status: complete, aborted or stopped. The last step taken always
     gets a metrics line and a checkpoint."""
     cfg, env = run.cfg, run.env
-    beta = cfg.train.smoothing
     metrics_w = rd.JsonlWriter(run.run_dir / rd.METRICS) if env.is_main else None
     stats_w = rd.JsonlWriter(run.run_dir / rd.STATS) if env.is_main else None
     # the global batch of a step is the same for every world size; each rank trains on its rows
@@ -569,44 +616,18 @@ def run_loop(
             x, y = dd.rank_slice(x, env), dd.rank_slice(y, env)
             x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
             lr = float(run.optimizer.param_groups[0]["lr"])
-            t0 = time.perf_counter()
-            result = train_step(run, x, y, state.step)
-            if run.device.type == "cuda":
-                torch.cuda.synchronize()
-            state.elapsed += time.perf_counter() - t0
-            state.step += 1
-            state.ema = beta * state.ema + (1 - beta) * (result.loss if result.finite else 0.0)
-            smoothed = state.ema / (1 - beta**state.step) if result.finite else float("nan")
-            reason = run.monitor.observe_loss(state.step, result.loss)
-            if result.finite:
-                records = run.tracker.after_update(state.step, state.step * run.tokens_per_step)
-                if records:
-                    for r in records:
-                        if stats_w is not None:
-                            stats_w.write(r)
-                    reason = run.monitor.observe_weight_norms(
-                        state.step, {r["layer"]: r["weight_norm"] for r in records}
-                    )
+            result = _advance(run, state, x, y)
+            reason = _observe(run, state, result, stats_w)
             out_of_time = deadline is not None and dd.any_rank(time.monotonic() >= deadline, env, run.device)
             if env.enabled:  # identical inputs give identical decisions; this keeps the ranks in lockstep anyway
                 stop = dd.any_rank(reason is not None, env, run.device)
-            last = state.step in (run.total_steps, stop_after) or reason is not None or stop or out_of_time
-            if state.step % cfg.train.log_every == 0 or last:
-                rec = _metrics_record(run, state, result, lr, smoothed)
-                if (
-                    env.is_main
-                    and result.finite
-                    and (state.step % cfg.train.eval_every == 0 or state.step == run.total_steps)
-                ):
-                    rec["val_loss"] = evaluate(run.model, run.val_batches, run.device, run.autocast)
-                if metrics_w is not None:
-                    metrics_w.write(rec)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{smoothed:.3f}", tok_s=f"{rec['tokens_per_s'] or 0:.0f}")
+            final = state.step in (run.total_steps, stop_after) or out_of_time
+            if state.step % cfg.train.log_every == 0 or final or reason is not None or stop:
+                _log(run, state, result, lr, metrics_w, bar)
             if bar is not None:
                 bar.update(1)
             ce = cfg.train.checkpoint_every
-            if (ce is not None and state.step % ce == 0) or state.step in (run.total_steps, stop_after) or out_of_time:
+            if (ce is not None and state.step % ce == 0) or final:
                 save_checkpoint(run, state)
                 write_summary(run, state, "running")
             if (stop_after is not None and state.step >= stop_after) or out_of_time:
