@@ -86,11 +86,16 @@ def _profile(cases: list[bc.Case], dev: torch.device, top: int = 8) -> None:
             sys.stdout.flush()
 
 
+def _selected(case: bc.Case, only: str) -> bool:
+    """Whether ``case`` is selected by ``--only`` (comma-separated substrings of case names; empty: all)."""
+    return not only or any(part in case.name for part in only.split(","))
+
+
 def _table(args: argparse.Namespace, dev: torch.device) -> None:
     print("| case | baseline | candidate | baseline median | candidate median | ratio (baseline / candidate) | note |")
     print("|---|---|---|---:|---:|---:|---|")
     for case in bc.cases():
-        if args.only and args.only not in case.name:
+        if not _selected(case, args.only):
             continue
         gpt2 = case.name.startswith("step/gpt2")
         if case.cuda_only and dev.type != "cuda":
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15, help="alternating rounds per case")
     parser.add_argument("--gpt2-cpu", action="store_true", help="also time the GPT-2 small full steps on CPU")
     parser.add_argument("--gpt2-rounds", type=int, default=3, help="rounds of the GPT-2 small steps on CPU")
-    parser.add_argument("--only", default="", help="run the cases whose name contains this")
+    parser.add_argument("--only", default="", help="run the cases whose name contains one of these (comma-separated)")
     parser.add_argument("--profile", action="store_true", help="then profile the selected step cases (1 thread)")
     args = parser.parse_args(argv)
     try:
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         _table(args, dev)
         print()
     if args.profile:
-        steps = [c for c in bc.cases() if c.name.startswith("step/") and (not args.only or args.only in c.name)]
+        steps = [c for c in bc.cases() if c.name.startswith("step/") and _selected(c, args.only)]
         _profile([c for c in steps if not c.cuda_only or dev.type == "cuda"], dev)
     return 0
 
