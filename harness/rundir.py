@@ -186,6 +186,11 @@ class JsonlWriter:
         self._f.write(json.dumps(record, default=_json_default) + "\n")
         self._f.flush()
 
+    def sync(self) -> None:
+        """fsync the lines written so far (before a checkpoint, so the log reaches at least its step)."""
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
     def close(self) -> None:
         self._f.close()
 

@@ -628,6 +628,9 @@ def run_loop(
                 bar.update(1)
             ce = cfg.train.checkpoint_every
             if (ce is not None and state.step % ce == 0) or final:
+                for w in (metrics_w, stats_w):
+                    if w is not None:
+                        w.sync()
                 save_checkpoint(run, state)
                 write_summary(run, state, "running")
             if (stop_after is not None and state.step >= stop_after) or out_of_time:
