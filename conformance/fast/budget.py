@@ -73,6 +73,7 @@ _ALLOCATIONS = {
     "new_empty_strided",
     "empty_permuted",
     "resize_",
+    "resize_as_",
 }
 # Ops that only read or write metadata.
 _METADATA = {
@@ -92,6 +93,15 @@ _METADATA = {
     "numel",
     "dim",
     "_nested_tensor_size",
+    "_unsafe_view",  # a view the schema does not mark as one (matmul's reshape of a bmm result)
+    # in-place metadata changes: the schema marks ``self`` as written, but no element is touched
+    "squeeze_",
+    "unsqueeze_",
+    "transpose_",
+    "t_",
+    "swapdims_",
+    "as_strided_",
+    "detach_",
 }
 # Ops that read device data on the host, whatever their arguments.
 _SYNC_OPS = {

@@ -162,3 +162,15 @@ def test_torch_muon_step_is_what_its_source_says() -> None:
     assert cost.breakdown["mm"] == 5 * 72 and cost.breakdown["addmm"] == 10 * 72
     assert cost.launches == 72 * 23
     assert 0 < cost.peak_bytes < 0.1 * budget.param_bytes(budget.gpt2_hidden(1 / 48))
+
+
+def test_metadata_ops_in_place_are_not_launches() -> None:
+    x = torch.randn(3, 1, 4)
+    with budget.StepMeter() as m:
+        y = x.clone()
+        y.squeeze_(1)
+        y.unsqueeze_(0)
+        y.transpose_(0, 1)
+        z = torch.ops.aten._unsafe_view(y.clone(), (12,))
+    assert m.breakdown == {"clone": 2}
+    assert z.shape == (12,)
