@@ -15,7 +15,7 @@ either arm there is no spread to judge by and nothing is decided.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 ALPHA = 0.05
@@ -83,8 +83,8 @@ def t_two_sided_p(t: float, df: float) -> float:
 
 
 @dataclass(frozen=True)
-class Welch:
-    """Welch's t-test of ``mean(a) - mean(b)`` (module docstring)."""
+class TTest:
+    """A t-test of ``mean(a) - mean(b)``: Welch's (`welch`) or paired by seed (`paired`; ``n_a = n_b``)."""
 
     diff: float
     se: float
@@ -112,7 +112,7 @@ def _clean(values: Sequence[float | None], name: str) -> list[float]:
     return out
 
 
-def welch(a: Sequence[float | None], b: Sequence[float | None]) -> Welch | None:
+def welch(a: Sequence[float | None], b: Sequence[float | None]) -> TTest | None:
     """Welch's t-test of arm ``a`` against arm ``b`` (missing values dropped); ``None`` when either arm has
     fewer than 2 values. Zero spread in both arms: ``p = 0`` for a nonzero difference, 1 for none."""
     xa, xb = _clean(a, "a"), _clean(b, "b")
@@ -127,10 +127,28 @@ def welch(a: Sequence[float | None], b: Sequence[float | None]) -> Welch | None:
     diff = ma - mb
     if se == 0.0:
         t0 = math.copysign(math.inf, diff) if diff else 0.0
-        return Welch(diff, 0.0, t0, float(na + nb - 2), 0.0 if diff else 1.0, na, nb)
+        return TTest(diff, 0.0, t0, float(na + nb - 2), 0.0 if diff else 1.0, na, nb)
     df = (qa + qb) ** 2 / (qa**2 / (na - 1) + qb**2 / (nb - 1))
     t = diff / se
-    return Welch(diff, se, t, df, t_two_sided_p(t, df), na, nb)
+    return TTest(diff, se, t, df, t_two_sided_p(t, df), na, nb)
+
+
+def paired(a: Mapping[int, float], b: Mapping[int, float]) -> TTest | None:
+    """Paired t-test of ``a[s] - b[s]`` over the seeds ``s`` both arms have (same seed = same initialization and
+    data order): ``d_s = a[s] - b[s]``, ``se = std(d) / sqrt(n)``, ``t = mean(d) / se``, ``df = n - 1``
+    (Student 1908); ``None`` with fewer than 2 shared seeds. The reports show it for information; their
+    decision rule is Welch's (`RULE`)."""
+    seeds = sorted(set(a) & set(b))
+    d = _clean([a[k] - b[k] for k in seeds], "a - b")
+    n = len(d)
+    if n < 2:
+        return None
+    mean = sum(d) / n
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n)
+    if se == 0.0:
+        return TTest(mean, 0.0, math.copysign(math.inf, mean) if mean else 0.0, n - 1.0, 0.0 if mean else 1.0, n, n)
+    t = mean / se
+    return TTest(mean, se, t, n - 1.0, t_two_sided_p(t, n - 1.0), n, n)
 
 
 def ratio_se(mean_a: float, se_a: float, mean_b: float, se_b: float) -> float:

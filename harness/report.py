@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir as rd
-from .compare import RULE, Welch, ratio_se, welch
+from .compare import RULE, TTest, paired, ratio_se, welch
 from .endpoints import mean_std
 from .results import ENDPOINT_KEYS, RUN_COLS, config_columns, read_results
 
@@ -59,6 +59,20 @@ class Arm:
                 out.append(float(v))
         return out
 
+    def by_seed(self, key: str) -> dict[int, float]:
+        """``seed -> value`` of ``key`` over the stable runs with a finite value."""
+        out = {}
+        for r in self.stable:
+            v = r.get(key)
+            if (
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and r.get("seed") is not None
+            ):
+                out[int(r["seed"])] = float(v)
+        return out
+
     def stat(self, key: str) -> tuple[float | None, float | None, int]:
         """Mean, sample std (ddof 1; 0 for one value) and count of ``key`` over the stable runs."""
         return mean_std(self.values(key))
@@ -93,7 +107,7 @@ class Verdict:
     """The best arm and whether its lead over each other arm is decided (`harness.compare.RULE`)."""
 
     best: Arm
-    tests: list[tuple[Arm, Welch | None]]
+    tests: list[tuple[Arm, TTest | None]]
 
     @property
     def tied(self) -> list[Arm]:
@@ -182,7 +196,9 @@ def fmt(v: float | None, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     a = abs(v)
-    if a != 0 and (a >= 1e5 or a < 1e-3):
+    if a >= 1e4:
+        return f"{v:,.0f}"
+    if a != 0 and a < 1e-3:
         return f"{v:.3g}"
     return f"{v:.{digits}g}"
 
@@ -210,12 +226,19 @@ def _p_eq(p: float) -> str:
     return "p < 0.0001" if p < 1e-4 else f"p = {p:.2g}"
 
 
-def welch_words(w: Welch | None, unit: str = "nats") -> str:
+def welch_words(w: TTest | None, unit: str = "nats") -> str:
     """``difference ± s.e. unit (Welch t, df, p)`` or the reason no test was possible."""
     if w is None:
         return "fewer than 2 stable seeds in an arm, so the spread is unknown"
     u = f" {unit}" if unit else ""
     return f"{w.diff:+.4f} ± {w.se:.4f}{u} (difference ± s.e.; Welch t = {w.t:.2f}, df = {w.df:.1f}, {_p_eq(w.p)})"
+
+
+def paired_words(t: TTest | None) -> str:
+    """`` (paired by seed: diff ± s.e., p, n; information only)`` or nothing without 2 shared seeds."""
+    if t is None:
+        return ""
+    return f" (paired by seed, for information: {t.diff:+.4f} ± {t.se:.4f}, {_p_eq(t.p)}, n = {t.n_a})"
 
 
 # -- the answer block ---------------------------------------------------------------------------------------
@@ -289,7 +312,8 @@ def series_sentence(s: Series, metric: str) -> str:
     ends = welch(hi.values(metric), lo.values(metric))
     text += f" Lowest at {key} = {_num(v.best.params[s.key])}; {trend}. "
     unit = "nats" if metric in LOSS_KEYS else ""
-    text += f"{key} {_num(hi.params[s.key])} - {key} {_num(lo.params[s.key])}: {welch_words(ends, unit)}. "
+    text += f"{key} {_num(hi.params[s.key])} - {key} {_num(lo.params[s.key])}: {welch_words(ends, unit)}"
+    text += f"{paired_words(paired(hi.by_seed(metric), lo.by_seed(metric)))}. "
     if v.winner is not None:
         return text + f"**Winner: {key} = {_num(v.winner.params[s.key])}** (beats every other value, {RULE})."
     tie = ", ".join(_num(a.params[s.key]) for a in [v.best, *v.tied])
@@ -342,18 +366,25 @@ def comparison_table(arms: list[Arm], metric: str) -> list[str]:
     if v is None:
         return []
     lines = [
-        f"Each arm against the best by mean `{metric}` (`{v.best.label}`); difference = other - best.",
+        f"Each arm against the best by mean `{metric}` (`{v.best.label}`); difference = other - best. The verdict "
+        "is Welch's; the paired column (differences within a seed, which shares the initialization and data "
+        "order across arms) is for information.",
         "",
-        f"| arm | difference ± s.e.{' (nats)' if metric in LOSS_KEYS else ''} | Welch t | df | p | verdict |",
-        "|---|---|---|---|---|---|",
+        f"| arm | difference ± s.e.{' (nats)' if metric in LOSS_KEYS else ''} | Welch t | df | p | verdict "
+        "| paired by seed: difference ± s.e., p (n) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for a, w in v.tests:
         if w is None:
             d = (a.stat(metric)[0] or 0.0) - (v.best.stat(metric)[0] or 0.0)
-            lines.append(f"| `{a.label}` | {d:+.4f} | - | - | - | no spread (n < 2): undecided |")
+            lines.append(f"| `{a.label}` | {d:+.4f} | - | - | - | no spread (n < 2): undecided | - |")
             continue
         call = "best is ahead beyond noise" if w.decided else "tie within noise"
-        lines.append(f"| `{a.label}` | {-w.diff:+.4f} ± {w.se:.4f} | {-w.t:.2f} | {w.df:.1f} | {_p(w.p)} | {call} |")
+        pt = paired(a.by_seed(metric), v.best.by_seed(metric))
+        pcell = "-" if pt is None else f"{pt.diff:+.4f} ± {pt.se:.4f}, {_p(pt.p)} ({pt.n_a})"
+        lines.append(
+            f"| `{a.label}` | {-w.diff:+.4f} ± {w.se:.4f} | {-w.t:.2f} | {w.df:.1f} | {_p(w.p)} | {call} | {pcell} |"
+        )
     return lines
 
 
@@ -382,7 +413,7 @@ def reproducibility(sweep_dir: Path, rows: list[dict[str, Any]], meta: dict[str,
     git = meta.get("git") or first_cfg.get("git") or {}
     vers = meta.get("versions") or first_cfg.get("versions") or {}
     data = first_cfg.get("data", {})
-    lines = ["## Reproducibility", "", "```"]
+    lines = ["## Reproducibility", "", "```bash"]
     lines += list(meta.get("commands") or [f"muonlab sweep <config> --out {sweep_dir}"])
     lines += [f"muonlab report {sweep_dir}", "```", ""]
     lines.append(f"- sweep config sha256: `{meta.get('sweep_sha256', 'n/a')}`")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from muonlab.harness.compare import betainc, ratio_se, t_two_sided_p, welch
+from muonlab.harness.compare import betainc, paired, ratio_se, t_two_sided_p, welch
 from muonlab.harness.progress import SweepProgress, fmt_duration
 from muonlab.harness.report import build_arms, find_series, verdict, write_report
 from muonlab.harness.results import ENDPOINT_KEYS, parse_cell, read_results, write_results
@@ -67,6 +67,16 @@ def test_welch_edge_cases() -> None:
     with pytest.raises(ValueError, match="a: non-finite"):
         welch([1.0, math.inf], [1.0, 2.0])
     assert ratio_se(2.0, 0.2, 4.0, 0.0) == pytest.approx(0.05)
+
+
+def test_paired_by_seed_by_hand() -> None:
+    # d = (1, 1.5, 1) over the shared seeds 0-2 (seed 3 has no partner): mean 7/6, se = std/sqrt(3) = 1/6,
+    # t = 7 on 2 df, whose two-sided p is 1 - t / sqrt(2 + t^2) (closed form for df = 2)
+    t = paired({0: 1.0, 1: 2.0, 2: 4.0, 3: 9.0}, {0: 0.0, 1: 0.5, 2: 3.0})
+    assert t is not None and t.n_a == t.n_b == 3 and t.df == 2.0
+    assert t.diff == pytest.approx(7 / 6) and t.se == pytest.approx(1 / 6) and t.t == pytest.approx(7.0)
+    assert t.p == pytest.approx(1 - 7 / math.sqrt(51)) and t.decided
+    assert paired({0: 1.0, 1: 2.0}, {1: 0.0, 2: 3.0}) is None  # one shared seed
 
 
 # -- results.csv -----------------------------------------------------------------------------------------------
