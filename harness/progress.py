@@ -104,4 +104,4 @@ class SweepProgress:
             self._bar = None
 
 
-_BAR = "{desc}: run {n_fmt}/{total_fmt} |{bar}| {elapsed} elapsed, {postfix}"
+_BAR = "{desc}: run {n_fmt}/{total_fmt} |{bar}| {elapsed} elapsed{postfix}"
