@@ -96,15 +96,31 @@ def _fmt_s(seconds: float) -> str:
 
 
 # -- setup ------------------------------------------------------------------------------------------------
-def ensure_installed() -> str:
-    """Make ``import muonlab.fast`` work: the installed package, else the offline editable install."""
-    if importlib.util.find_spec("muonlab") is not None:
-        return "installed"
-    proc = subprocess.run(INSTALL, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError("offline install failed: " + (proc.stderr or proc.stdout).strip().splitlines()[-1])
+def _shim() -> str:
+    """Import muonlab from this checkout without installing it: a temporary ``muonlab`` folder of links to the
+    source folders (the layout pyproject.toml maps), first on ``sys.path``."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="muonlab-shim-")) / "muonlab"
+    root.mkdir()
+    for name, source in (("fast", "fast"), ("reference", "reference"), ("contract", "reference/contract")):
+        (root / name).symlink_to(ROOT / source, target_is_directory=True)
+    sys.path.insert(0, str(root.parent))
     importlib.invalidate_caches()
-    return "installed now: " + " ".join(INSTALL[2:])
+    return str(root)
+
+
+def ensure_installed() -> tuple[str, bool]:
+    """Make ``import muonlab.fast`` work: the installed package, else the offline editable install, else a
+    source shim (`_shim`; envcheck then fails for want of metadata). Returns (what was done, installed)."""
+    if importlib.util.find_spec("muonlab") is not None:
+        return "installed", True
+    proc = subprocess.run(INSTALL, capture_output=True, text=True, check=False)
+    if proc.returncode == 0:
+        importlib.invalidate_caches()
+        return "installed now: " + " ".join(INSTALL[2:]), True
+    why = ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1][:120]
+    return f"offline install failed ({why}); imported from the checkout via {_shim()}", False
 
 
 def envcheck_row() -> Row:
@@ -448,7 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         os.environ.pop("TRITON_INTERPRET", None)
     start = time.monotonic()
-    rows = [Row("setup", "muonlab", ensure_installed(), "importable", True)]
+    done, installed = ensure_installed()
+    rows = [Row("setup", "muonlab", done, "installed", installed)]
     if not args.skip_envcheck:
         rows.append(envcheck_row())
     import torch
