@@ -1,28 +1,30 @@
-"""Backend selection: the torch path by default, the Triton kernels when asked for.
+"""Backend selection: the one place that decides whether a Triton kernel or torch ops run.
 
-``backend="auto"`` uses the Triton kernels on CUDA only when ``MUONLAB_TRITON=1`` is set: the kernels are
-verified against their torch twins under ``TRITON_INTERPRET=1`` in CI, but have not yet been run compiled on a
-GPU, so they stay opt-in until ``nox -s gpu`` has passed on one (docs/fast.md). ``backend="triton"`` always
-uses them.
+`route` answers for a device and a dtype; the step calls it once per stack (`muonlab.fast.stack`) and passes
+the answer down, so momentum, Newton-Schulz and the apply never decide on their own. The rule:
 
-The kernels live in `muonlab.fast.kernels` and are imported lazily, only inside the Triton branch, so the
-torch path works on machines without Triton (or before a kernel exists).
+* ``backend="torch"``: torch ops;
+* ``backend="triton"``: the Triton kernels (on CPU tensors only under ``TRITON_INTERPRET=1``);
+* ``backend="auto"``: the kernels on CUDA tensors when Triton imports and ``MUONLAB_TRITON=1`` opts in
+  (docs/fast.md "Backends" says why they are opt-in), torch ops otherwise;
+* float64 never reaches a kernel, whatever ``backend`` says: it takes the torch ops.
+
+The kernel modules (`muonlab.fast.kernels`) import Triton, so the callers import them inside their Triton
+branch: the torch path works where Triton is not installed.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 from functools import lru_cache
-from types import ModuleType
 from typing import Literal, get_args
 
 import torch
 
 Backend = Literal["auto", "torch", "triton"]
 
-__all__ = ["Backend", "check_backend", "kernel_module", "triton_available", "use_triton"]
+__all__ = ["Backend", "check_backend", "route", "triton_available", "use_triton"]
 
 
 @lru_cache(maxsize=1)
@@ -38,16 +40,15 @@ def check_backend(backend: object) -> Backend:
     return backend  # type: ignore[return-value]
 
 
-def use_triton(t: torch.Tensor, backend: Backend) -> bool:
-    """True when ``backend == "triton"``, or ``backend == "auto"``, ``t`` is on CUDA, Triton imports and
-    ``MUONLAB_TRITON=1`` opts in to the (not yet GPU-verified) kernels."""
+def route(backend: Backend, device: torch.device, dtype: torch.dtype) -> bool:
+    """True when tensors of ``dtype`` on ``device`` take the Triton kernels under ``backend`` (rule above)."""
+    if dtype == torch.float64 or backend == "torch":
+        return False
     if backend == "triton":
         return True
-    if backend == "torch":
-        return False
-    return bool(t.is_cuda) and os.environ.get("MUONLAB_TRITON") == "1" and triton_available()
+    return device.type == "cuda" and os.environ.get("MUONLAB_TRITON") == "1" and triton_available()
 
 
-def kernel_module(name: str) -> ModuleType:
-    """``muonlab.fast.kernels.<name>``, imported on first use (only the Triton branch calls this)."""
-    return importlib.import_module(f"{__package__}.kernels.{name}")
+def use_triton(t: torch.Tensor, backend: Backend) -> bool:
+    """`route` for ``t``'s device and dtype."""
+    return route(backend, t.device, t.dtype)

@@ -1,27 +1,48 @@
-"""Weight decay on torch tensors (docs/variants.md sections 4.3, 10, A8; mirrors `muonlab.reference.decay`).
+"""Weight decay and the update on torch tensors (docs/variants.md sections 4.3, 10, A8; the math of
+`muonlab.reference.decay`, with in-place functions named torch-style with a trailing underscore).
 
-``W <- W - eta_d lambda mask (.) W - eta_u O`` on the pre-update ``W``: `decay_lr` gives ``eta_d``
-(``"base"`` ``eta``, ``"scaled"`` ``eta_u``, ``"lr2"`` ``eta eta_u``), `cautious_mask` the mask
+``W <- W - eta_d lambda mask (.) W - eta_u O`` on the pre-update ``W`` (stages 6-7): `decay_lr` gives
+``eta_d`` (``"base"`` ``eta``, ``"scaled"`` ``eta_u``, ``"lr2"`` ``eta eta_u``), `cautious_mask` the mask
 (``O (.) W >= 0`` / ``> 0`` / ones); `coupled_decay` is the L2 form ``G + lambda W`` (stage 1).
-`decoupled_decay` and `apply_update` (stages 6 and 7 in one pass) write the parameter in place.
+`decoupled_decay_` and `apply_update_` write one parameter in place; `apply_stack_` applies one stack of
+updates to many parameters with a handful of multi-tensor ops.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from muonlab.contract.spec import Cautious, MuonSpec
 
-from .backend import Backend, kernel_module, use_triton
+from .orthogonalize import contiguous_as
 
-__all__ = ["Scalar", "apply_update", "cautious_mask", "coupled_decay", "decay_lr", "decoupled_decay"]
+__all__ = [
+    "Coefficients",
+    "Scalar",
+    "apply_stack_",
+    "apply_update_",
+    "cautious_mask",
+    "coefficients",
+    "coupled_decay",
+    "decay_lr",
+    "decoupled_decay_",
+]
 
 Scalar = float | torch.Tensor
-"""A learning-rate-like scalar: a Python float or a 0-D tensor."""
+"""A learning-rate-like scalar: a Python float or a tensor (0-D, or one value per matrix of a stack)."""
+
+
+def _check_cautious(mode: object) -> None:
+    if mode not in ("off", "ge", "gt"):
+        raise ValueError(f"cautious: expected 'off', 'ge' or 'gt', got {mode!r}")
 
 
 def cautious_mask(update: torch.Tensor, weight: torch.Tensor, mode: Cautious) -> torch.Tensor:
     """``1[O (.) W >= 0]`` (``"ge"``), ``1[O (.) W > 0]`` (``"gt"``) or ones (``"off"``), in ``weight.dtype``."""
+    _check_cautious(mode)
     if mode == "off":
         return torch.ones_like(weight)
     prod = update.to(weight.dtype) * weight
@@ -29,12 +50,15 @@ def cautious_mask(update: torch.Tensor, weight: torch.Tensor, mode: Cautious) ->
 
 
 def decay_lr(lr: Scalar, lr_update: Scalar, spec: MuonSpec) -> Scalar:
-    """``eta_d``: ``lr`` (``"base"``), ``lr_update`` (``"scaled"``) or ``lr * lr_update`` (``"lr2"``)."""
+    """``eta_d`` (docs/variants.md A8): ``lr`` (``"base"``), ``lr_update`` (``"scaled"``) or ``lr * lr_update``
+    (``"lr2"``); any other ``spec.decay_lr`` raises `ValueError`."""
     if spec.decay_lr == "base":
         return lr
     if spec.decay_lr == "scaled":
         return lr_update
-    return lr * lr_update
+    if spec.decay_lr == "lr2":
+        return lr * lr_update
+    raise ValueError(f"decay_lr: expected 'base', 'scaled' or 'lr2', got {spec.decay_lr!r}")
 
 
 def coupled_decay(grads: list[torch.Tensor], weights: list[torch.Tensor], weight_decay: float) -> list[torch.Tensor]:
@@ -44,40 +68,89 @@ def coupled_decay(grads: list[torch.Tensor], weights: list[torch.Tensor], weight
     )
 
 
-def decoupled_decay(weight: torch.Tensor, update: torch.Tensor, decay_factor: Scalar, mode: Cautious) -> torch.Tensor:
+def decoupled_decay_(weight: torch.Tensor, update: torch.Tensor, decay_factor: Scalar, mode: Cautious) -> torch.Tensor:
     """``W <- W - decay_factor mask (.) W`` in place (``decay_factor = eta_d lambda``); returns ``weight``."""
+    _check_cautious(mode)
     if mode == "off":
         return weight.sub_(weight * decay_factor)
     return weight.sub_(weight * cautious_mask(update, weight, mode) * decay_factor)
 
 
-def apply_update(
+@dataclass(frozen=True)
+class Coefficients:
+    """Stages 5-7 scalars in the arithmetic dtype, each one value or one per matrix (``[C, 1, 1]``):
+    ``lr_update`` (``eta_u``), ``decay`` (``eta_d lambda``) and ``retain`` (``1 - eta_d lambda``), the last
+    two None without decoupled decay. Made by `coefficients`, so both apply functions round alike."""
+
+    lr_update: torch.Tensor
+    decay: torch.Tensor | None
+    retain: torch.Tensor | None
+
+
+def coefficients(lr_update: torch.Tensor, decay: torch.Tensor | None, dtype: torch.dtype) -> Coefficients:
+    """`Coefficients` from float64 ``eta_u`` and ``eta_d lambda`` (``1 - eta_d lambda`` is formed in float64),
+    each rounded once to ``dtype``."""
+    if decay is None:
+        return Coefficients(lr_update.to(dtype), None, None)
+    return Coefficients(lr_update.to(dtype), decay.to(dtype), torch.rsub(decay, 1.0).to(dtype))
+
+
+def _parts(t: torch.Tensor, counts: Sequence[int]) -> list[torch.Tensor] | torch.Tensor:
+    return t if t.ndim == 0 else list(torch.split(t, list(counts)))
+
+
+def apply_stack_(
+    targets: Sequence[torch.Tensor],
+    update: torch.Tensor,
+    counts: Sequence[int],
+    coefs: Coefficients,
+    cautious: Cautious,
+    dtype: torch.dtype,
+) -> None:
+    """Stages 6-7 for a stack, in place: ``targets[i]`` (views of the parameters, ``[k_i, ...]``, any strides
+    and dtype) take the next ``counts[i]`` entries of ``update`` along dim 0 (consumed: it may be overwritten).
+
+    ``coefs`` (`coefficients`) hold one value, or one per matrix, in ``dtype`` (the arithmetic dtype: float32,
+    float64 for float64 parameters). Float32/float64 parameters without a cautious mask take
+    ``W <- W (1 - eta_d lambda)`` then ``W <- W - eta_u O``; otherwise each parameter is written once from
+    ``W - (eta_d lambda mask (.) W + eta_u O)`` computed in ``dtype`` (one rounding of a bf16 parameter), the
+    mask ``O (.) W >= 0`` (or ``> 0``) from the product in ``dtype``.
+    """
+    _check_cautious(cautious)
+    tl = list(targets)
+    if coefs.decay is None or (cautious == "off" and all(t.dtype == dtype for t in tl)):
+        if coefs.retain is not None:
+            torch._foreach_mul_(tl, _parts(coefs.retain, counts))
+        # one contiguous copy in ``dtype`` (a fast cast, unlike a mixed-dtype multiply) unless ``update`` is
+        # already one; then in place
+        delta = contiguous_as(update, dtype).mul_(coefs.lr_update)
+        torch._foreach_sub_(tl, list(torch.split(delta, list(counts))))
+        return
+    weights = torch.cat(tl, out=torch.empty(update.shape, dtype=dtype, device=update.device))
+    if cautious == "off":
+        term = weights.mul_(coefs.decay)
+    else:
+        term = torch.mul(weights, update)
+        term = term.ge_(0.0) if cautious == "ge" else term.gt_(0.0)
+        term.mul_(weights).mul_(coefs.decay)
+        del weights
+    term.addcmul_(update, coefs.lr_update)
+    torch._foreach_sub_(tl, list(torch.split(term, list(counts))))
+
+
+def apply_update_(
     param: torch.Tensor,
     update: torch.Tensor,
     *,
     lr_update: Scalar,
     decay_factor: Scalar | None,
     cautious: Cautious,
-    backend: Backend = "auto",
 ) -> None:
-    """Stages 6-7 in place: ``W <- W - decay_factor mask (.) W - lr_update O`` (mask on the pre-update ``W``).
-
-    ``decay_factor`` ``None`` skips the decay. The arithmetic runs in float32 for low-precision parameters
-    (then rounds once into ``param``); on the Triton path it is one fused kernel.
-    """
-    if use_triton(param, backend):
-        kernel_module("elementwise").fused_apply(
-            param,
-            update.reshape(param.shape),
-            lr_update=lr_update,
-            decay_factor=0.0 if decay_factor is None else decay_factor,
-            cautious=cautious if decay_factor is not None else "off",
-        )
-        return
-    work = param if param.dtype in (torch.float32, torch.float64) else param.float()
-    u = update.reshape(param.shape).to(work.dtype)
-    if decay_factor is not None:
-        decoupled_decay(work, u, decay_factor, cautious)
-    work.sub_(u * lr_update)
-    if work is not param:
-        param.copy_(work)
+    """Stages 6-7 on one parameter, in place: ``W <- W - decay_factor mask (.) W - lr_update O`` (mask on the
+    pre-update ``W``; ``decay_factor`` None skips the decay), with the arithmetic of `apply_stack_` (Python
+    floats are taken as float64)."""
+    dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
+    lr64 = torch.as_tensor(lr_update, dtype=torch.float64, device=param.device)
+    d64 = None if decay_factor is None else torch.as_tensor(decay_factor, dtype=torch.float64, device=param.device)
+    n = param.shape[0] if param.ndim else 1
+    apply_stack_([param], update.reshape(param.shape), [n], coefficients(lr64, d64, dtype), cautious, dtype)

@@ -1,12 +1,15 @@
-"""Momentum forms on lists of tensors (docs/variants.md section 0.1; `muonlab.reference.momentum`).
+"""Momentum forms on torch tensors (docs/variants.md section 0.1; `muonlab.reference.momentum`).
 
-Each function updates the buffers ``M`` in place (``torch._foreach_*``) and returns new tensors ``N``, the
-orthogonalizer input; the gradients are never written.
+The buffer ``M`` is updated in place; the result ``N`` is the orthogonalizer input.
 
-* ``"ema"``: ``M = lerp(M, G, 1-beta)``; Nesterov ``N = lerp(G, M, beta)``, else ``N = M`` (a copy).
-* ``"sum"``: ``M = mu M + G``; Nesterov ``N = G + mu M``, else ``N = M`` (a copy).
-* ``"optax"``: ``M = beta M + (1-beta) G`` with the 1-based step ``t`` per tensor; Nesterov
-  ``N = beta M / (1 - beta^{t+1}) + (1-beta) G / (1 - beta^t)``, else ``N = M / (1 - beta^t)``.
+* ``"ema"``: ``M = lerp(M, G, 1-beta)``; Nesterov ``N = lerp(G, M, beta)``, else ``N = M``.
+* ``"sum"``: ``M = mu M + G``; Nesterov ``N = G + mu M``, else ``N = M``.
+* ``"optax"``: ``M = beta M + (1-beta) G`` with the 1-based step ``t``; Nesterov
+  ``N = beta M / (1 - beta^{t+1}) + (1-beta) G / (1 - beta^t)``, else ``N = M / (1 - beta^t)`` (optax
+  ``scale_by_muon``).
+
+`momentum_` works on one stack (the optimizer step: a ``keep`` mask skips matrices on the device, step
+counts are tensors, nothing is read on the host); `apply_momentum` on lists of tensors (``torch._foreach_*``).
 """
 
 from __future__ import annotations
@@ -17,58 +20,89 @@ import torch
 
 from muonlab.contract.spec import MomentumForm, MuonSpec
 
-__all__ = ["apply_momentum", "ema_momentum", "optax_momentum", "sum_momentum"]
+__all__ = ["apply_momentum", "momentum_", "optax_corrections"]
 
 Tensors = list[torch.Tensor]
 
 
-def ema_momentum(bufs: Tensors, grads: Tensors, beta: float, nesterov: bool) -> Tensors:
-    """``M.lerp_(G, 1-beta)``; returns ``G.lerp(M, beta)`` (Nesterov) or a copy of ``M``."""
-    torch._foreach_lerp_(bufs, grads, 1.0 - beta)
+def _check_form(form: object) -> None:
+    if form not in ("ema", "sum", "optax"):
+        raise ValueError(f"momentum_form: expected 'ema', 'sum' or 'optax', got {form!r}")
+
+
+def optax_corrections(steps: torch.Tensor, beta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Nesterov factors ``(beta / (1 - beta^{t+1}), (1-beta) / (1 - beta^t))`` for the 1-based step
+    tensor ``steps``, computed in float64 and rounded once to ``dtype`` (the Python-float arithmetic of optax
+    ``scale_by_muon``). Counts below 1 (a skipped parameter's first step) are read as 1: finite factors."""
+    t = steps.to(torch.float64).clamp(min=1.0)
+    first = beta / (1.0 - torch.pow(beta, t + 1.0))
+    second = (1.0 - beta) / (1.0 - torch.pow(beta, t))
+    return first.to(dtype), second.to(dtype)
+
+
+def momentum_(
+    buf: torch.Tensor,
+    grad: torch.Tensor,
+    form: MomentumForm,
+    beta: float,
+    nesterov: bool,
+    *,
+    steps: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Stage 2 on one stack: update ``buf`` in place and return ``N`` (``grad`` is consumed: it may be
+    overwritten and may be returned; ``N`` may also be ``buf`` itself, so do not write it).
+
+    ``steps`` (``"optax"`` only): the 1-based counts after incrementing, broadcastable to ``buf``.
+    ``keep`` (bool, broadcastable): where False, ``grad`` must already be zero there; the buffer is then left
+    unchanged bit for bit (the lerp weight, or the decay factor, is exactly 0 or 1 there).
+    """
+    _check_form(form)
+    if form == "ema":
+        buf.lerp_(grad, 1.0 - beta if keep is None else torch.where(keep, 1.0 - beta, 0.0).to(buf.dtype))
+        return grad.lerp_(buf, beta) if nesterov else buf
+    decay: float | torch.Tensor = beta if keep is None else torch.where(keep, beta, 1.0).to(buf.dtype)
+    if form == "sum":
+        buf.mul_(decay).add_(grad)
+        return grad.add_(buf, alpha=beta) if nesterov else buf
+    if steps is None:
+        raise ValueError("steps: the optax momentum needs the 1-based step counts")
+    buf.mul_(decay).add_(grad, alpha=1.0 - beta)
     if nesterov:
-        return list(torch._foreach_lerp(grads, bufs, beta))
-    return [b.clone() for b in bufs]
-
-
-def sum_momentum(bufs: Tensors, grads: Tensors, mu: float, nesterov: bool) -> Tensors:
-    """``M = mu M + G``; returns ``G + mu M`` (Nesterov) or a copy of ``M``."""
-    torch._foreach_mul_(bufs, mu)
-    torch._foreach_add_(bufs, grads)
-    if nesterov:
-        return list(torch._foreach_add(grads, bufs, alpha=mu))
-    return [b.clone() for b in bufs]
-
-
-def optax_momentum(bufs: Tensors, grads: Tensors, beta: float, nesterov: bool, steps: Sequence[int]) -> Tensors:
-    """optax ``scale_by_muon`` with per-tensor 1-based steps ``steps`` (``t >= 1``)."""
-    if any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in steps):
-        raise ValueError(f"steps: the optax momentum needs 1-based step counts t >= 1, got {list(steps)!r}")
-    torch._foreach_mul_(bufs, beta)
-    torch._foreach_add_(bufs, grads, alpha=1.0 - beta)
-    if nesterov:
-        out = list(torch._foreach_mul(bufs, [beta / (1.0 - beta ** (t + 1)) for t in steps]))
-        torch._foreach_add_(out, torch._foreach_mul(grads, [(1.0 - beta) / (1.0 - beta**t) for t in steps]))
-        return out
-    return list(torch._foreach_div(bufs, [1.0 - beta**t for t in steps]))
+        first, second = optax_corrections(steps, beta, buf.dtype)
+        return grad.mul_(second).add_(buf * first)
+    t = steps.to(torch.float64).clamp(min=1.0)
+    return buf / (1.0 - torch.pow(beta, t)).to(buf.dtype)
 
 
 def apply_momentum(
     bufs: Tensors,
     grads: Tensors,
     spec: MuonSpec,
-    steps: Sequence[int],
+    steps: Sequence[int | torch.Tensor],
     *,
     beta: float | None = None,
     form: MomentumForm | None = None,
 ) -> Tensors:
-    """Dispatch on ``spec.momentum_form`` (or ``form``) with ``beta`` (default ``spec.momentum``; a param
-    group's live ``"momentum"``) and ``spec.nesterov``. ``steps`` are the 1-based counts after incrementing."""
+    """Stage 2 on lists: updates each buffer in place and returns new tensors ``N`` (the gradients are not
+    written). ``beta`` defaults to ``spec.momentum`` (a param group's live ``"momentum"``), ``form`` to
+    ``spec.momentum_form``; ``steps`` are the 1-based counts after incrementing (ints or 0-D tensors)."""
     kind = spec.momentum_form if form is None else form
+    _check_form(kind)
     b = spec.momentum if beta is None else float(beta)
     if not bufs:
         return []
     if kind == "ema":
-        return ema_momentum(bufs, grads, b, spec.nesterov)
+        torch._foreach_lerp_(bufs, grads, 1.0 - b)
+        return list(torch._foreach_lerp(grads, bufs, b)) if spec.nesterov else [m.clone() for m in bufs]
     if kind == "sum":
-        return sum_momentum(bufs, grads, b, spec.nesterov)
-    return optax_momentum(bufs, grads, b, spec.nesterov, steps)
+        torch._foreach_mul_(bufs, b)
+        torch._foreach_add_(bufs, grads)
+        return list(torch._foreach_add(grads, bufs, alpha=b)) if spec.nesterov else [m.clone() for m in bufs]
+    if any(isinstance(t, bool) or (isinstance(t, int) and t < 1) for t in steps):
+        raise ValueError(f"steps: the optax momentum needs 1-based step counts t >= 1, got {list(steps)!r}")
+    out = []
+    for m, g, t in zip(bufs, grads, steps, strict=True):
+        n = momentum_(m, g.clone(), "optax", b, spec.nesterov, steps=torch.as_tensor(t, device=m.device))
+        out.append(n if n is not m else m.clone())
+    return out

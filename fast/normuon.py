@@ -10,13 +10,11 @@ On the matrix view ``O`` ``[..., m, n]`` with the second moment ``S`` (``[..., m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from muonlab.contract import MuonSpec, normuon_reduce_axis, second_moment_shape
+from muonlab.contract import MuonSpec, normuon_reduce_axis
 
-__all__ = ["normuon_normalize"]
+__all__ = ["normuon_normalize", "normuon_normalize_"]
 
 
 def _frobenius(x: torch.Tensor) -> torch.Tensor:
@@ -24,31 +22,64 @@ def _frobenius(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def normuon_normalize(o: torch.Tensor, s: torch.Tensor, spec: MuonSpec, *, beta2: float | None = None) -> torch.Tensor:
-    """Return ``O_hat`` for ``O`` (``[..., m, n]``, computed in ``s.dtype``) and update ``S`` in place.
-
-    Reads ``beta2`` (or the override), ``normuon_axis``, ``normuon_eps``, ``normuon_eps_mode``,
-    ``normuon_rescale`` and ``rms_scale`` from ``spec``.
-    """
-    m, n = o.shape[-2], o.shape[-1]
-    red = normuon_reduce_axis(m, n, spec.normuon_axis)
-    expected: Sequence[int] = second_moment_shape(o.shape, spec.normuon_axis)
+def _check(o: torch.Tensor, s: torch.Tensor, red: int) -> None:
+    expected = (*o.shape[:-1], 1) if red == -1 else (*o.shape[:-2], 1, o.shape[-1])
     if tuple(s.shape) != tuple(expected):
         raise ValueError(
             f"second_moment: expected shape {tuple(expected)} for an update of shape {tuple(o.shape)}, "
             f"got {tuple(s.shape)}"
         )
+
+
+def normuon_normalize_(
+    o: torch.Tensor,
+    s: torch.Tensor,
+    spec: MuonSpec,
+    *,
+    beta2: float | None = None,
+    reduce: int | None = None,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`normuon_normalize` that may overwrite ``o`` (when it already has ``s.dtype``) to save memory.
+
+    ``reduce`` (-1: per row, -2: per column) overrides the axis ``spec.normuon_axis`` gives for ``o``'s
+    ``(m, n)`` (a stack of transposed matrices flips it); ``keep`` (bool, broadcastable to ``S``) leaves ``S``
+    unchanged bit for bit where False (the lerp weight is 0 there).
+    """
+    m, n = o.shape[-2], o.shape[-1]
+    red = normuon_reduce_axis(m, n, spec.normuon_axis) if reduce is None else reduce
+    _check(o, s, red)
     b2 = spec.beta2 if beta2 is None else beta2
     o = o.to(s.dtype)
     vbar = (o * o).mean(dim=red, keepdim=True)
-    s.lerp_(vbar, 1.0 - b2)
+    s.lerp_(vbar, 1.0 - b2 if keep is None else torch.where(keep, 1.0 - b2, 0.0).to(s.dtype))
+    del vbar
     eps = spec.normuon_eps
-    o_hat = o / (s.sqrt() + eps) if spec.normuon_eps_mode == "add" else o / s.clamp(min=eps).sqrt()
-    hat_norm = _frobenius(o_hat)
-    if spec.normuon_rescale == "frobenius":
-        denom = hat_norm + eps if spec.normuon_eps_mode == "add" else hat_norm.clamp(min=eps)
-        return o_hat * (_frobenius(o) / denom)
+    add = spec.normuon_eps_mode == "add"
+    o_norm = _frobenius(o) if spec.normuon_rescale == "frobenius" else None
+    o.div_(s.sqrt().add_(eps) if add else s.clamp(min=eps).sqrt_())
+    hat_norm = _frobenius(o)
+    if o_norm is not None:
+        return o.mul_(o_norm.div_(hat_norm.add_(eps) if add else hat_norm.clamp_(min=eps)))
     target = spec.rms_scale * float(m * n) ** 0.5
     live = hat_norm > 0.0
-    factor = torch.where(live, target / torch.where(live, hat_norm, torch.ones_like(hat_norm)), 0.0)
-    return o_hat * factor
+    return o.mul_(torch.where(live, target / torch.where(live, hat_norm, 1.0), 0.0))
+
+
+def normuon_normalize(
+    o: torch.Tensor,
+    s: torch.Tensor,
+    spec: MuonSpec,
+    *,
+    beta2: float | None = None,
+    reduce: int | None = None,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Return ``O_hat`` for ``O`` (``[..., m, n]``, computed in ``s.dtype``) and update ``S`` in place;
+    ``o`` is not written.
+
+    Reads ``beta2`` (or the override), ``normuon_axis``, ``normuon_eps``, ``normuon_eps_mode``,
+    ``normuon_rescale`` and ``rms_scale`` from ``spec``; ``reduce`` and ``keep`` as in `normuon_normalize_`.
+    """
+    work = o.clone() if o.dtype == s.dtype else o.to(s.dtype)
+    return normuon_normalize_(work, s, spec, beta2=beta2, reduce=reduce, keep=keep)

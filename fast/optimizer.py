@@ -24,7 +24,10 @@ from torch.optim import Optimizer
 from muonlab.contract import MuonSpec, resolve_spec
 
 from .backend import Backend, check_backend
+from .buckets import GroupStacks
 from .distributed import DistributedMode
+from .layout import MatrixDims, check_group_matrix_dims, matrix_shape, matrix_view
+from .state import state_dtype
 from .step import adamw_step, muon_step
 
 __all__ = ["Muon"]
@@ -65,6 +68,23 @@ def _check_lr(lr: object, name: str) -> float | torch.Tensor:
     if not v >= 0.0 or v == float("inf"):
         raise ValueError(f"{name}: must be finite and >= 0, got {lr!r}")
     return v
+
+
+def _norms(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of each gradient (one multi-tensor op), accumulated in float32 (float64 for float64): NaN or
+    inf when the gradient holds a NaN or an Inf. A finite gradient whose sum of squares overflows (entries
+    near 1e19 in float32 / bfloat16) also reads inf (docs/fast.md "Non-finite gradients"). The 2-norm is
+    used because the inf-norm is many times slower on CPU."""
+    dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+    return torch.stack(torch._foreach_norm(grads, 2.0, dtype=dtype))
+
+
+def _spread(finite: torch.Tensor, grads: list[torch.Tensor | None]) -> torch.Tensor:
+    """``finite`` (one entry per present gradient) spread to one entry per parameter (True where absent)."""
+    present = [i for i, g in enumerate(grads) if g is not None]
+    out = torch.ones(len(grads), dtype=torch.bool, device=finite.device)
+    out[present] = finite
+    return out
 
 
 def _spec_to_dict(spec: MuonSpec) -> dict[str, Any]:
@@ -113,8 +133,15 @@ class Muon(Optimizer):
         backend: Backend = "auto",
         distributed: DistributedMode = "none",
         process_group: Any = None,
+        max_stack_bytes: int | None = None,
         **overrides: Any,
     ) -> None:
+        if max_stack_bytes is not None and (
+            isinstance(max_stack_bytes, bool) or not isinstance(max_stack_bytes, int) or max_stack_bytes < 1
+        ):
+            raise ValueError(f"max_stack_bytes: expected a positive int (bytes) or None, got {max_stack_bytes!r}")
+        self.max_stack_bytes: int | None = max_stack_bytes
+        self._stacks: dict[int, tuple[tuple[int, ...], GroupStacks]] = {}
         if not isinstance(distributed, str) or distributed not in _MODES:
             raise ValueError(f"distributed: expected one of {', '.join(map(repr, _MODES))}, got {distributed!r}")
         if distributed == "none" and process_group is not None:
@@ -171,6 +198,21 @@ class Muon(Optimizer):
             if algorithm == "muon":
                 self._check_layout(p, f"param_groups[{index}]['params'][{j}]")
         group["params"] = plist
+        if "matrix_dims" in group:
+            name = f"param_groups[{index}]['matrix_dims']"
+            if algorithm != "muon":
+                raise ValueError(f"{name}: only Muon groups have matrix dims (this group is {algorithm!r})")
+            dims = check_group_matrix_dims(group["matrix_dims"], [tuple(p.shape) for p in plist], name)
+            if self.distributed in ("sharded", "gathered") and any(d is not None and 0 in d for d in dims):
+                raise ValueError(
+                    f"{name}: with distributed={self.distributed!r} dim 0 is sharded and must stay a batch dim, "
+                    f"got {dims!r}"
+                )
+            group["matrix_dims"] = dims
+        if isinstance(group["lr"], torch.Tensor) and plist and group["lr"].device != _local(plist[0]).device:
+            # Once, here: schedulers fill this tensor in place, and the step reads it on the device.
+            group["lr"] = group["lr"].to(_local(plist[0]).device)
+        self._stacks.clear()
         super().add_param_group(group)
 
     def _check_layout(self, p: torch.Tensor, name: str) -> None:
@@ -285,13 +327,131 @@ class Muon(Optimizer):
             live[gi][pi] = False
         return live
 
+    def _finite_flags(self) -> list[torch.Tensor | None]:
+        """Per group, a bool per parameter with a gradient (a device tensor): whether its gradient is finite
+        (`_norms` below inf: NaN and Inf fail; an empty gradient passes); None for a group without gradients
+        and for ``nonfinite="raise"`` groups, which are checked with one host sync for the whole step: a
+        non-finite gradient raises before any parameter or state changes."""
+        flags: list[torch.Tensor | None] = []
+        worst: list[torch.Tensor] = []
+        for group in self.param_groups:
+            grads = [p.grad for p in group["params"] if p.grad is not None]
+            if not grads:
+                flags.append(None)
+                continue
+            full = [j for j, g in enumerate(grads) if g.numel() > 0]
+            raising = cast(MuonSpec, group["spec"]).nonfinite == "raise"
+            norms = _norms([grads[j] for j in full]) if full else None
+            if raising:
+                if norms is not None:
+                    worst.append(norms.amax())  # NaN if any is NaN
+                flags.append(None)
+                continue
+            ok = torch.ones(len(grads), dtype=torch.bool, device=grads[0].device)
+            if norms is not None and len(full) == len(grads):
+                ok = norms < float("inf")
+            elif norms is not None:
+                ok[full] = norms < float("inf")
+            flags.append(ok)
+        if worst:
+            top = worst[0] if len(worst) == 1 else torch.stack([w.to(worst[0]) for w in worst]).amax()
+            if not bool(top < float("inf")):  # the one host sync of the step
+                self._raise_nonfinite()
+        return flags
+
+    def _raise_nonfinite(self) -> None:
+        """Raise for the first non-finite gradient of a ``nonfinite="raise"`` group (the rare path: syncs)."""
+        for gi, group in enumerate(self.param_groups):
+            if cast(MuonSpec, group["spec"]).nonfinite != "raise":
+                continue
+            for pi, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                g = _local(p.grad)
+                nan, inf = bool(g.isnan().any()), bool(g.isinf().any())
+                if not (nan or inf):
+                    continue
+                kind = "NaN and Inf" if nan and inf else "NaN" if nan else "Inf"
+                raise ValueError(
+                    f"param_groups[{gi}]['params'][{pi}] (shape {tuple(g.shape)}): gradient contains {kind}; "
+                    f"no parameter or state was changed (set nonfinite='skip' to skip such parameters)"
+                )
+
+    def _group_stacks(self, index: int, group: dict[str, Any], views: list[torch.Tensor]) -> GroupStacks:
+        """The group's cached `GroupStacks` (planned on first use, again if its parameters change)."""
+        key = tuple(id(p) for p in group["params"])
+        cached = self._stacks.get(index)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        stacks = GroupStacks(views, cast(MuonSpec, group["spec"]), self._stack_cap())
+        self._stacks[index] = (key, stacks)
+        return stacks
+
+    def _stack_cap(self) -> int:
+        """``max_stack_bytes``, or by default half the state bytes of all Muon parameters (docs/fast.md)."""
+        if self.max_stack_bytes is not None:
+            return self.max_stack_bytes
+        total: int = sum(
+            int(p.numel()) * state_dtype(p).itemsize
+            for g in self.param_groups
+            if g["algorithm"] == "muon"
+            for p in g["params"]
+        )
+        return max(total // 2, 1)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """One step over every group; ``closure`` (optional) re-evaluates the loss with grad enabled."""
+        """One step over every group; ``closure`` (optional) re-evaluates the loss with grad enabled.
+
+        Single-process, with ``nonfinite="skip"``, nothing is read on the host (docs/fast.md "Host syncs")."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.distributed != "none":
+            self._step_distributed()
+            return loss
+        flags = self._finite_flags()
+        for gi, (group, finite) in enumerate(zip(self.param_groups, flags, strict=True)):
+            params = group["params"]
+            if all(p.grad is None for p in params):
+                continue
+            spec = cast(MuonSpec, group["spec"])
+            if group["algorithm"] == "muon":
+                dims: list[MatrixDims] = group.get("matrix_dims") or [None] * len(params)
+                views = [matrix_view(p, d) for p, d in zip(params, dims, strict=True)]
+                grads = [None if p.grad is None else matrix_view(p.grad, d) for p, d in zip(params, dims, strict=True)]
+                keep = None
+                if finite is not None:
+                    # finite covers the params with a gradient; those without are skipped by the stacks
+                    keep = finite if all(g is not None for g in grads) else _spread(finite, grads)
+                self._group_stacks(gi, group, views).step(
+                    views,
+                    grads,
+                    [self.state[p] for p in params],
+                    lr=group["lr"],
+                    momentum=float(group["momentum"]),
+                    weight_decay=float(group["weight_decay"]),
+                    keep=keep,
+                    backend=self.backend,
+                )
+                continue
+            live = [p for p in params if p.grad is not None]
+            b1, b2 = group["betas"]
+            adamw_step(
+                live,
+                [cast(torch.Tensor, p.grad) for p in live],
+                [self.state[p] for p in live],
+                lr=group["lr"],
+                betas=(float(b1), float(b2)),
+                eps=float(group["eps"]),
+                weight_decay=float(group["weight_decay"]),
+                eps_mode=spec.adam_eps_mode,
+                keep=None if finite is None else list(finite.unbind(0)),
+            )
+        return loss
+
+    def _step_distributed(self) -> None:
         live = self._finite_filter()
         for group, row in zip(self.param_groups, live, strict=True):
             params = [p for p, ok in zip(group["params"], row, strict=True) if ok]
@@ -303,6 +463,13 @@ class Muon(Optimizer):
             local = [_local(p) for p in params]  # DTensor -> its shard (a view: updates land in the param)
             if group["algorithm"] == "muon":
                 sharded = self.distributed in ("sharded", "gathered")
+                dims = group.get("matrix_dims")
+                full_shapes = [tuple(p.shape) for p in params]
+                if dims is not None:
+                    index = {id(p): d for p, d in zip(group["params"], dims, strict=True)}
+                    local = [matrix_view(x, index[id(p)]) for p, x in zip(params, local, strict=True)]
+                    grads = [matrix_view(g, index[id(p)]) for p, g in zip(params, grads, strict=True)]
+                    full_shapes = [matrix_shape(p.shape, index[id(p)]) for p in params]
                 muon_step(
                     local,
                     grads,
@@ -314,7 +481,7 @@ class Muon(Optimizer):
                     backend=self.backend,
                     distributed=self.distributed,
                     process_group=self._group_of(params),
-                    full_shapes=[tuple(p.shape) for p in params] if sharded else None,
+                    full_shapes=full_shapes if sharded else None,
                 )
             else:
                 b1, b2 = group["betas"]
@@ -328,4 +495,3 @@ class Muon(Optimizer):
                     weight_decay=float(group["weight_decay"]),
                     eps_mode=spec.adam_eps_mode,
                 )
-        return loss

@@ -23,13 +23,16 @@ import torch
 from muonlab.contract import CoefficientSet, MuonSpec, check_ndim, matrix_view_shape, resolve_spec, schedule
 from muonlab.contract.spec import EpsMode
 
-from .backend import Backend, check_backend, kernel_module, use_triton
+from .backend import Backend, check_backend, route
 
 __all__ = [
     "as_matrices",
     "compute_dtype",
+    "contiguous_as",
     "newton_schulz",
     "normalize_frobenius",
+    "normalized_wide",
+    "ns_iteration",
     "orthogonalize",
     "orthogonalize_stack",
     "polar_factor",
@@ -60,30 +63,74 @@ def as_matrices(
     return x.reshape(batch, view[-2], view[-1]), restore
 
 
-def normalize_frobenius(x: torch.Tensor, norm_scale: float, eps: float, eps_mode: EpsMode) -> torch.Tensor:
-    """``X / (s ||X||_F + eps)`` (``"add"``) or ``X / max(s ||X||_F, eps)`` (``"clamp"``), per matrix, in
-    ``x.dtype`` (the norm of a bf16 tensor is accumulated in fp32 and rounded to bf16, as in every source)."""
+def contiguous_as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` itself when it is contiguous and of ``dtype``, else a contiguous copy in ``dtype`` (one pass)."""
+    if x.dtype == dtype and x.is_contiguous():
+        return x
+    return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x)
+
+
+def normalize_frobenius(
+    x: torch.Tensor,
+    norm_scale: float,
+    eps: float,
+    eps_mode: EpsMode,
+    dtype: torch.dtype | None = None,
+    *,
+    overwrite: bool = False,
+) -> torch.Tensor:
+    """``X / (s ||X||_F + eps)`` (``"add"``) or ``X / max(s ||X||_F, eps)`` (``"clamp"``), per matrix, computed
+    in ``x.dtype`` and rounded once to ``dtype`` (default ``x.dtype``), returned contiguous. The norm of a bf16
+    tensor is accumulated in fp32 and rounded to bf16, as in every source. ``overwrite`` lets the division run
+    in place in ``x`` (same result; ``x`` is then garbage to the caller)."""
     norm: torch.Tensor = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
     if norm_scale != 1.0:
-        norm = norm * norm_scale
-    denom = norm + eps if eps_mode == "add" else norm.clamp(min=eps)
-    return x / denom
+        norm = norm.mul_(norm_scale)
+    denom = norm.add_(eps) if eps_mode == "add" else norm.clamp_(min=eps)
+    out_dtype = x.dtype if dtype is None else dtype
+    if overwrite:
+        return contiguous_as(x.div_(denom), out_dtype)
+    if out_dtype == x.dtype:
+        return (x / denom).contiguous()
+    return torch.div(x, denom, out=torch.empty(x.shape, dtype=out_dtype, device=x.device))
 
 
-def _iterate(x: torch.Tensor, coefficients: CoefficientSet, triton: bool) -> torch.Tensor:
-    """The quintic iterations on a wide ``[B, m, n]`` stack (``m <= n``)."""
+def normalized_wide(
+    x: torch.Tensor, norm_scale: float, eps: float, eps_mode: EpsMode, compute: torch.dtype, *, overwrite: bool = False
+) -> tuple[torch.Tensor, bool]:
+    """The Newton-Schulz input: ``x`` (``[..., m, n]``) as a contiguous wide ``[B, m', n']`` stack (transposed
+    when ``m > n``, strict), Frobenius-normalized (`normalize_frobenius`) and in ``compute``; and whether it
+    was transposed. When ``x`` is wider than ``compute`` (fp32 momentum, bf16 iteration) the normalization runs
+    in ``x.dtype`` and its result is rounded once: one rounding of each entry instead of a rounded norm that
+    shifts every singular value coherently (the first Polar Express quintic amplifies such a shift about 16x).
+    ``overwrite``: ``x`` may be divided in place.
+    """
+    shape = x.shape
+    transpose = shape[-2] > shape[-1]
+    xm = x.reshape(-1, shape[-2], shape[-1])
+    if transpose:
+        xm = xm.mT
+    if x.dtype.itemsize > compute.itemsize:
+        return normalize_frobenius(xm, norm_scale, eps, eps_mode, compute, overwrite=overwrite), transpose
+    work = xm.to(compute)
+    own = overwrite or work is not xm  # a converted copy is ours to divide in place
+    return normalize_frobenius(work, norm_scale, eps, eps_mode, overwrite=own), transpose
+
+
+def ns_iteration(x: torch.Tensor, a: float, b: float, c: float, triton: bool) -> torch.Tensor:
+    """One quintic iteration on a wide ``[B, m, n]`` stack (``m <= n``): ``A = X X^T``, ``B = b A + c A^2``,
+    ``X' = a X + B X`` (a new tensor); ``triton`` (from `muonlab.fast.backend.route`) takes the symmetric
+    kernels for ``A`` and ``B``."""
     if triton:
-        symmetric = kernel_module("symmetric")
-        for a, b, c in coefficients:
-            gram: torch.Tensor = symmetric.xxt(x)
-            poly: torch.Tensor = symmetric.ba_plus_caa(gram, b, c)
-            x = torch.baddbmm(x, poly, x, beta=a)
-        return x
-    for a, b, c in coefficients:
+        from .kernels import symmetric
+
+        gram: torch.Tensor = symmetric.xxt(x)
+        poly: torch.Tensor = symmetric.ba_plus_caa(gram, b, c)
+    else:
         gram = torch.bmm(x, x.mT)
         poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
-        x = torch.baddbmm(x, poly, x, beta=a)
-    return x
+    del gram
+    return torch.baddbmm(x, poly, x, beta=a)
 
 
 def newton_schulz(
@@ -107,19 +154,10 @@ def newton_schulz(
     """
     check_ndim(x.shape, "x")
     shape = x.shape
-    transpose = shape[-2] > shape[-1]
-    xm = x.reshape(-1, shape[-2], shape[-1])
-    if transpose:
-        xm = xm.mT
-    dtype = x.dtype if compute is None else compute
-    if x.dtype.itemsize > dtype.itemsize:
-        # Normalize before rounding to the (narrower) compute dtype: one rounding of each entry instead of
-        # a rounded norm that shifts every singular value coherently (the first Polar Express quintic
-        # amplifies such a shift about 16x).
-        xm = normalize_frobenius(xm, norm_scale, eps, eps_mode).to(dtype)
-    else:
-        xm = normalize_frobenius(xm.to(dtype), norm_scale, eps, eps_mode)
-    xm = _iterate(xm, coefficients, use_triton(xm, backend))
+    xm, transpose = normalized_wide(x, norm_scale, eps, eps_mode, x.dtype if compute is None else compute)
+    triton = route(backend, xm.device, xm.dtype)
+    for a, b, c in coefficients:
+        xm = ns_iteration(xm, a, b, c, triton)
     if transpose:
         xm = xm.mT
     return xm.reshape(shape)

@@ -2,7 +2,9 @@
 
 * Muon: ``"momentum_buffer"`` (the parameter's shape; float32 for bf16/fp16 parameters, otherwise the
   parameter's dtype), ``"second_moment"`` (NorMuon ``S`` of shape `normuon_state_shape`, same dtype; only
-  with ``spec.normuon``), ``"step"`` (0-D float32 CPU tensor, as torch's Adam).
+  with ``spec.normuon``), ``"step"`` (0-D float32 tensor on the parameter's device, as torch's Adam with
+  ``capturable=True``: the step reads it without a host sync). In `muonlab.fast.Muon` the Muon entries
+  are views into per-shape stacks (`muonlab.fast.buckets`).
 * AdamW: ``"exp_avg"``, ``"exp_avg_sq"`` (same dtype rule) and ``"step"``.
 """
 
@@ -22,8 +24,8 @@ def state_dtype(param: torch.Tensor) -> torch.dtype:
     return torch.float64 if param.dtype == torch.float64 else torch.float32
 
 
-def _step() -> torch.Tensor:
-    return torch.tensor(0.0, dtype=torch.float32)
+def _step(param: torch.Tensor) -> torch.Tensor:
+    return torch.zeros((), dtype=torch.float32, device=param.device)
 
 
 def init_muon_state(param: torch.Tensor, spec: MuonSpec) -> dict[str, Any]:
@@ -32,7 +34,7 @@ def init_muon_state(param: torch.Tensor, spec: MuonSpec) -> dict[str, Any]:
         raise ValueError(f"param must have at least 2 dims for Muon, got shape {tuple(param.shape)}")
     dtype = state_dtype(param)
     state: dict[str, Any] = {
-        "step": _step(),
+        "step": _step(param),
         "momentum_buffer": torch.zeros_like(param, dtype=dtype, memory_format=torch.contiguous_format),
     }
     if spec.normuon:
@@ -44,7 +46,7 @@ def init_adam_state(param: torch.Tensor) -> dict[str, Any]:
     """Zero first and second moments and ``step = 0``."""
     dtype = state_dtype(param)
     return {
-        "step": _step(),
+        "step": _step(param),
         "exp_avg": torch.zeros_like(param, dtype=dtype, memory_format=torch.contiguous_format),
         "exp_avg_sq": torch.zeros_like(param, dtype=dtype, memory_format=torch.contiguous_format),
     }

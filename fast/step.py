@@ -1,19 +1,12 @@
-"""One optimizer step over a param group, in the order of `muonlab.contract.spec` (stages 1-8).
+"""One optimizer step over lists of parameters that share a spec (docs/variants.md, the step's stages), as
+functions on explicit per-parameter states: `muon_update` (stages 1-4: the directions ``O``), `muon_step`
+(1-8, in place) and `adamw_step` (AdamW for the non-matrix group).
 
-`muon_update` (stages 1-4) and `muon_step` (1-8) work on lists of parameters that share a spec:
-
-1. coupled decay ``G <- G + lambda W`` (new tensors; ``p.grad`` is never written);
-2. momentum for the whole list with ``torch._foreach_*`` ops (or the fused Triton kernel);
-3. the matrices of every parameter whose matrix view has the same ``(m, n)`` (and device) are stacked
-   into one ``[B, m, n]`` batch and orthogonalized by one batched Newton-Schulz call in
-   ``spec.compute_dtype``;
-4. NorMuon on the same stack (``S`` stacked, updated, written back);
-5. ``eta_u = eta * update_scale(param.shape)``;
-6-7. ``W <- W - eta_d lambda mask (.) W - eta_u O`` (one pass; the fused Triton kernel on CUDA);
-8. or the hypersphere step.
-
-`adamw_step` is AdamW for the non-matrix group. States are ``Optimizer.state`` dicts (`muonlab.fast.state`);
-the step count is incremented here. Non-finite gradients are filtered by the caller (`muonlab.fast.Muon`).
+Single-process matrices of one shape are stacked and stepped by `muonlab.fast.stack` (the same code as
+`muonlab.fast.Muon`, which keeps its state stacked instead of gathering it here); the distributed modes
+route stages 3-4 through `muonlab.fast.distributed.muon_directions`. States are ``Optimizer.state`` dicts
+(`muonlab.fast.state`; an empty dict is initialized); step counts are tensors and are never read on the host.
+Non-finite gradients are the caller's business (`muonlab.fast.Muon` filters or masks them).
 """
 
 from __future__ import annotations
@@ -26,13 +19,14 @@ import torch
 from muonlab.contract import MuonSpec, normuon_state_shape, update_scale
 
 from .adamw import adam_direction, adam_moments, adamw_apply
-from .backend import Backend, kernel_module, use_triton
-from .decay import Scalar, apply_update, coupled_decay, decay_lr, decoupled_decay
+from .backend import Backend
+from .decay import Scalar, apply_update_, coupled_decay, decay_lr, decoupled_decay_
 from .distributed import DistributedMode, Group, muon_directions
 from .momentum import apply_momentum
-from .normuon import normuon_normalize
-from .orthogonalize import as_matrices, orthogonalize_stack
+from .orthogonalize import as_matrices
+from .plan import plan_buckets
 from .sphere import sphere_step
+from .stack import gather, stack_directions
 from .state import init_adam_state, init_muon_state, state_dtype
 
 __all__ = ["adamw_step", "muon_step", "muon_update"]
@@ -40,11 +34,10 @@ __all__ = ["adamw_step", "muon_step", "muon_update"]
 State = dict[str, Any]
 
 
-def _advance(states: Sequence[State]) -> list[int]:
-    steps = []
-    for st in states:
-        st["step"] += 1
-        steps.append(int(st["step"].item()))
+def _advance(states: Sequence[State]) -> list[torch.Tensor]:
+    """Increment every ``"step"`` (one multi-tensor op) and return them (1-based, tensors)."""
+    steps = [st["step"] for st in states]
+    torch._foreach_add_(steps, 1.0)
     return steps
 
 
@@ -71,23 +64,57 @@ def _full_shapes(
     return out
 
 
-def _momentum(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    bufs: list[torch.Tensor],
+def _local_directions(
+    plist: list[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    states: Sequence[State],
     spec: MuonSpec,
-    steps: list[int],
     beta: float,
+    lam: float,
     backend: Backend,
 ) -> list[torch.Tensor]:
-    """Stage 2 with the Triton kernel where it applies (``"ema"``/``"sum"`` on CUDA), else ``_foreach``."""
-    if spec.momentum_form != "optax" and params and use_triton(params[0], backend):
-        fused_momentum = kernel_module("elementwise").fused_momentum
-        form = "ema" if spec.momentum_form == "ema" else "sum"
-        return [
-            fused_momentum(b, g, beta=beta, form=form, nesterov=spec.nesterov) for b, g in zip(bufs, grads, strict=True)
-        ]
-    return apply_momentum(bufs, grads, spec, steps, beta=beta)
+    """Stages 1-4 on one process: each bucket of `plan_buckets` gathered into one stack, its state gathered
+    and written back."""
+    mats = [as_matrices(p, spec, f"params[{i}]")[0] for i, p in enumerate(plist)]
+    gmats = [as_matrices(g, spec, f"grads[{i}]")[0] for i, g in enumerate(grads)]
+    shapes = [(int(m.shape[0]), int(m.shape[1]), int(m.shape[2])) for m in mats]
+    buckets = plan_buckets(shapes, [p.device for p in plist], [state_dtype(p) for p in plist], spec)
+    steps = _advance(states)
+    coupled = spec.decay_placement in ("update", "both") and lam != 0.0
+    out: list[torch.Tensor] = [torch.empty(0)] * len(plist)
+
+    for b in buckets:
+        bufs = [as_matrices(states[i]["momentum_buffer"], spec)[0] for i in b.members]
+        mom = gather(bufs, b.dtype)
+        second = None
+        s_views: list[torch.Tensor] = []
+        if spec.normuon:
+            for i in b.members:
+                st = states[i]["second_moment"]
+                s_views.append(st.reshape(shapes[i][0], *st.shape[-2:]))
+            second = gather(s_views, b.dtype)
+        slot_steps = None
+        if spec.momentum_form == "optax":
+            slot_steps = torch.cat([steps[i].expand(k) for i, k in zip(b.members, b.counts, strict=True)])
+            slot_steps = slot_steps.view(-1, 1, 1)
+        o = stack_directions(
+            [gmats[i] for i in b.members],
+            mom,
+            second,
+            spec,
+            beta=beta,
+            weights=[mats[i] for i in b.members] if coupled else None,
+            weight_decay=lam,
+            reduce=b.reduce,
+            steps=slot_steps,
+            backend=backend,
+        )
+        torch._foreach_copy_(bufs, list(torch.split(mom, list(b.counts))))
+        if second is not None:
+            torch._foreach_copy_(s_views, list(torch.split(second, list(b.counts))))
+        for i, part in zip(b.members, torch.split(o, list(b.counts)), strict=True):
+            out[i] = part.reshape(plist[i].shape)
+    return out
 
 
 def muon_update(
@@ -127,47 +154,25 @@ def muon_update(
                 st["second_moment"] = torch.zeros(
                     normuon_state_shape(full, spec), dtype=state_dtype(p), device=p.device
                 )
+    if distributed == "none":
+        return _local_directions(plist, grads, states, spec, beta, lam, backend)
     steps = _advance(states)
     bufs = [st["momentum_buffer"] for st in states]
     gl = [g.to(b.dtype) for g, b in zip(grads, bufs, strict=True)]
     if spec.decay_placement in ("update", "both") and lam != 0.0:
         gl = coupled_decay(gl, plist, lam)
-    ns = _momentum(plist, gl, bufs, spec, steps, beta, backend)
-
-    if distributed != "none":
-        # Stage 3-4 on owner ranks, whole matrices only (docs/distributed.md).
-        moments = [st["second_moment"] for st in states] if spec.normuon else None
-        return muon_directions(
-            ns,
-            spec,
-            mode=distributed,
-            second_moments=moments,
-            full_shapes=None if distributed == "replicated" else shapes,
-            group=process_group,
-            backend=backend,
-        )
-
-    # Stage 3-4: one stack per (device, m, n).
-    buckets: dict[tuple[torch.device, int, int], list[int]] = {}
-    views: list[torch.Tensor] = []
-    for i, n in enumerate(ns):
-        mats, _ = as_matrices(n, spec, f"params[{i}]")
-        views.append(mats)
-        buckets.setdefault((n.device, mats.shape[-2], mats.shape[-1]), []).append(i)
-    out: list[torch.Tensor] = [torch.empty(0)] * len(ns)
-    for members in buckets.values():
-        sizes = [views[i].shape[0] for i in members]
-        stack = views[members[0]] if len(members) == 1 else torch.cat([views[i] for i in members])
-        o = orthogonalize_stack(stack, spec, backend)
-        if spec.normuon:
-            s_list = [states[i]["second_moment"] for i in members]
-            s_stack = torch.cat([s.reshape(b, *s.shape[-2:]) for s, b in zip(s_list, sizes, strict=True)])
-            o = normuon_normalize(o, s_stack, spec)
-            for s, part in zip(s_list, torch.split(s_stack, sizes), strict=True):
-                s.copy_(part.reshape(s.shape))
-        for i, part in zip(members, torch.split(o, sizes), strict=True):
-            out[i] = part.reshape(plist[i].shape)
-    return out
+    ns = apply_momentum(bufs, gl, spec, steps, beta=beta)
+    # Stages 3-4 on owner ranks, whole matrices only (docs/distributed.md).
+    moments = [st["second_moment"] for st in states] if spec.normuon else None
+    return muon_directions(
+        ns,
+        spec,
+        mode=distributed,
+        second_moments=moments,
+        full_shapes=None if distributed == "replicated" else shapes,
+        group=process_group,
+        backend=backend,
+    )
 
 
 def muon_step(
@@ -205,15 +210,17 @@ def muon_step(
     )
     decoupled = spec.decay_placement in ("param", "both") and lam != 0.0
     for p, o, full in zip(plist, updates, shapes, strict=True):
-        lr_update = lr * update_scale(full, spec)
-        factor = decay_lr(lr, lr_update, spec) * lam if decoupled else None
+        # float64 scalars, as `muonlab.fast.Muon` forms them, so both round alike
+        lr64 = torch.as_tensor(lr, dtype=torch.float64, device=p.device)
+        lr_update = lr64 * update_scale(full, spec)
+        factor = decay_lr(lr64, lr_update, spec) * lam if decoupled else None
         if spec.sphere == "none":
-            apply_update(p, o, lr_update=lr_update, decay_factor=factor, cautious=spec.cautious, backend=backend)
+            apply_update_(p, o, lr_update=lr_update, decay_factor=factor, cautious=spec.cautious)
             continue
         work = p.detach().to(torch.float64 if p.dtype == torch.float64 else torch.float32, copy=True)
         u = o.to(work.dtype)
         if factor is not None:
-            decoupled_decay(work, u, factor, spec.cautious)
+            decoupled_decay_(work, u, factor, spec.cautious)
         p.copy_(sphere_step(work, -(u * lr_update), spec, lr_update))
 
 
@@ -227,17 +234,25 @@ def adamw_step(
     eps: float,
     weight_decay: float,
     eps_mode: Any,
+    keep: Sequence[torch.Tensor] | None = None,
 ) -> None:
-    """One AdamW step in place (`muonlab.fast.adamw`); ``states`` updated (initialized when empty)."""
+    """One AdamW step in place (`muonlab.fast.adamw`); ``states`` updated (initialized when empty).
+    ``keep`` (0-D bools on the device, one per parameter): where False the gradient is ignored and the
+    parameter and its state stay unchanged bit for bit (the step count too)."""
     plist = list(params)
     if not plist:
         return
     for p, st in zip(plist, states, strict=True):
         if not st:
             st.update(init_adam_state(p))
-    steps = _advance(states)
     m = [st["exp_avg"] for st in states]
     v = [st["exp_avg_sq"] for st in states]
     gl = [g.to(b.dtype) for g, b in zip(grads, m, strict=True)]
-    adam_moments(m, v, gl, betas)
-    adamw_apply(plist, adam_direction(m, v, steps, betas, eps, eps_mode), lr, weight_decay)
+    if keep is None:
+        steps = _advance(states)
+    else:
+        steps = [st["step"] for st in states]
+        torch._foreach_add_(steps, [k.to(s.dtype) for k, s in zip(keep, steps, strict=True)])
+        gl = [torch.where(k, g, 0.0) for k, g in zip(keep, gl, strict=True)]
+    adam_moments(m, v, gl, betas, keep)
+    adamw_apply(plist, adam_direction(m, v, steps, betas, eps, eps_mode), lr, weight_decay, keep)

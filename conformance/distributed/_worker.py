@@ -23,7 +23,7 @@ import torch.distributed as dist
 import muonlab.fast.distributed as D
 from muonlab import reference as ref
 from muonlab.contract import MuonSpec, get_preset, normuon_state_shape, update_scale
-from muonlab.fast.decay import apply_update, coupled_decay, decay_lr
+from muonlab.fast.decay import apply_update_, coupled_decay, decay_lr
 from muonlab.fast.momentum import apply_momentum
 from muonlab.fast.orthogonalize import as_matrices, orthogonalize
 from muonlab.fast.state import init_muon_state, state_dtype
@@ -251,7 +251,7 @@ def dist_muon_step(
     for p, o, full in zip(params, outs, full_shapes, strict=True):
         lr_u = lr * update_scale(full, spec)  # the FULL shape: a shard's shape would scale wrongly
         factor = decay_lr(lr, lr_u, spec) * lam if decoupled else None
-        apply_update(p, o, lr_update=lr_u, decay_factor=factor, cautious=spec.cautious)
+        apply_update_(p, o, lr_update=lr_u, decay_factor=factor, cautious=spec.cautious)
 
 
 def check_steps(spec: MuonSpec, mode: D.DistributedMode, world: int, steps: int = 3) -> tuple[bool, str]:

@@ -1,0 +1,88 @@
+"""Stages 1-4 of one step (docs/variants.md, the step's stages) on one stack ``[C, m, n]`` of same-shape
+matrices: gathering the gradients (with coupled decay), momentum, orthogonalization, NorMuon. The caller
+applies the result (stages 5-7, `muonlab.fast.decay.apply_stack_`).
+
+Which implementation runs is decided here, once per stack, by `muonlab.fast.backend.route`: the fused
+momentum kernel (``"ema"`` / ``"sum"`` forms, no skip mask) and the symmetric Newton-Schulz kernels, or
+torch ops. Nothing is read on the host: skipped matrices are masked on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from muonlab.contract import MuonSpec, schedule
+
+from .backend import Backend, route
+from .momentum import momentum_
+from .normuon import normuon_normalize_
+from .orthogonalize import compute_dtype, normalized_wide, ns_iteration, polar_factor
+
+__all__ = ["gather", "stack_directions"]
+
+
+def gather(views: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """A new ``[C, m, n]`` tensor of ``dtype`` holding ``views`` (``[k_i, m, n]`` each, any strides and dtype)
+    one after another: one copy, one rounding."""
+    first = views[0]
+    shape = (sum(v.shape[0] for v in views), first.shape[-2], first.shape[-1])
+    return torch.cat(list(views), out=torch.empty(shape, dtype=dtype, device=first.device))
+
+
+def stack_directions(
+    grads: Sequence[torch.Tensor],
+    buf: torch.Tensor,
+    second: torch.Tensor | None,
+    spec: MuonSpec,
+    *,
+    beta: float,
+    weights: Sequence[torch.Tensor] | None = None,
+    weight_decay: float = 0.0,
+    reduce: int | None = None,
+    steps: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """Stages 1-4 on a stack: gather ``grads`` (``[k_i, m, n]`` views) into ``G`` in ``buf.dtype``, add
+    ``weight_decay * weights`` (coupled decay, when ``weights`` are given), update ``buf`` (momentum,
+    ``[C, m, n]``) and ``second`` (NorMuon ``S``, or None) in place, and return the directions ``O`` (a new
+    tensor in ``spec.compute_dtype``, or ``S``'s dtype after NorMuon).
+
+    ``beta`` is the live momentum; ``reduce`` NorMuon's averaged axis for this stack; ``steps`` the 1-based
+    step of each matrix (``[C, 1, 1]``, ``"optax"`` only); ``keep`` (bool ``[C, 1, 1]``, or None for all)
+    marks the matrices that step: elsewhere ``G`` is zeroed and ``buf`` and ``second`` stay unchanged bit
+    for bit (the caller then scales their update by 0). Temporaries are released as soon as they are used,
+    so the peak is a few stack-sized tensors (docs/fast.md "Memory").
+    """
+    g = gather(grads, buf.dtype)
+    if weights is not None:
+        torch._foreach_add_(list(torch.split(g, [w.shape[0] for w in weights])), list(weights), alpha=weight_decay)
+    if keep is not None:
+        g.masked_fill_(~keep, 0.0)
+    fused = keep is None and spec.momentum_form != "optax" and route(backend, buf.device, buf.dtype)
+    if fused:
+        from .kernels import elementwise
+
+        n = elementwise.fused_momentum(buf, g, beta=beta, form=spec.momentum_form, nesterov=spec.nesterov)
+    else:
+        n = momentum_(buf, g, spec.momentum_form, beta, spec.nesterov, steps=steps, keep=keep)
+    del g
+    compute = compute_dtype(spec)
+    if spec.orthogonalizer == "svd":
+        o = polar_factor(n.to(compute))
+        del n
+    else:
+        owned = n is not buf  # N is the step's own tensor unless it is the momentum buffer itself
+        x, transpose = normalized_wide(n, spec.norm_scale, spec.eps, spec.eps_mode, compute, overwrite=owned)
+        del n  # the momentum-sized input is no longer needed
+        triton = route(backend, x.device, compute)
+        for a, b, c in schedule(spec.ns_coefficients, spec.ns_steps):
+            x = ns_iteration(x, a, b, c, triton)
+        o = x.mT if transpose else x
+        del x
+    if second is None:
+        return o
+    o = o.to(second.dtype)
+    return normuon_normalize_(o, second, spec, reduce=reduce, keep=keep)
