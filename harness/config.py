@@ -257,6 +257,17 @@ class TrainSection(_Strict):
     """EMA coefficient of the smoothed train loss (per step, bias-corrected)."""
     compile: bool = False
     """``torch.compile`` the forward pass (the model, or its DDP wrapper)."""
+    max_logits: bool = False
+    """Record each attention head's largest pre-softmax logit in the training forwards and log the max per
+    layer (metrics.jsonl ``max_logit``); one extra ``Q K^T`` per layer (harness/qkclip.py)."""
+    qk_clip_tau: float | None = Field(default=None, gt=0)
+    """QK-Clip after every optimizer step (MuonClip; docs/variants.md "QK-Clip (MuonClip)"): heads whose max
+    logit exceeds tau get W_q, W_k rescaled onto it. Records the logits (as ``max_logits``); needs
+    ``model.qk_norm = false``."""
+    qk_clip_alpha: float = Field(default=0.5, ge=0, le=1)
+    """The share of the clip on W_q (the rest on W_k), K2's alpha."""
+    qk_clip_gqa: Literal["query", "split"] = "query"
+    """Rule for a key head shared by several query heads (docs/variants.md "QK-Clip (MuonClip)")."""
     distributed: Literal["replicated", "gathered", "sharded", "none"] = "replicated"
     """Muon's ``distributed`` mode when launched with ``WORLD_SIZE > 1`` (torchrun; ignored by one process):
     ``"replicated"`` (DDP, each rank orthogonalizes a share of the matrices) or ``"none"`` (every rank

@@ -221,6 +221,10 @@ class Attention(nn.Module):
         self.q_norm: nn.Module | None = None
         self.k_norm: nn.Module | None = None
         self.s_qk: _Scale | None = None
+        self.record_max_logits = False
+        """Opt-in (`GPT.record_max_logits`): training forwards keep each head's largest causal logit."""
+        self.max_logits: Tensor | None = None
+        """``[n_heads]`` running max since the last `GPT.pop_max_logits` (harness/qkclip.py)."""
         if cfg.ngpt:
             self.s_qk = _Scale(hd, 1.0, 1.0 / math.sqrt(d))
         elif cfg.qk_norm:
@@ -242,6 +246,11 @@ class Attention(nn.Module):
             if self.q_norm is not None and self.k_norm is not None:
                 q, k = self.q_norm(q), self.k_norm(k)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.record_max_logits and self.training:
+            from .qkclip import head_max_logits
+
+            s_max = head_max_logits(q, k, 1.0 / math.sqrt(self.hd) if scale is None else scale)
+            self.max_logits = s_max if self.max_logits is None else torch.maximum(self.max_logits, s_max)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=self.n_kv != self.n_heads)
         out: Tensor = self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
         return out
@@ -337,6 +346,25 @@ class GPT(nn.Module):
                 mod.weight.fill_(mod.init_scaling)
         if cfg.ngpt:
             self.normalize_weights()
+
+    def record_max_logits(self, enabled: bool = True) -> None:
+        """Turn the per-head max-logit recording of the training forwards on or off (QK-Clip; harness/qkclip.py).
+        Costs one extra ``Q K^T`` per layer, without gradient (measured in docs/results/qk_clip/README.md)."""
+        for blk in self.blocks:
+            assert isinstance(blk, Block)
+            blk.attn.record_max_logits = enabled
+            blk.attn.max_logits = None
+
+    def pop_max_logits(self) -> Tensor | None:
+        """``[n_layers, n_heads]``: each head's largest logit since the last call (then reset); None if no
+        training forward was recorded."""
+        attns = [blk.attn for blk in self.blocks if isinstance(blk, Block)]
+        if any(a.max_logits is None for a in attns):
+            return None
+        out = torch.stack([a.max_logits for a in attns if a.max_logits is not None])
+        for a in attns:
+            a.max_logits = None
+        return out
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count (tied embedding counted once); ``non_embedding`` drops embed and lm_head."""

@@ -42,6 +42,7 @@ from .endpoints import compute_endpoints
 from .lock import DirLock, describe_holder
 from .optim import build_optimizer, build_scheduler, needs_manual_normalize
 from .perf import flops_per_token, mfu, peak_flops
+from .qkclip import max_logit_hooks
 from .stats import ManifoldTracker
 
 TIMING_FIELDS = ("elapsed_s", "tokens_per_s", "mfu")
@@ -278,6 +279,7 @@ def build_run(
     micro = micro_batches_of(cfg, env.world_size)
     val_batches = shards.val_batches(cfg.train.batch_size, seq_len, cfg.train.eval_batches)
     model, optimizer, scheduler = build_model_and_optimizer(cfg, mcfg, device, env, total)
+    post_step_hooks = [*max_logit_hooks(cfg.train, model), *post_step_hooks]  # QK-Clip (harness/qkclip.py)
     autocast = autocast_for(cfg, device)
     wrapped: torch.nn.Module = model
     ddp = None
