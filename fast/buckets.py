@@ -17,20 +17,21 @@ is exactly 0, so their values and state stay unchanged bit for bit, and nothing 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from muonlab.contract import MuonSpec, normuon_state_shape, update_scale
+from muonlab.contract import MuonSpec, matrix_view_shape, normuon_state_shape, update_scale
 
 from .backend import Backend
 from .decay import Coefficients, Scalar, apply_stack_, coefficients, decay_lr
 from .orthogonalize import as_matrices
 from .plan import Bucket, Chunk, plan_buckets
 from .sphere import sphere_step
-from .stack import stack_directions
+from .stack import Skip, stack_directions
 from .state import state_dtype
 
 __all__ = ["GroupStacks", "matrices_of"]
@@ -44,14 +45,15 @@ State = dict[str, Any]
 
 
 def matrices_of(t: torch.Tensor, spec: MuonSpec, name: str) -> torch.Tensor:
-    """``t`` as ``[k, m, n]`` (its matrix view, `as_matrices`), required to be a view of ``t`` (writes land)."""
-    mats, _ = as_matrices(t, spec, name)
-    if mats.numel() and mats.untyped_storage().data_ptr() != t.untyped_storage().data_ptr():
+    """``t`` as ``[k, m, n]`` (the matrices of `matrix_view_shape`), as a view of ``t`` so writes land in it."""
+    view = matrix_view_shape(t.shape, spec, name)
+    try:
+        return t.view(math.prod(view[:-2]), view[-2], view[-1])
+    except RuntimeError as err:
         raise ValueError(
-            f"{name}: its matrix view {tuple(mats.shape)} of shape {tuple(t.shape)} with strides {t.stride()} "
-            f"cannot be a view; with nd_mode='flatten', name matrix dims that keep the flattened dims contiguous"
-        )
-    return mats
+            f"{name}: its matrix view {tuple(view)} of shape {tuple(t.shape)} with strides {t.stride()} cannot "
+            f"be a view; with nd_mode='flatten', name matrix dims that keep the flattened dims contiguous"
+        ) from err
 
 
 @dataclass
@@ -62,9 +64,32 @@ class _Store:
     second: torch.Tensor | None
     steps: torch.Tensor
     scale: torch.Tensor
-    member_of_slot: torch.Tensor
-    members: torch.Tensor
+    slot_params: torch.Tensor
+    param_of_slot: list[int]
     views: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]
+
+
+@dataclass
+class _Lane:
+    """The buckets on one device with one state dtype: their per-slot vectors concatenated (bucket ``i`` of the
+    lane owns slots ``offsets[i] : offsets[i] + size``), so masks, coefficients and step counts take one op per
+    lane instead of one per bucket. ``steps`` is the storage of every bucket's step counts."""
+
+    buckets: list[int]
+    offsets: list[int]
+    steps: torch.Tensor
+    scale: torch.Tensor
+    slot_params: torch.Tensor
+    param_of_slot: list[int]
+    dtype: torch.dtype
+
+
+def _coef_rows(c: Coefficients, a: int, b: int) -> Coefficients:
+    return Coefficients(
+        c.lr_update[a:b],
+        None if c.decay is None else _slots(c.decay, a, b),
+        None if c.retain is None else _slots(c.retain, a, b),
+    )
 
 
 class GroupStacks:
@@ -80,6 +105,7 @@ class GroupStacks:
             self.mats, [v.device for v in views], self.dtypes, spec, max_stack_bytes
         )
         self.stores: list[_Store] = []
+        self.lanes: list[_Lane] = []
         self._coef_cache: dict[tuple[float, float], list[Coefficients]] = {}
 
     # -- state -----------------------------------------------------------------------------------------
@@ -94,19 +120,18 @@ class GroupStacks:
                 (
                     m.view(shape),
                     None if sm is None else sm.view(normuon_state_shape(shape, self.spec)),
-                    steps[j],
+                    steps[s],
                 )
             )
         return out
 
-    def _store(self, bucket: Bucket, states: Sequence[State]) -> _Store:
+    def _store(self, bucket: Bucket, states: Sequence[State], steps: torch.Tensor) -> _Store:
         dev, dt = bucket.device, bucket.dtype
         mom = torch.zeros(bucket.size, bucket.rows, bucket.cols, dtype=dt, device=dev)
         second = None
         if self.spec.normuon:
             shape = (bucket.size, bucket.rows, 1) if bucket.reduce == -1 else (bucket.size, 1, bucket.cols)
             second = torch.zeros(shape, dtype=dt, device=dev)
-        steps = torch.zeros(len(bucket.members), dtype=torch.float32, device=dev)
         scale = torch.tensor(
             [
                 update_scale(self.shapes[m], self.spec)
@@ -115,10 +140,8 @@ class GroupStacks:
             ],
             dtype=torch.float64,
         ).to(dev)
-        member_of_slot = torch.tensor([j for j, k in enumerate(bucket.counts) for _ in range(k)], dtype=torch.long).to(
-            dev
-        )
-        members = torch.tensor(bucket.members, dtype=torch.long).to(dev)
+        param_of_slot = [m for m, k in zip(bucket.members, bucket.counts, strict=True) for _ in range(k)]
+        slot_params = torch.tensor(param_of_slot, dtype=torch.long).to(dev)
         views = self._views(bucket, mom, second, steps)
         with torch.no_grad():
             for j, member in enumerate(bucket.members):
@@ -129,8 +152,8 @@ class GroupStacks:
                 sv = views[j][1]
                 if sv is not None:
                     sv.copy_(st["second_moment"])
-                views[j][2].copy_(st["step"])
-        return _Store(mom, second, steps, scale.view(-1, 1, 1), member_of_slot, members, views)
+                steps[bucket.slots[j] : bucket.slots[j] + bucket.counts[j]].copy_(st["step"])
+        return _Store(mom, second, steps, scale.view(-1, 1, 1), slot_params, param_of_slot, views)
 
     def bind(self, states: Sequence[State]) -> None:
         """Make every member's state entries views into this group's stacks: new stacks (zeros, or copies of
@@ -146,8 +169,30 @@ class GroupStacks:
                         fresh = True
         if not fresh:
             return
-        self.stores = [self._store(b, states) for b in self.buckets]
         self._coef_cache.clear()
+        lanes: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, b in enumerate(self.buckets):
+            lanes.setdefault((b.device, b.dtype), []).append(i)
+        self.lanes = []
+        stores: dict[int, _Store] = {}
+        for (dev, dt), members in lanes.items():
+            sizes = [self.buckets[i].size for i in members]
+            offsets = [sum(sizes[:j]) for j in range(len(sizes))]
+            steps = torch.zeros(sum(sizes), dtype=torch.float32, device=dev)
+            for i, off, size in zip(members, offsets, sizes, strict=True):
+                stores[i] = self._store(self.buckets[i], states, steps[off : off + size])
+            self.lanes.append(
+                _Lane(
+                    buckets=members,
+                    offsets=offsets,
+                    steps=steps,
+                    scale=torch.cat([stores[i].scale for i in members]),
+                    slot_params=torch.cat([stores[i].slot_params for i in members]),
+                    param_of_slot=[m for i in members for m in stores[i].param_of_slot],
+                    dtype=dt,
+                )
+            )
+        self.stores = [stores[i] for i in range(len(self.buckets))]
         for bucket, store in zip(self.buckets, self.stores, strict=True):
             for j, member in enumerate(bucket.members):
                 mv, sv, tv = store.views[j]
@@ -158,27 +203,25 @@ class GroupStacks:
                     st["second_moment"] = sv
 
     # -- per-matrix coefficients -------------------------------------------------------------------------
-    def _coefs(
-        self, store: _Store, lr: Scalar, lam: float, keep: torch.Tensor | None, dtype: torch.dtype
-    ) -> Coefficients:
+    def _coefs(self, lane: _Lane, lr: Scalar, lam: float, keep: torch.Tensor | None) -> Coefficients:
         """Per slot: ``eta_u = lr * update_scale`` and ``eta_d lambda`` in float64 (0 where ``keep`` is False),
         rounded once by `coefficients`."""
         spec = self.spec
-        lr_u = store.scale * lr
+        lr_u = lane.scale * lr
         dec = None
         if spec.decay_placement in ("param", "both") and lam != 0.0:
             dec = torch.as_tensor(decay_lr(lr, lr_u, spec), dtype=torch.float64, device=lr_u.device) * lam
-        if keep is not None:
-            lr_u = torch.where(keep, lr_u, 0.0)
-            dec = None if dec is None else torch.where(keep, dec, 0.0)
-        return coefficients(lr_u, dec, dtype)
+        if keep is not None:  # exact: x * True = x, x * False = 0
+            lr_u = lr_u * keep
+            dec = None if dec is None else dec * keep
+        return coefficients(lr_u, dec, lane.dtype)
 
     def _all_coefs(self, lr: Scalar, lam: float, keeps: list[torch.Tensor | None]) -> list[Coefficients]:
-        """`_coefs` of every bucket; cached while a float ``lr`` and ``lam`` repeat and nothing is skipped."""
+        """`_coefs` of every lane; cached while a float ``lr`` and ``lam`` repeat and nothing is skipped."""
         key = None if isinstance(lr, torch.Tensor) or any(k is not None for k in keeps) else (float(lr), lam)
         if key is not None and key in self._coef_cache:
             return self._coef_cache[key]
-        out = [self._coefs(s, lr, lam, k, b.dtype) for b, s, k in zip(self.buckets, self.stores, keeps, strict=True)]
+        out = [self._coefs(lane, lr, lam, k) for lane, k in zip(self.lanes, keeps, strict=True)]
         if key is not None:
             self._coef_cache = {key: out}
         return out
@@ -202,38 +245,38 @@ class GroupStacks:
         spec = self.spec
         missing = [g is None for g in grads]
         keeps: list[torch.Tensor | None] = []
-        member_keeps: list[torch.Tensor | None] = []
-        for bucket, store in zip(self.buckets, self.stores, strict=True):
-            mk: torch.Tensor | None = None
+        for lane in self.lanes:
+            kp: torch.Tensor | None = None
             if keep is not None:
-                mk = keep.index_select(0, store.members) if len(bucket.members) < len(views) else keep
-            if any(missing[m] for m in bucket.members):
-                present = torch.tensor([not missing[m] for m in bucket.members], device=bucket.device)
-                mk = present if mk is None else mk & present
-            member_keeps.append(mk)
-            keeps.append(None if mk is None else mk.index_select(0, store.member_of_slot).view(-1, 1, 1))
+                kp = keep.index_select(0, lane.slot_params)
+            if any(missing[m] for m in lane.param_of_slot):
+                present = torch.tensor([not missing[m] for m in lane.param_of_slot], device=lane.steps.device)
+                kp = present if kp is None else kp & present
+            keeps.append(None if kp is None else kp.view(-1, 1, 1))
         coefs = self._all_coefs(lr, weight_decay, keeps)
         coupled = spec.decay_placement in ("update", "both") and weight_decay != 0.0
-        for bucket, store, mk, kp, coef in zip(self.buckets, self.stores, member_keeps, keeps, coefs, strict=True):
-            store.steps.add_(1.0 if mk is None else mk.to(store.steps.dtype))
-            slot_steps = None
-            if spec.momentum_form == "optax":
-                slot_steps = store.steps.index_select(0, store.member_of_slot).view(-1, 1, 1)
-            for chunk in bucket.chunks:
-                self._chunk(
-                    bucket,
-                    store,
-                    chunk,
-                    views,
-                    grads,
-                    coef,
-                    kp,
-                    slot_steps,
-                    momentum,
-                    weight_decay,
-                    coupled,
-                    backend,
-                )
+        for lane, kp, coef in zip(self.lanes, keeps, coefs, strict=True):
+            lane.steps.add_(1.0 if kp is None else kp.view(-1))
+            skip = None if kp is None else Skip.of(kp, spec, momentum, lane.dtype)
+            for i, off in zip(lane.buckets, lane.offsets, strict=True):
+                bucket, store = self.buckets[i], self.stores[i]
+                end = off + bucket.size
+                slot_steps = store.steps.view(-1, 1, 1) if spec.momentum_form == "optax" else None
+                for chunk in bucket.chunks:
+                    self._chunk(
+                        bucket,
+                        store,
+                        chunk,
+                        views,
+                        grads,
+                        _coef_rows(coef, off, end),
+                        None if skip is None else skip.rows(off, end),
+                        slot_steps,
+                        momentum,
+                        weight_decay,
+                        coupled,
+                        backend,
+                    )
 
     def _pieces(self, chunk: Chunk, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The chunk's parameter pieces, ``[count, m, n]`` views in the stack's orientation."""
@@ -251,7 +294,7 @@ class GroupStacks:
         views: Sequence[torch.Tensor],
         grads: Sequence[torch.Tensor | None],
         coef: Coefficients,
-        keep: torch.Tensor | None,
+        skip: Skip | None,
         steps: torch.Tensor | None,
         beta: float,
         lam: float,
@@ -271,15 +314,11 @@ class GroupStacks:
             weight_decay=lam,
             reduce=bucket.reduce,
             steps=None if steps is None else steps[a:b],
-            keep=None if keep is None else keep[a:b],
+            skip=None if skip is None else skip.rows(a, b),
             backend=backend,
         )
         counts = [p.count for p in chunk.pieces]
-        part = Coefficients(
-            coef.lr_update[a:b],
-            None if coef.decay is None else _slots(coef.decay, a, b),
-            None if coef.retain is None else _slots(coef.retain, a, b),
-        )
+        part = _coef_rows(coef, a, b)
         if spec.sphere == "none":
             apply_stack_(targets, o, counts, part, spec.cautious, bucket.dtype)
             return
@@ -287,7 +326,7 @@ class GroupStacks:
             targets,
             torch.split(o, counts),
             torch.split(part.lr_update, counts),
-            [None] * len(counts) if keep is None else torch.split(keep[a:b], counts),
+            [None] * len(counts) if skip is None else torch.split(skip.keep[a:b], counts),
             strict=True,
         ):
             wf = w.detach().to(bucket.dtype, copy=True)

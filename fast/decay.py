@@ -126,14 +126,13 @@ def apply_stack_(
         delta = contiguous_as(update, dtype).mul_(coefs.lr_update)
         torch._foreach_sub_(tl, list(torch.split(delta, list(counts))))
         return
-    weights = torch.cat(tl, out=torch.empty(update.shape, dtype=dtype, device=update.device))
-    if cautious == "off":
-        term = weights.mul_(coefs.decay)
-    else:
-        term = torch.mul(weights, update)
+    term = torch.cat(tl, out=torch.empty(update.shape, dtype=dtype, device=update.device))  # W, in ``dtype``
+    if cautious != "off":
+        # mask (.) W without a third stack-sized tensor: the product's sign in place, then W from the params
+        term.mul_(update)
         term = term.ge_(0.0) if cautious == "ge" else term.gt_(0.0)
-        term.mul_(weights).mul_(coefs.decay)
-        del weights
+        torch._foreach_mul_(list(torch.split(term, list(counts))), tl)
+    term.mul_(coefs.decay)
     term.addcmul_(update, coefs.lr_update)
     torch._foreach_sub_(tl, list(torch.split(term, list(counts))))
 

@@ -8,7 +8,7 @@ The buffer ``M`` is updated in place; the result ``N`` is the orthogonalizer inp
   ``N = beta M / (1 - beta^{t+1}) + (1-beta) G / (1 - beta^t)``, else ``N = M / (1 - beta^t)`` (optax
   ``scale_by_muon``).
 
-`momentum_` works on one stack (the optimizer step: a ``keep`` mask skips matrices on the device, step
+`momentum_` works on one stack (the optimizer step: per-matrix weights skip matrices on the device, step
 counts are tensors, nothing is read on the host); `apply_momentum` on lists of tensors (``torch._foreach_*``).
 """
 
@@ -20,7 +20,7 @@ import torch
 
 from muonlab.contract.spec import MomentumForm, MuonSpec
 
-__all__ = ["apply_momentum", "momentum_", "optax_corrections"]
+__all__ = ["apply_momentum", "momentum_", "momentum_weight", "optax_corrections"]
 
 Tensors = list[torch.Tensor]
 
@@ -40,6 +40,15 @@ def optax_corrections(steps: torch.Tensor, beta: float, dtype: torch.dtype) -> t
     return first.to(dtype), second.to(dtype)
 
 
+def momentum_weight(keep: torch.Tensor, form: MomentumForm, beta: float, dtype: torch.dtype) -> torch.Tensor:
+    """The per-matrix ``weight`` of `momentum_` for the bool mask ``keep``: ``1-beta`` / 0 (``"ema"``) or
+    ``beta`` / 1 (``"sum"``, ``"optax"``) where ``keep`` is True / False, in ``dtype`` (each value exact)."""
+    _check_form(form)
+    if form == "ema":
+        return keep.to(dtype).mul_(1.0 - beta)
+    return torch.ones(keep.shape, dtype=dtype, device=keep.device).masked_fill_(keep, beta)
+
+
 def momentum_(
     buf: torch.Tensor,
     grad: torch.Tensor,
@@ -48,20 +57,21 @@ def momentum_(
     nesterov: bool,
     *,
     steps: torch.Tensor | None = None,
-    keep: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Stage 2 on one stack: update ``buf`` in place and return ``N`` (``grad`` is consumed: it may be
     overwritten and may be returned; ``N`` may also be ``buf`` itself, so do not write it).
 
     ``steps`` (``"optax"`` only): the 1-based counts after incrementing, broadcastable to ``buf``.
-    ``keep`` (bool, broadcastable): where False, ``grad`` must already be zero there; the buffer is then left
-    unchanged bit for bit (the lerp weight, or the decay factor, is exactly 0 or 1 there).
+    ``weight`` (broadcastable, ``buf.dtype``; `momentum_weight`) replaces the ``"ema"`` lerp weight ``1-beta``
+    or the ``"sum"``/``"optax"`` decay factor ``beta`` per matrix: 0 (or 1) where a matrix is skipped, whose
+    ``grad`` must then be zero, so its buffer stays unchanged bit for bit.
     """
     _check_form(form)
     if form == "ema":
-        buf.lerp_(grad, 1.0 - beta if keep is None else torch.where(keep, 1.0 - beta, 0.0).to(buf.dtype))
+        buf.lerp_(grad, 1.0 - beta if weight is None else weight)
         return grad.lerp_(buf, beta) if nesterov else buf
-    decay: float | torch.Tensor = beta if keep is None else torch.where(keep, beta, 1.0).to(buf.dtype)
+    decay: float | torch.Tensor = beta if weight is None else weight
     if form == "sum":
         buf.mul_(decay).add_(grad)
         return grad.add_(buf, alpha=beta) if nesterov else buf

@@ -38,13 +38,13 @@ def normuon_normalize_(
     *,
     beta2: float | None = None,
     reduce: int | None = None,
-    keep: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`normuon_normalize` that may overwrite ``o`` (when it already has ``s.dtype``) to save memory.
 
     ``reduce`` (-1: per row, -2: per column) overrides the axis ``spec.normuon_axis`` gives for ``o``'s
-    ``(m, n)`` (a stack of transposed matrices flips it); ``keep`` (bool, broadcastable to ``S``) leaves ``S``
-    unchanged bit for bit where False (the lerp weight is 0 there).
+    ``(m, n)``; ``weight`` (broadcastable to ``S``) replaces the lerp weight ``1-beta2`` per matrix: 0 leaves
+    that ``S`` unchanged bit for bit.
     """
     m, n = o.shape[-2], o.shape[-1]
     red = normuon_reduce_axis(m, n, spec.normuon_axis) if reduce is None else reduce
@@ -52,7 +52,7 @@ def normuon_normalize_(
     b2 = spec.beta2 if beta2 is None else beta2
     o = o.to(s.dtype)
     vbar = (o * o).mean(dim=red, keepdim=True)
-    s.lerp_(vbar, 1.0 - b2 if keep is None else torch.where(keep, 1.0 - b2, 0.0).to(s.dtype))
+    s.lerp_(vbar, 1.0 - b2 if weight is None else weight)
     del vbar
     eps = spec.normuon_eps
     add = spec.normuon_eps_mode == "add"
@@ -73,13 +73,13 @@ def normuon_normalize(
     *,
     beta2: float | None = None,
     reduce: int | None = None,
-    keep: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return ``O_hat`` for ``O`` (``[..., m, n]``, computed in ``s.dtype``) and update ``S`` in place;
     ``o`` is not written.
 
     Reads ``beta2`` (or the override), ``normuon_axis``, ``normuon_eps``, ``normuon_eps_mode``,
-    ``normuon_rescale`` and ``rms_scale`` from ``spec``; ``reduce`` and ``keep`` as in `normuon_normalize_`.
+    ``normuon_rescale`` and ``rms_scale`` from ``spec``; ``reduce`` and ``weight`` as in `normuon_normalize_`.
     """
     work = o.clone() if o.dtype == s.dtype else o.to(s.dtype)
-    return normuon_normalize_(work, s, spec, beta2=beta2, reduce=reduce, keep=keep)
+    return normuon_normalize_(work, s, spec, beta2=beta2, reduce=reduce, weight=weight)

@@ -113,8 +113,12 @@ class Muon(Optimizer):
 
     ``Muon(params, preset="keller", lr=None, *, backend="auto", **overrides)``: ``preset`` is a preset name
     (`muonlab.reference.PRESETS`) or a `MuonSpec`; ``overrides`` are `MuonSpec` field names (unknown names
-    raise `ValueError` naming them); ``lr=None`` uses ``spec.lr``. ``backend`` ``"auto"`` uses the Triton
-    kernels on CUDA tensors when Triton imports, ``"torch"`` never, ``"triton"`` always.
+    raise `ValueError` naming them); ``lr=None`` uses ``spec.lr``. ``backend``: ``"auto"``, ``"torch"`` or
+    ``"triton"``, decided per stack by `muonlab.fast.backend.route` (docs/fast.md "Speed").
+    ``max_stack_bytes`` caps the state bytes of a stack computed at once (None: half the state bytes of all
+    Muon parameters), which bounds the step's transient memory. A Muon group may carry ``"matrix_dims"``, a
+    list parallel to its params of None or ``(row_dim, col_dim)`` (`muonlab.fast.layout`): the step, its
+    state and its shape rules see ``matrix_view(p, dims)``.
 
     ``distributed`` (docs/distributed.md) splits orthogonalization and NorMuon over the ranks of
     ``process_group`` (default: the world, or the DTensor mesh's group): ``"replicated"`` under DDP (plain
@@ -347,10 +351,11 @@ class Muon(Optimizer):
                     worst.append(norms.amax())  # NaN if any is NaN
                 flags.append(None)
                 continue
-            ok = torch.ones(len(grads), dtype=torch.bool, device=grads[0].device)
             if norms is not None and len(full) == len(grads):
-                ok = norms < float("inf")
-            elif norms is not None:
+                flags.append(norms < float("inf"))
+                continue
+            ok = torch.ones(len(grads), dtype=torch.bool, device=grads[0].device)
+            if norms is not None:
                 ok[full] = norms < float("inf")
             flags.append(ok)
         if worst:

@@ -10,17 +10,40 @@ torch ops. Nothing is read on the host: skipped matrices are masked on the devic
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from muonlab.contract import MuonSpec, schedule
 
 from .backend import Backend, route
-from .momentum import momentum_
+from .momentum import momentum_, momentum_weight
 from .normuon import normuon_normalize_
 from .orthogonalize import compute_dtype, normalized_wide, ns_iteration, polar_factor
 
-__all__ = ["gather", "stack_directions"]
+__all__ = ["Skip", "gather", "stack_directions"]
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Which matrices of a stack step (``keep``, bool ``[C, 1, 1]``) and the per-matrix factors derived from
+    it once per step (`Skip.of`): ``skip = ~keep``, the `momentum_weight` and NorMuon's ``S`` lerp weight."""
+
+    keep: torch.Tensor
+    skip: torch.Tensor
+    momentum: torch.Tensor
+    second: torch.Tensor | None
+
+    @staticmethod
+    def of(keep: torch.Tensor, spec: MuonSpec, beta: float, dtype: torch.dtype) -> Skip:
+        second = keep.to(dtype).mul_(1.0 - spec.beta2) if spec.normuon else None
+        return Skip(keep, ~keep, momentum_weight(keep, spec.momentum_form, beta, dtype), second)
+
+    def rows(self, a: int, b: int) -> Skip:
+        """The mask of slots ``a:b`` (views)."""
+        return Skip(
+            self.keep[a:b], self.skip[a:b], self.momentum[a:b], None if self.second is None else self.second[a:b]
+        )
 
 
 def gather(views: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
@@ -42,7 +65,7 @@ def stack_directions(
     weight_decay: float = 0.0,
     reduce: int | None = None,
     steps: torch.Tensor | None = None,
-    keep: torch.Tensor | None = None,
+    skip: Skip | None = None,
     backend: Backend = "auto",
 ) -> torch.Tensor:
     """Stages 1-4 on a stack: gather ``grads`` (``[k_i, m, n]`` views) into ``G`` in ``buf.dtype``, add
@@ -51,23 +74,24 @@ def stack_directions(
     tensor in ``spec.compute_dtype``, or ``S``'s dtype after NorMuon).
 
     ``beta`` is the live momentum; ``reduce`` NorMuon's averaged axis for this stack; ``steps`` the 1-based
-    step of each matrix (``[C, 1, 1]``, ``"optax"`` only); ``keep`` (bool ``[C, 1, 1]``, or None for all)
-    marks the matrices that step: elsewhere ``G`` is zeroed and ``buf`` and ``second`` stay unchanged bit
+    step of each matrix (``[C, 1, 1]``, ``"optax"`` only); ``skip`` (None: every matrix steps) marks the
+    matrices that step (``skip.keep``): elsewhere ``G`` is zeroed and ``buf`` and ``second`` stay unchanged bit
     for bit (the caller then scales their update by 0). Temporaries are released as soon as they are used,
     so the peak is a few stack-sized tensors (docs/fast.md "Memory").
     """
     g = gather(grads, buf.dtype)
     if weights is not None:
         torch._foreach_add_(list(torch.split(g, [w.shape[0] for w in weights])), list(weights), alpha=weight_decay)
-    if keep is not None:
-        g.masked_fill_(~keep, 0.0)
-    fused = keep is None and spec.momentum_form != "optax" and route(backend, buf.device, buf.dtype)
+    if skip is not None:
+        g.masked_fill_(skip.skip, 0.0)
+    fused = skip is None and spec.momentum_form != "optax" and route(backend, buf.device, buf.dtype)
     if fused:
         from .kernels import elementwise
 
         n = elementwise.fused_momentum(buf, g, beta=beta, form=spec.momentum_form, nesterov=spec.nesterov)
     else:
-        n = momentum_(buf, g, spec.momentum_form, beta, spec.nesterov, steps=steps, keep=keep)
+        weight = None if skip is None else skip.momentum
+        n = momentum_(buf, g, spec.momentum_form, beta, spec.nesterov, steps=steps, weight=weight)
     del g
     compute = compute_dtype(spec)
     if spec.orthogonalizer == "svd":
@@ -85,4 +109,4 @@ def stack_directions(
     if second is None:
         return o
     o = o.to(second.dtype)
-    return normuon_normalize_(o, second, spec, reduce=reduce, keep=keep)
+    return normuon_normalize_(o, second, spec, reduce=reduce, weight=None if skip is None else skip.second)
