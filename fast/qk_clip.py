@@ -9,7 +9,8 @@ Muon + this; docs/fast.md "MuonClip")::
 The factors of every layer come from one batched computation and one finiteness check (one host sync); the
 rows are rescaled with one ``torch._foreach_mul_``. Weights may be any views in the ``nn.Linear`` layout
 (``[n_heads * d_head, d_model]``), e.g. ``c_attn.weight[:, :d].T`` for GPT-2's fused ``Conv1D``: the update
-lands in the parameter.
+lands in the parameter. q/k biases scale with their rows: a second call on ``b_q.unsqueeze(1)``,
+``b_k.unsqueeze(1)`` with the same ``max_logits`` keeps the clip exact.
 """
 
 from __future__ import annotations

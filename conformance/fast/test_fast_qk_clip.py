@@ -159,3 +159,22 @@ def test_bad_input_names_the_argument(kwargs: dict[str, object], exc: type[Excep
         qk_clip_(w_q, w_k, args.pop("max_logits"), **args)  # type: ignore[arg-type]
     live = [t for t in (w_q, w_k) if isinstance(t, torch.Tensor)]
     assert all(torch.equal(a, b) for a, b in zip(live, snapshot, strict=True))  # validated before any write
+
+
+def test_biases_clip_with_a_second_call_on_column_views() -> None:
+    """q/k biases (GPT-2's c_attn) scale with their rows: a second call on ``b.unsqueeze(1)`` ([rows, 1] views)
+    with the same logits equals the clip of the augmented ``[W | b]``, so the clipped logits are exact."""
+    torch.manual_seed(4)
+    H, K, dh, d = 4, 2, 3, 5
+    w_q, w_k = torch.randn(H * dh, d, dtype=torch.float64), torch.randn(K * dh, d, dtype=torch.float64)
+    b_q, b_k = torch.randn(H * dh, dtype=torch.float64), torch.randn(K * dh, dtype=torch.float64)
+    s = torch.tensor([9.0, 1.0, 4.0, 20.0], dtype=torch.float64)
+    aug_q, aug_k = torch.cat([w_q, b_q[:, None]], 1), torch.cat([w_k, b_k[:, None]], 1)
+    for gqa in R.GQA_RULES:
+        wq, wk, bq, bk = w_q.clone(), w_k.clone(), b_q.clone(), b_k.clone()
+        kw = {"tau": 5.0, "n_heads": H, "n_kv_heads": K, "gqa": gqa}
+        qk_clip_(wq, wk, s, **kw)  # type: ignore[arg-type]
+        qk_clip_(bq.unsqueeze(1), bk.unsqueeze(1), s, **kw)  # type: ignore[arg-type]
+        want_q, want_k = R.qk_clip(aug_q.numpy(), aug_k.numpy(), s.numpy(), **kw)  # type: ignore[arg-type]
+        np.testing.assert_allclose(torch.cat([wq, bq[:, None]], 1).numpy(), want_q, rtol=4e-16, atol=0)
+        np.testing.assert_allclose(torch.cat([wk, bk[:, None]], 1).numpy(), want_k, rtol=4e-16, atol=0)
