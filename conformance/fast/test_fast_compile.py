@@ -99,7 +99,9 @@ def test_fullgraph_compiled_step_matches_eager_without_recompiles(preset: str) -
     kw: dict[str, Any] = {"backend": "torch", "nonfinite": "skip"}
     eager = Muon(eager_p, preset, lr=torch.tensor(0.02), **kw)
     comp = Muon(comp_p, preset, lr=torch.tensor(0.02), **kw)
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: 0.7**t) for o in (eager, comp)]
+    # The schedule fills the tensor lr in place, as torch's LR schedulers do for a tensor lr. (A scheduler
+    # object wraps ``opt.step`` in a function dynamo refuses to trace, so under fullgraph=True it is stepped
+    # by hand here, as with torch's own optimizers.)
 
     @torch.compile(fullgraph=True, backend="inductor")
     def step() -> None:
@@ -113,8 +115,8 @@ def test_fullgraph_compiled_step_matches_eager_without_recompiles(preset: str) -
             p.grad, q.grad = g.clone(), g.clone()
         eager.step()
         step()
-        for s in scheds:
-            s.step()
+        for o in (eager, comp):
+            o.param_groups[0]["lr"].mul_(0.7)
         graphs.append(counters["stats"]["unique_graphs"])
         for p, q in zip(eager_p, comp_p, strict=True):
             assert float((p - q).norm() / p.norm()) <= 1e-5
