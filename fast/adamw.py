@@ -16,12 +16,12 @@ from muonlab.contract.spec import AdamEpsMode
 
 from .decay import Scalar
 
-__all__ = ["adam_direction", "adam_moments", "adamw_apply"]
+__all__ = ["adam_direction", "adam_moments_", "adamw_apply"]
 
 Tensors = list[torch.Tensor]
 
 
-def adam_moments(
+def adam_moments_(
     exp_avgs: Tensors,
     exp_avg_sqs: Tensors,
     grads: Tensors,

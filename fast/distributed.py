@@ -533,7 +533,7 @@ def muon_directions(
     rank, so all ranks hold identical state and identical ``state_dict`` keys. In ``"gathered"`` every rank
     updates every ``S`` itself.
     """
-    from .normuon import normuon_normalize
+    from .normuon import normuon_normalize_
 
     s = resolve_spec(spec)
     if mode not in ("none", "replicated", "sharded", "gathered"):
@@ -556,7 +556,7 @@ def muon_directions(
             mats, restore = as_matrices(o, s, f"ns[{i}]")
             st = moments[i]
             view = st.reshape(mats.shape[0], *st.shape[-2:])
-            out = normuon_normalize(mats, view, s, beta2=beta2)
+            out = normuon_normalize_(mats, view, s, beta2=beta2)
             if view.data_ptr() != st.data_ptr():
                 st.copy_(view.reshape(st.shape))
             return restore(out)

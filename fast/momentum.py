@@ -9,7 +9,7 @@ The buffer ``M`` is updated in place; the result ``N`` is the orthogonalizer inp
   ``scale_by_muon``).
 
 `momentum_` works on one stack (the optimizer step: per-matrix weights skip matrices on the device, step
-counts are tensors, nothing is read on the host); `apply_momentum` on lists of tensors (``torch._foreach_*``).
+counts are tensors, nothing is read on the host); `apply_momentum_` on lists of tensors (``torch._foreach_*``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from muonlab.contract.spec import MomentumForm, MuonSpec
 
-__all__ = ["apply_momentum", "momentum_", "momentum_weight", "optax_corrections"]
+__all__ = ["apply_momentum_", "momentum_", "momentum_weight", "optax_corrections"]
 
 Tensors = list[torch.Tensor]
 
@@ -85,7 +85,7 @@ def momentum_(
     return buf / (1.0 - torch.pow(beta, t)).to(buf.dtype)
 
 
-def apply_momentum(
+def apply_momentum_(
     bufs: Tensors,
     grads: Tensors,
     spec: MuonSpec,

@@ -14,7 +14,7 @@ import torch
 
 from muonlab.contract import MuonSpec, normuon_reduce_axis
 
-__all__ = ["normuon_normalize", "normuon_normalize_"]
+__all__ = ["normuon_normalize_"]
 
 
 def _frobenius(x: torch.Tensor) -> torch.Tensor:
@@ -39,8 +39,13 @@ def normuon_normalize_(
     beta2: float | None = None,
     reduce: int | None = None,
     weight: torch.Tensor | None = None,
+    overwrite: bool = False,
 ) -> torch.Tensor:
-    """`normuon_normalize` that may overwrite ``o`` (when it already has ``s.dtype``) to save memory.
+    """Return ``O_hat`` for ``O`` (``[..., m, n]``, computed in ``s.dtype``) and update ``S`` in place.
+
+    Reads ``beta2`` (or the override), ``normuon_axis``, ``normuon_eps``, ``normuon_eps_mode``,
+    ``normuon_rescale`` and ``rms_scale`` from ``spec``. ``o`` is not written unless ``overwrite`` (then, when
+    it already has ``s.dtype``, it is reused for the result to save memory).
 
     ``reduce`` (-1: per row, -2: per column) overrides the axis ``spec.normuon_axis`` gives for ``o``'s
     ``(m, n)``; ``weight`` (broadcastable to ``S``) replaces the lerp weight ``1-beta2`` per matrix: 0 leaves
@@ -50,7 +55,7 @@ def normuon_normalize_(
     red = normuon_reduce_axis(m, n, spec.normuon_axis) if reduce is None else reduce
     _check(o, s, red)
     b2 = spec.beta2 if beta2 is None else beta2
-    o = o.to(s.dtype)
+    o = o.to(s.dtype) if overwrite or o.dtype != s.dtype else o.clone()
     vbar = (o * o).mean(dim=red, keepdim=True)
     s.lerp_(vbar, 1.0 - b2 if weight is None else weight)
     del vbar
@@ -64,22 +69,3 @@ def normuon_normalize_(
     target = spec.rms_scale * float(m * n) ** 0.5
     live = hat_norm > 0.0
     return o.mul_(torch.where(live, target / torch.where(live, hat_norm, 1.0), 0.0))
-
-
-def normuon_normalize(
-    o: torch.Tensor,
-    s: torch.Tensor,
-    spec: MuonSpec,
-    *,
-    beta2: float | None = None,
-    reduce: int | None = None,
-    weight: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Return ``O_hat`` for ``O`` (``[..., m, n]``, computed in ``s.dtype``) and update ``S`` in place;
-    ``o`` is not written.
-
-    Reads ``beta2`` (or the override), ``normuon_axis``, ``normuon_eps``, ``normuon_eps_mode``,
-    ``normuon_rescale`` and ``rms_scale`` from ``spec``; ``reduce`` and ``weight`` as in `normuon_normalize_`.
-    """
-    work = o.clone() if o.dtype == s.dtype else o.to(s.dtype)
-    return normuon_normalize_(work, s, spec, beta2=beta2, reduce=reduce, weight=weight)

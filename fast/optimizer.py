@@ -28,7 +28,7 @@ from .buckets import GroupStacks
 from .distributed import DistributedMode
 from .layout import MatrixDims, check_group_matrix_dims, matrix_shape, matrix_view
 from .state import state_dtype
-from .step import adamw_step, muon_step
+from .step import adamw_step_, muon_step_
 
 __all__ = ["Muon"]
 
@@ -443,7 +443,7 @@ class Muon(Optimizer):
                 continue
             live = [p for p in params if p.grad is not None]
             b1, b2 = group["betas"]
-            adamw_step(
+            adamw_step_(
                 live,
                 [cast(torch.Tensor, p.grad) for p in live],
                 [self.state[p] for p in live],
@@ -475,7 +475,7 @@ class Muon(Optimizer):
                     local = [matrix_view(x, index[id(p)]) for p, x in zip(params, local, strict=True)]
                     grads = [matrix_view(g, index[id(p)]) for p, g in zip(params, grads, strict=True)]
                     full_shapes = [matrix_shape(p.shape, index[id(p)]) for p in params]
-                muon_step(
+                muon_step_(
                     local,
                     grads,
                     states,
@@ -490,7 +490,7 @@ class Muon(Optimizer):
                 )
             else:
                 b1, b2 = group["betas"]
-                adamw_step(
+                adamw_step_(
                     local,
                     grads,
                     states,

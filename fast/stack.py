@@ -109,4 +109,6 @@ def stack_directions(
     if second is None:
         return o
     o = o.to(second.dtype)
-    return normuon_normalize_(o, second, spec, reduce=reduce, weight=None if skip is None else skip.second)
+    return normuon_normalize_(
+        o, second, spec, reduce=reduce, weight=None if skip is None else skip.second, overwrite=True
+    )

@@ -1,6 +1,6 @@
 """One optimizer step over lists of parameters that share a spec (docs/variants.md, the step's stages), as
-functions on explicit per-parameter states: `muon_update` (stages 1-4: the directions ``O``), `muon_step`
-(1-8, in place) and `adamw_step` (AdamW for the non-matrix group).
+functions on explicit per-parameter states: `muon_update_` (stages 1-4: the directions ``O``), `muon_step_`
+(1-8, in place) and `adamw_step_` (AdamW for the non-matrix group).
 
 Single-process matrices of one shape are stacked and stepped by `muonlab.fast.stack` (the same code as
 `muonlab.fast.Muon`, which keeps its state stacked instead of gathering it here); the distributed modes
@@ -18,18 +18,18 @@ import torch
 
 from muonlab.contract import MuonSpec, normuon_state_shape, update_scale
 
-from .adamw import adam_direction, adam_moments, adamw_apply
+from .adamw import adam_direction, adam_moments_, adamw_apply
 from .backend import Backend
 from .decay import Scalar, apply_update_, coupled_decay, decay_lr, decoupled_decay_
 from .distributed import DistributedMode, Group, muon_directions
-from .momentum import apply_momentum
+from .momentum import apply_momentum_
 from .orthogonalize import as_matrices
 from .plan import plan_buckets
 from .sphere import sphere_step
 from .stack import gather, stack_directions
 from .state import init_adam_state, init_muon_state, state_dtype
 
-__all__ = ["adamw_step", "muon_step", "muon_update"]
+__all__ = ["adamw_step_", "muon_step_", "muon_update_"]
 
 State = dict[str, Any]
 
@@ -117,7 +117,7 @@ def _local_directions(
     return out
 
 
-def muon_update(
+def muon_update_(
     params: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],
     states: Sequence[State],
@@ -161,7 +161,7 @@ def muon_update(
     gl = [g.to(b.dtype) for g, b in zip(grads, bufs, strict=True)]
     if spec.decay_placement in ("update", "both") and lam != 0.0:
         gl = coupled_decay(gl, plist, lam)
-    ns = apply_momentum(bufs, gl, spec, steps, beta=beta)
+    ns = apply_momentum_(bufs, gl, spec, steps, beta=beta)
     # Stages 3-4 on owner ranks, whole matrices only (docs/distributed.md).
     moments = [st["second_moment"] for st in states] if spec.normuon else None
     return muon_directions(
@@ -175,7 +175,7 @@ def muon_update(
     )
 
 
-def muon_step(
+def muon_step_(
     params: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],
     states: Sequence[State],
@@ -191,12 +191,12 @@ def muon_step(
 ) -> None:
     """One Muon step (stages 1-8) in place on ``params`` (``ndim >= 2``, finite ``grads``).
 
-    ``distributed``, ``process_group`` and ``full_shapes`` as in `muon_update`; with shards the shape scale
+    ``distributed``, ``process_group`` and ``full_shapes`` as in `muon_update_`; with shards the shape scale
     (stage 5) uses the full shape, and stages 6-8 run on the local rows (a ``"row"`` sphere only)."""
     plist = list(params)
     lam = spec.weight_decay if weight_decay is None else weight_decay
     shapes = _full_shapes(plist, distributed, full_shapes)
-    updates = muon_update(
+    updates = muon_update_(
         plist,
         grads,
         states,
@@ -224,7 +224,7 @@ def muon_step(
         p.copy_(sphere_step(work, -(u * lr_update), spec, lr_update))
 
 
-def adamw_step(
+def adamw_step_(
     params: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],
     states: Sequence[State],
@@ -254,5 +254,5 @@ def adamw_step(
         steps = [st["step"] for st in states]
         torch._foreach_add_(steps, [k.to(s.dtype) for k, s in zip(keep, steps, strict=True)])
         gl = [torch.where(k, g, 0.0) for k, g in zip(keep, gl, strict=True)]
-    adam_moments(m, v, gl, betas, keep)
+    adam_moments_(m, v, gl, betas, keep)
     adamw_apply(plist, adam_direction(m, v, steps, betas, eps, eps_mode), lr, weight_decay, keep)

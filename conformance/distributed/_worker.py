@@ -24,10 +24,10 @@ import muonlab.fast.distributed as D
 from muonlab import reference as ref
 from muonlab.contract import MuonSpec, get_preset, normuon_state_shape, update_scale
 from muonlab.fast.decay import apply_update_, coupled_decay, decay_lr
-from muonlab.fast.momentum import apply_momentum
+from muonlab.fast.momentum import apply_momentum_
 from muonlab.fast.orthogonalize import as_matrices, orthogonalize
 from muonlab.fast.state import init_muon_state, state_dtype
-from muonlab.fast.step import muon_step as fast_muon_step
+from muonlab.fast.step import muon_step_ as fast_muon_step
 
 # Fewer rows than ranks ((1, 5), (2, 3) on 3 ranks), a batch of matrices (3-D), a conv filter (4-D), a tall
 # and a wide matrix, and 13 tensors: not divisible by 2 or 3.
@@ -243,7 +243,7 @@ def dist_muon_step(
     lam = spec.weight_decay
     if spec.decay_placement in ("update", "both") and lam != 0.0:
         gl = coupled_decay(gl, params, lam)
-    ns = apply_momentum(bufs, gl, spec, steps)
+    ns = apply_momentum_(bufs, gl, spec, steps)
     moments = [st["second_moment"] for st in states] if spec.normuon else None
     shapes_arg = None if mode in ("none", "replicated") else full_shapes
     outs = D.muon_directions(ns, spec, mode=mode, second_moments=moments, full_shapes=shapes_arg)

@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 from muonlab import reference as R
-from muonlab.fast.step import muon_update
+from muonlab.fast.step import muon_update_
 from muonlab.reference import MuonSpec
 
 Array = npt.NDArray[np.float64]
@@ -70,7 +70,7 @@ def fast_direction(
 ) -> tuple[list[torch.Tensor], dict[str, Any]]:
     """Stages 1-4 of the fast path for ``len(grads)`` steps from zero state: (``O`` of each step, state)."""
     state: dict[str, Any] = {}
-    outs = [muon_update([w], [g], [state], spec, backend="torch")[0] for g in grads]
+    outs = [muon_update_([w], [g], [state], spec, backend="torch")[0] for g in grads]
     return outs, state
 
 
