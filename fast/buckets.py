@@ -248,7 +248,7 @@ class GroupStacks:
         for lane in self.lanes:
             kp: torch.Tensor | None = None
             if keep is not None:
-                kp = keep.index_select(0, lane.slot_params)
+                kp = keep.to(lane.steps.device).index_select(0, lane.slot_params)
             if any(missing[m] for m in lane.param_of_slot):
                 present = torch.tensor([not missing[m] for m in lane.param_of_slot], device=lane.steps.device)
                 kp = present if kp is None else kp & present
