@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force",
         action="store_true",
-        help="accept a sweep dir that holds another sweep or other files (default: refused)",
+        help="delete the contents of a sweep dir that holds another sweep or other files, and start over "
+        "(default: refused)",
     )
     p.set_defaults(func=cmd_sweep)
 

@@ -23,7 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir as rd
-from .config import ConfigError, Phase, RunConfig, SweepConfig, apply_overrides, validate_run, without_keys
+from .config import (
+    ConfigError,
+    Phase,
+    RunConfig,
+    SweepConfig,
+    apply_overrides,
+    config_diff,
+    format_config_diff,
+    validate_run,
+    without_keys,
+)
 from .endpoints import mean_std
 from .progress import SweepProgress
 from .report import write_report
@@ -162,17 +172,25 @@ def _run_sweep_locked(
 
 
 def _write_meta(sweep: SweepConfig, sweep_dir: Path, *, force: bool, command: str | None) -> None:
-    """Refuse a sweep dir holding another sweep (or other files) unless ``force``; write sweep.json."""
+    """Refuse a sweep dir holding another sweep (naming the keys that differ) or other files; with ``force``
+    delete its contents first (keeping the lock), so no run of the old sweep is mistaken for one of this
+    sweep. Then write sweep.json."""
     sha = sweep.sha256()
     meta_path = sweep_dir / "sweep.json"
+    stale = ""
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
-        if old.get("sweep_sha256") != sha and not force:
-            raise rd.RunDirError(
-                f"{sweep_dir}: holds a different sweep (sha256 {old.get('sweep_sha256')}); use another --out or --force"
-            )
-    elif rd.is_nonempty(sweep_dir) and not force:
-        raise rd.RunDirError(f"{sweep_dir}: exists, is not empty and is not a sweep dir; use another --out or --force")
+        if old.get("sweep_sha256") != sha:
+            diff = format_config_diff(config_diff(old.get("sweep", {}), sweep.model_dump(mode="json")))
+            stale = f"holds a different sweep ({diff or 'sha256 differs'})"
+    elif rd.is_nonempty(sweep_dir):
+        stale = "exists, is not empty and is not a sweep dir"
+    if stale and not force:
+        raise rd.RunDirError(
+            f"{sweep_dir}: {stale}; use another --out, or --force to delete its contents and start over"
+        )
+    if stale:
+        rd.prepare_run_dir(sweep_dir, resume=False, force=True)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "runs").mkdir(exist_ok=True)
     commands = []

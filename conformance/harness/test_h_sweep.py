@@ -146,3 +146,22 @@ def test_sweep_dir_of_another_sweep_is_refused(tmp_path: Path, text_file: Path, 
     sweep = validate_sweep(_sweep_dict(micro, text_file, tmp_path / "cache"))
     with pytest.raises(RunDirError, match="different sweep"):
         run_sweep(sweep, out, progress=False)
+
+
+def test_force_on_another_sweeps_dir_deletes_its_runs(tmp_path: Path, text_file: Path, micro: Any) -> None:
+    """--force must not let a finished run of the old sweep stand in for a run of the new one."""
+    from muonlab.harness.rundir import RunDirError
+    from muonlab.harness.sweep import _write_meta
+
+    out = tmp_path / "sweep"
+    stale_run = out / "runs" / "base_weight_decay=0.0_s0"
+    stale_run.mkdir(parents=True)
+    (stale_run / "metrics.json").write_text(json.dumps({"status": "finished"}))
+    (out / "sweep.json").write_text(json.dumps({"sweep_sha256": "0" * 64, "sweep": {"seed": 123}}))
+    sweep = validate_sweep(_sweep_dict(micro, text_file, tmp_path / "cache"))
+    with pytest.raises(RunDirError, match=r"different sweep \(.*seed: 123 -> "):
+        _write_meta(sweep, out, force=False, command=None)
+    assert stale_run.is_dir()  # refused: nothing touched
+    _write_meta(sweep, out, force=True, command=None)
+    assert not stale_run.exists()
+    assert json.loads((out / "sweep.json").read_text())["sweep_sha256"] == sweep.sha256()
