@@ -6,7 +6,8 @@
   (shell commands, output) use another language from `LANGUAGES`; ```toml blocks must parse, and a
   ``[sweep]`` example must validate.
 * A ``page.md#anchor`` link names a heading of that page (GitHub's anchor rule).
-* A section cited from the code (``docs/variants.md, "The step, stage by stage"``) is a heading of the page.
+* A section cited from the code (``docs/variants.md, "The step, stage by stage"``) is a heading of the page
+  (or a labelled list item or paragraph, ``- Host syncs: ...``).
 """
 
 from __future__ import annotations
@@ -143,6 +144,21 @@ def heading_anchors(text: str) -> set[str]:
     return out
 
 
+def test_sections_and_citations() -> None:
+    text = "\n".join(
+        [
+            "## NorMuon (stage 4) [S]",
+            "- Host syncs: none",
+            "- `preset` is a name from PRESETS: or a spec",
+            "**Owner rule.** x",
+        ]
+    )
+    sections = _sections(text)
+    assert sections == (["NorMuon (stage 4) [S]"], {"Host syncs", "Owner rule"})
+    assert _cites(sections, "NorMuon") and _cites(sections, "Host syncs") and _cites(sections, "Owner rule")
+    assert not _cites(sections, "NorMuon state") and not _cites(sections, "Host")
+
+
 def test_heading_anchors() -> None:
     text = "# A `b(c, d)`: e\n```text\n# not a heading\n```\n## Step, stage by stage\n## Step, stage by stage\n"
     assert heading_anchors(text) == {"a-bc-d-e", "step-stage-by-stage", "step-stage-by-stage-1"}
@@ -168,37 +184,45 @@ def test_link_anchors_resolve(page: Path) -> None:
 _CITATION = re.compile(r'docs/(\w+)\.md,?\s+"([^"\n]+)"')
 
 
-def _headings(text: str) -> list[str]:
-    """Heading texts outside fenced blocks, without markdown backticks."""
+def _sections(text: str) -> tuple[list[str], set[str]]:
+    """Outside fenced blocks, without markdown backticks: the heading texts, and the labels of labelled list
+    items (``- Host syncs: ...``) and paragraphs (``**NorMuon state.** ...``), at most four words."""
     fenced = {n for b in fenced_blocks(text, "") for n in range(b.line, b.line + b.code.count("\n") + 2)}
-    out = []
+    headings, labels = [], set()
     for n, line in enumerate(text.splitlines(), start=1):
-        m = re.match(r"^#{1,6}\s+(.*?)\s*$", line)
-        if m is not None and n not in fenced:
-            out.append(m[1].replace("`", ""))
-    return out
+        if n in fenced:
+            continue
+        line = line.replace("`", "")
+        if m := re.match(r"^#{1,6}\s+(.*?)\s*$", line):
+            headings.append(m[1])
+        elif m := re.match(r"^\s*(?:[-*]\s+)?\*\*([^*]+?)\.?\*\*|^\s*[-*]\s+([^:*]+?):\s", line):
+            label = m[1] or m[2]
+            if len(label.split()) <= 4:
+                labels.add(label)
+    return headings, labels
 
 
-def _cites(heading: str, title: str) -> bool:
-    """``title`` is the heading, or the heading up to a parenthesis, bracket or colon (``NorMuon`` cites
-    ``NorMuon (stage 4) [S §3.2, §4]``)."""
-    return re.fullmatch(re.escape(title) + r"(\s*[(\[:].*)?", heading) is not None
+def _cites(sections: tuple[list[str], set[str]], title: str) -> bool:
+    """``title`` is a heading, or a heading up to a parenthesis, bracket or colon (``NorMuon`` cites
+    ``NorMuon (stage 4) [S §3.2, §4]``), or a label."""
+    headings, labels = sections
+    return title in labels or any(re.fullmatch(re.escape(title) + r"(\s*[(\[:].*)?", h) for h in headings)
 
 
 SOURCES = sorted(f for folder in ("reference", "fast", "harness") for f in (ROOT / folder).rglob("*.py"))
 
 
 def test_code_cites_existing_sections() -> None:
-    """A docstring or comment that cites a section (``docs/variants.md, "Decisions"``) names a heading of that
-    page, so the prose it points to can be found (and a renamed heading fails here)."""
-    pages: dict[str, list[str]] = {}
+    """A docstring or comment that cites a section (``docs/variants.md, "Decisions"``) names a heading or a
+    labelled item of that page, so the prose it points to can be found (and a renamed one fails here)."""
+    pages: dict[str, tuple[list[str], set[str]]] = {}
     broken = []
     for source in SOURCES:
         for page, title in _CITATION.findall(source.read_text(encoding="utf-8")):
             path = ROOT / "docs" / f"{page}.md"
             if page not in pages:
-                pages[page] = _headings(path.read_text(encoding="utf-8")) if path.is_file() else []
-            if not any(_cites(h, title) for h in pages[page]):
+                pages[page] = _sections(path.read_text(encoding="utf-8")) if path.is_file() else ([], set())
+            if not _cites(pages[page], title):
                 broken.append(f'{source.relative_to(ROOT)}: docs/{page}.md "{title}"')
     assert not broken, "citations of missing sections:\n" + "\n".join(broken)
 
