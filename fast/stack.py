@@ -36,8 +36,13 @@ class Skip:
 
     @staticmethod
     def of(keep: torch.Tensor, spec: MuonSpec, beta: float, dtype: torch.dtype) -> Skip:
-        second = keep.to(dtype).mul_(1.0 - spec.beta2) if spec.normuon else None
-        return Skip(keep, ~keep, momentum_weight(keep, spec.momentum_form, beta, dtype), second)
+        flags = keep.to(dtype)  # 1 / 0, exact: one cast shared by both weights
+        second = flags * (1.0 - spec.beta2) if spec.normuon else None
+        if spec.momentum_form == "ema":  # the `momentum_weight` of "ema", from the shared cast
+            momentum = flags.mul_(1.0 - beta)
+        else:
+            momentum = momentum_weight(keep, spec.momentum_form, beta, dtype)
+        return Skip(keep, ~keep, momentum, second)
 
     def rows(self, a: int, b: int) -> Skip:
         """The mask of slots ``a:b`` (views)."""
