@@ -54,6 +54,16 @@ def _mean_curve(curves: list[dict[float, float]]) -> tuple[list[float], list[flo
     return xs, means, stds
 
 
+def _mean_band(
+    ax: Any, xs: list[float], mean: list[float], std: list[float], color: Any, label: str, fmt: str, **kw: Any
+) -> None:
+    """The seed-mean curve with a shaded +-1 std band around it."""
+    ax.plot(xs, mean, fmt, color=color, label=label, **kw)
+    lower = [u - v for u, v in zip(mean, std, strict=True)]
+    upper = [u + v for u, v in zip(mean, std, strict=True)]
+    ax.fill_between(xs, lower, upper, color=color, alpha=0.2, lw=0)
+
+
 def _run_records(sweep_dir: Path, run: str, name: str) -> list[dict[str, Any]]:
     return rd.read_jsonl(sweep_dir / "runs" / run / name)
 
@@ -78,15 +88,7 @@ def plot_loss_curves(sweep_dir: Path, arms: list[Arm], target: float | None, pat
             val_c.append(va)
         xs, m, s = _mean_curve([c for c in train_c if c])
         if xs:
-            ax.plot(xs, m, "-", color=colors[a.point], lw=1.4, label=f"{a.label}: smoothed train (n={len(train_c)})")
-            ax.fill_between(
-                xs,
-                [u - v for u, v in zip(m, s, strict=True)],
-                [u + v for u, v in zip(m, s, strict=True)],
-                color=colors[a.point],
-                alpha=0.2,
-                lw=0,
-            )
+            _mean_band(ax, xs, m, s, colors[a.point], f"{a.label}: smoothed train (n={len(train_c)})", "-", lw=1.4)
             finals.append(m[-1])
         vx, vm, vs = _mean_curve([c for c in val_c if c])
         if vx:
@@ -215,15 +217,7 @@ def plot_weight_norms(sweep_dir: Path, arms: list[Arm], path: Path) -> None:
         xs, m, s = _mean_curve(curves)
         if not xs:
             continue
-        ax.plot(xs, m, "-o", ms=3, color=colors[a.point], label=f"{a.label} (n={len(curves)})")
-        ax.fill_between(
-            xs,
-            [u - v for u, v in zip(m, s, strict=True)],
-            [u + v for u, v in zip(m, s, strict=True)],
-            color=colors[a.point],
-            alpha=0.2,
-            lw=0,
-        )
+        _mean_band(ax, xs, m, s, colors[a.point], f"{a.label} (n={len(curves)})", "-o", ms=3)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("total matrix weight norm sqrt(Σ ||W||_F²) (weight units)")
     ax.set_title(f"Weight-norm trends: mean over seeds, band ±1 std ({_n_note(arms)})", fontsize=9)
