@@ -518,8 +518,9 @@ def muon_directions(
     group: Group = None,
     backend: Backend = "auto",
 ) -> list[torch.Tensor]:
-    """Stages 3-4 of `muonlab.contract.spec` for orthogonalizer inputs ``ns`` (after momentum): the update
-    directions ``O`` (after NorMuon, before the shape scale), each of its input's (local) shape.
+    """Stages 3-4 (docs/variants.md "The step, stage by stage") for orthogonalizer inputs ``ns`` (after
+    momentum): the update directions ``O`` (after NorMuon, before the shape scale), each of its input's (local)
+    shape.
 
     * ``"none"``: `orthogonalize_local` (one process, or every rank doing all the work on full tensors);
     * ``"replicated"``: ``ns`` are full and identical on every rank (`orthogonalize_replicated`);
