@@ -38,7 +38,7 @@ scalars ``blocks.{i}.{attn_alpha,mlp_alpha}``, ``blocks.{i}.attn.s_qk``, ``block
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -119,32 +119,15 @@ class ModelConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+# 89,220,352 parameters (63,464,704 outside the tied embedding); see docs/data.md.
+_88M = ModelConfig(vocab_size=50304, d_model=512, n_layers=22, n_heads=8, n_kv_heads=4, ffn_dim=2048, seq_len=2048)
+_TINY = ModelConfig(vocab_size=4096, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=512, seq_len=256)
+
 MODEL_CONFIGS: dict[str, ModelConfig] = {
-    # 89,220,352 parameters (63,464,704 outside the tied embedding); see docs/data.md.
-    "88m": ModelConfig(vocab_size=50304, d_model=512, n_layers=22, n_heads=8, n_kv_heads=4, ffn_dim=2048, seq_len=2048),
-    "tiny": ModelConfig(vocab_size=4096, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=512, seq_len=256),
-    "tiny_ngpt": ModelConfig(
-        vocab_size=4096,
-        d_model=128,
-        n_layers=4,
-        n_heads=4,
-        n_kv_heads=2,
-        ffn_dim=512,
-        seq_len=256,
-        tie_embeddings=False,
-        ngpt=True,
-    ),
-    "88m_ngpt": ModelConfig(
-        vocab_size=50304,
-        d_model=512,
-        n_layers=22,
-        n_heads=8,
-        n_kv_heads=4,
-        ffn_dim=2048,
-        seq_len=2048,
-        tie_embeddings=False,
-        ngpt=True,
-    ),
+    "88m": _88M,
+    "tiny": _TINY,
+    "tiny_ngpt": replace(_TINY, tie_embeddings=False, ngpt=True),
+    "88m_ngpt": replace(_88M, tie_embeddings=False, ngpt=True),
 }
 
 
