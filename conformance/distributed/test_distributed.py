@@ -11,15 +11,11 @@ per-rank ``torch.save`` checkpoint that resumes bit-exactly.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from distlaunch import launch
 
 pytestmark = pytest.mark.distributed
 
@@ -56,43 +52,11 @@ CHECKS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _launch(world: int, out: Path) -> list[dict[str, list[Any]]]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(r), str(world), str(port), str(out / f"{r}.json")],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for r in range(world)
-    ]
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=150)[0].decode(errors="replace"))
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail(f"world {world}: a rank did not finish in 150 s")
-    for r, p in enumerate(procs):
-        if p.returncode != 0:
-            pytest.fail(f"world {world}: rank {r} exited with {p.returncode}:\n{logs[r][-4000:]}")
-    return [json.loads((out / f"{r}.json").read_text()) for r in range(world)]
-
-
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"world{w}")
 def world_results(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> list[dict[str, list[Any]]]:
-    return _launch(int(request.param), tmp_path_factory.mktemp(f"world{request.param}"))
+    return launch(WORKER, int(request.param), tmp_path_factory.mktemp(f"world{request.param}"))
 
 
 @pytest.mark.parametrize("check", CHECKS)
