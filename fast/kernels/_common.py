@@ -67,7 +67,7 @@ class Variant:
     """One compiled form of a kernel: everything `triton.compile` needs to build it ahead of time.
 
     ``signature`` maps every parameter of ``kernel`` (in order) to its Triton type: ``"*bf16"`` for a pointer,
-    ``"i32"`` / ``"fp32"`` / ``"u1"`` for a scalar, ``"constexpr"`` for a compile-time value given in
+    ``"i32"`` / ``"fp32"`` for a scalar, ``"constexpr"`` for a compile-time value given in
     ``constexprs`` (which also holds integer arguments Triton specializes to constants, such as unit strides).
     """
 

@@ -16,6 +16,10 @@ device family; the wrappers launch nothing else, and `variants` lists the compil
 check. The momentum form, Nesterov, the cautious mode, decay on/off and whether each scalar is a tensor are
 runtime arguments (both branches are evaluated and one is selected: the kernels are bound by memory), so one
 compiled variant per dtype pair serves every optimizer spec. float64 tensors compile (float64 arithmetic).
+
+Runtime flags are passed as ``int32`` 0/1 (`_FLAGS`, tested ``!= 0`` in the kernels) and are never
+specialized, not as Python bools: triton 3.7's interpreter rejects a bool argument (it builds an ``int1``
+handle from 32-bit numpy data), and an unspecialized int keeps one compiled variant whatever the flags.
 """
 
 from __future__ import annotations
@@ -91,16 +95,16 @@ def _momentum_impl(
     omb_val: tl.tensor,
     numel: tl.tensor,
     beta_is_ptr: tl.tensor,
-    ema: tl.tensor,
-    nesterov: tl.tensor,
+    ema_flag: tl.tensor,
+    nesterov_flag: tl.tensor,
     F64: tl.constexpr,
     ROUND_BF16: tl.constexpr,
     BLOCK: tl.constexpr,
 ) -> None:
     """One block of `fused_momentum`. ``beta`` is read from ``beta_ptr`` (compute dtype) when ``beta_is_ptr``,
-    else it is ``beta_val`` with ``omb_val = 1 - beta`` computed on the host. ``ema`` and ``nesterov`` are
-    runtime flags: both forms are evaluated and one selected (an elementwise kernel is bound by memory, and
-    one compiled variant serves every form)."""
+    else it is ``beta_val`` with ``omb_val = 1 - beta`` computed on the host. ``beta_is_ptr``, ``ema_flag`` and
+    ``nesterov_flag`` are runtime int32 flags (0 or 1): both forms are evaluated and one selected (an
+    elementwise kernel is bound by memory, and one compiled variant serves every form)."""
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     inside = offs < numel
@@ -110,8 +114,11 @@ def _momentum_impl(
     else:
         m = tl.load(buf_ptr + offs, mask=inside, other=0.0).to(tl.float32)
         g = tl.load(grad_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-    beta = tl.load(beta_ptr, mask=beta_is_ptr, other=beta_val)
-    omb = tl.where(beta_is_ptr, 1.0 - beta, omb_val)
+    ema = ema_flag != 0
+    nesterov = nesterov_flag != 0
+    from_ptr = beta_is_ptr != 0
+    beta = tl.load(beta_ptr, mask=from_ptr, other=beta_val)
+    omb = tl.where(from_ptr, 1.0 - beta, omb_val)
     # torch.lerp(start, end, w): start + w (end - start) if |w| < 0.5, else end - (end - start)(1 - w).
     m_ema = tl.where(tl.abs(omb) < 0.5, m + omb * (g - m), g - (g - m) * (1.0 - omb))
     m_new = tl.where(ema, m_ema, m * beta + g)
@@ -125,7 +132,13 @@ def _momentum_impl(
         tl.store(n_ptr + offs, out.to(n_ptr.dtype.element_ty), mask=inside)
 
 
-_momentum_kernel = triton.jit(_momentum_impl)
+_FLAGS: Mapping[str, tuple[str, ...]] = {
+    "momentum": ("beta_is_ptr", "ema_flag", "nesterov_flag"),
+    "apply": ("lr_is_ptr", "d_is_ptr", "has_decay", "mask_off", "mask_ge"),
+}
+"""Each kernel's runtime flags: ``int32`` 0 or 1, never specialized (a 1 would otherwise become a constant)."""
+
+_momentum_kernel = triton.jit(_momentum_impl, do_not_specialize=list(_FLAGS["momentum"]))
 
 MomentumKey = tuple[torch.dtype, torch.dtype]
 """``(buf dtype, grad dtype)``: what selects a variant of the momentum kernel."""
@@ -199,9 +212,9 @@ def fused_momentum(
         beta_val,
         1.0 - beta_val,
         numel,
-        beta_ptr is not None,
-        form == "ema",
-        nesterov,
+        int(beta_ptr is not None),
+        int(form == "ema"),
+        int(nesterov),
         **constexprs,
         num_warps=warps,
         num_stages=stages,
@@ -257,7 +270,8 @@ def _apply_impl(
     """One block of `fused_apply` over the flat ``[B, rows, cols]`` parameter. ``lr`` / ``d`` are read from
     their pointers (compute dtype) when ``*_is_ptr``, else they are the float arguments. The cautious mask
     keeps ``u w > 0``, also ``u w = 0`` when ``mask_ge``, and everything when ``mask_off``; without
-    ``has_decay`` the decay term is not evaluated into ``W`` at all (an infinite weight stays infinite)."""
+    ``has_decay`` the decay term is not evaluated into ``W`` at all (an infinite weight stays infinite). The
+    five flags are runtime int32 (0 or 1)."""
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     inside = offs < numel
@@ -272,11 +286,11 @@ def _apply_impl(
         row = (offs // cols) % rows
         bat = offs // (cols * rows)
         u = u * tl.load(s_ptr + bat * ssb + row * ssm + col * ssn, mask=inside, other=0.0)
-    lr = tl.load(lr_ptr, mask=lr_is_ptr, other=lr_val)
-    d = tl.load(d_ptr, mask=d_is_ptr, other=d_val)
+    lr = tl.load(lr_ptr, mask=lr_is_ptr != 0, other=lr_val)
+    d = tl.load(d_ptr, mask=d_is_ptr != 0, other=d_val)
     prod = u * w
-    keep = mask_off | (prod > 0.0) | (mask_ge & (prod == 0.0))
-    w = tl.where(has_decay, w - w * keep.to(w.dtype) * d, w)
+    keep = (mask_off != 0) | (prod > 0.0) | ((mask_ge != 0) & (prod == 0.0))
+    w = tl.where(has_decay != 0, w - w * keep.to(w.dtype) * d, w)
     w = w - u * lr
     if ROUND_BF16:
         tl.store(p_ptr + offs, round_bf16(w), mask=inside)
@@ -285,7 +299,7 @@ def _apply_impl(
 
 
 # The scale's index arithmetic is not specialized (a unit or zero stride would make another variant).
-_apply_kernel = triton.jit(_apply_impl, do_not_specialize=["rows", "cols", "ssb", "ssm", "ssn"])
+_apply_kernel = triton.jit(_apply_impl, do_not_specialize=["rows", "cols", "ssb", "ssm", "ssn", *_FLAGS["apply"]])
 
 ApplyKey = tuple[torch.dtype, torch.dtype, bool]
 """``(param dtype, update dtype, has scale)``: what selects a variant of the apply kernel."""
@@ -400,11 +414,11 @@ def fused_apply(
         m,
         n,
         *((0, 0, 0) if s3 is None else s3.stride()),
-        lr_ptr is not None,
-        d_ptr is not None,
-        decay,
-        mode == 0,
-        mode == 1,
+        int(lr_ptr is not None),
+        int(d_ptr is not None),
+        int(decay),
+        int(mode == 0),
+        int(mode == 1),
         **constexprs,
         num_warps=warps,
         num_stages=stages,
@@ -459,9 +473,7 @@ def variants(family: Family) -> tuple[Variant, ...]:
             "beta_val": "fp32",
             "omb_val": "fp32",
             "numel": "i32",
-            "beta_is_ptr": "u1",
-            "ema": "u1",
-            "nesterov": "u1",
+            **dict.fromkeys(_FLAGS["momentum"], "i32"),
             **dict.fromkeys(constexprs, "constexpr"),
         }
         name = f"fused_momentum-buf_{triton_type(buf)}-grad_{triton_type(grad)}"
@@ -477,7 +489,7 @@ def variants(family: Family) -> tuple[Variant, ...]:
             "d_ptr": cdt,
             "d_val": "fp32",
             **dict.fromkeys(("numel", "rows", "cols", "ssb", "ssm", "ssn"), "i32"),
-            **dict.fromkeys(("lr_is_ptr", "d_is_ptr", "has_decay", "mask_off", "mask_ge"), "u1"),
+            **dict.fromkeys(_FLAGS["apply"], "i32"),
             **dict.fromkeys(constexprs, "constexpr"),
         }
         name = f"fused_apply-param_{triton_type(param)}-update_{triton_type(update)}{'-scale' if has_scale else ''}"
