@@ -16,6 +16,8 @@ import pytest
 import torch
 from kernelhelpers import BF16_HALF_ULP, DEVICE, FP32_EPS, randn, rel_fro
 
+from muonlab.fast.kernels import _common
+from muonlab.fast.kernels._common import interpreter_loop_problem
 from muonlab.fast.kernels.symmetric import ba_plus_caa, ba_plus_caa_torch, xxt, xxt_torch
 
 SHAPES = [(1, 5), (5, 1), (7, 3), (16, 16), (33, 70), (40, 17), (3, 33, 20), (2, 1, 9)]
@@ -150,6 +152,36 @@ def test_cpu_tensor_without_interpreter_is_a_runtime_error() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("triton_version", "numpy_version", "refused"),
+    [("3.6.0", "2.4.6", True), ("3.6.1", "2.5.0rc1", True), ("3.6.0", "2.3.5", False), ("3.6.0", "1.26.0", False),
+     ("3.7.1", "2.4.6", False), ("3.9.0", "2.5.0", False)],
+)  # fmt: skip
+def test_interpreter_loop_problem_names_the_versions(triton_version: str, numpy_version: str, refused: bool) -> None:
+    """triton 3.6's interpreter cannot take a runtime loop bound under numpy >= 2.4 (docs/install.md)."""
+    problem = interpreter_loop_problem(triton_version, numpy_version)
+    if refused:
+        assert problem is not None
+        assert f"triton {triton_version}" in problem and f"numpy {numpy_version}" in problem
+        assert "numpy < 2.4 or triton >= 3.7" in problem
+    else:
+        assert problem is None
+    with pytest.raises(ValueError, match="version"):
+        interpreter_loop_problem("nightly", numpy_version)
+
+
+@pytest.mark.skipif(DEVICE.type == "cuda", reason="the interpreter's version check")
+def test_interpreter_with_a_broken_loop_bound_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a triton/numpy pair whose interpreter cannot run the kernel, the wrappers raise before launching
+    (a clear message instead of the interpreter's TypeError deep in the kernel)."""
+    monkeypatch.setattr(_common.triton, "__version__", "3.6.0")
+    monkeypatch.setattr(_common.np, "__version__", "2.4.0")
+    with pytest.raises(RuntimeError, match=r"xxt: triton 3\.6\.0's interpreter .* numpy 2\.4\.0"):
+        xxt(randn(2, 3, 4, seed=0))
+    with pytest.raises(RuntimeError, match=r"ba_plus_caa: triton 3\.6\.0's interpreter"):
+        ba_plus_caa(randn(3, 3, seed=1), 1.0, 1.0)
 
 
 def test_out_dtype_is_the_input_dtype_or_float32() -> None:

@@ -12,11 +12,13 @@ for sm_80 and sm_90, so the check and production read one source.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -30,6 +32,7 @@ __all__ = [
     "check_launchable",
     "device_family",
     "interpreted",
+    "interpreter_loop_problem",
     "needs_bf16_rounding",
     "round_bf16",
     "scalar_arg",
@@ -103,9 +106,36 @@ def device_family(kernel: Any, device: torch.device) -> Family:
     return _cuda_family(index)
 
 
-def check_launchable(kernel: Any, t: torch.Tensor, name: str) -> None:
-    """`RuntimeError` unless ``t`` is on CUDA or ``kernel`` runs in the interpreter (CPU tensors)."""
-    if t.device.type == "cuda" or (interpreted(kernel) and t.device.type == "cpu"):
+def _minor(version: str) -> tuple[int, int]:
+    """``(major, minor)`` of a version string (``"2.4.0rc1"`` -> ``(2, 4)``)."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is None:
+        raise ValueError(f"version: expected 'MAJOR.MINOR...', got {version!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def interpreter_loop_problem(triton_version: str, numpy_version: str) -> str | None:
+    """Why Triton's interpreter cannot run a kernel with a runtime loop bound (``range(0, K, BK)``) under
+    these versions, or None. triton 3.6's interpreter takes ``int()`` of the bound's one-element array, which
+    numpy 2.4 refuses ("only 0-dimensional arrays can be converted to Python scalars"); triton 3.7 squeezes it
+    first. Compiled kernels are not affected."""
+    if _minor(triton_version) < (3, 7) and _minor(numpy_version) >= (2, 4):
+        return (
+            f"triton {triton_version}'s interpreter (TRITON_INTERPRET=1) cannot run this kernel with numpy "
+            f"{numpy_version}: it needs numpy < 2.4 or triton >= 3.7 (compiled kernels on CUDA are not affected)"
+        )
+    return None
+
+
+def check_launchable(kernel: Any, t: torch.Tensor, name: str, *, runtime_loop: bool = False) -> None:
+    """`RuntimeError` unless ``t`` is on CUDA or ``kernel`` runs in the interpreter (CPU tensors), and, for a
+    kernel with a ``runtime_loop``, unless the interpreter can run it (`interpreter_loop_problem`)."""
+    if t.device.type == "cuda":
+        return
+    if interpreted(kernel) and t.device.type == "cpu":
+        problem = interpreter_loop_problem(triton.__version__, np.__version__) if runtime_loop else None
+        if problem is not None:
+            raise RuntimeError(f"{name}: {problem}")
         return
     raise RuntimeError(
         f"{name}: Triton kernels need CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before "

@@ -313,7 +313,7 @@ def xxt(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     below the diagonal only and mirrors them, so the result is exactly symmetric. Returns ``out``.
     """
     x3 = _as_batch(x, "x")
-    check_launchable(_sym_kernel, x3, "xxt")
+    check_launchable(_sym_kernel, x3, "xxt", runtime_loop=True)
     batch, m, _ = x3.shape
     res = _out_batch(out, x, (batch, m, m), "x")
     _launch(x3, None, res, 1.0, 0.0)
@@ -341,7 +341,7 @@ def ba_plus_caa(a: torch.Tensor, b: float, c: float, out: torch.Tensor | None = 
     """
     a3 = _check_square(a)
     bf, cf = _check_coef(b, "b"), _check_coef(c, "c")
-    check_launchable(_sym_kernel, a3, "ba_plus_caa")
+    check_launchable(_sym_kernel, a3, "ba_plus_caa", runtime_loop=True)
     res = _out_batch(out, a, tuple(a3.shape), "a")
     _launch(a3, a3, res, cf, bf)
     return res if a.ndim == 3 else res[0]
