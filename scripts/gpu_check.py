@@ -110,16 +110,33 @@ def _shim() -> str:
     return str(root)
 
 
+def _load_new_install() -> bool:
+    """Make a package pip installed after start-up importable here. An editable install is a ``.pth`` file
+    (a path entry or an import hook) in site-packages, and `site` reads ``.pth`` files only at start-up, so
+    they are read again for every directory pip may have written to."""
+    import site
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    for directory in dict.fromkeys([paths["purelib"], paths["platlib"], site.getusersitepackages()]):
+        if Path(directory).is_dir():
+            site.addsitedir(directory)
+    importlib.invalidate_caches()
+    return importlib.util.find_spec("muonlab") is not None
+
+
 def ensure_installed() -> tuple[str, bool]:
     """Make ``import muonlab.fast`` work: the installed package, else the offline editable install, else a
     source shim (`_shim`; envcheck then fails for want of metadata). Returns (what was done, installed)."""
     if importlib.util.find_spec("muonlab") is not None:
         return "installed", True
     proc = subprocess.run(INSTALL, capture_output=True, text=True, check=False)
-    if proc.returncode == 0:
-        importlib.invalidate_caches()
+    if proc.returncode == 0 and _load_new_install():
         return "installed now: " + " ".join(INSTALL[2:]), True
-    why = ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1][:120]
+    if proc.returncode == 0:
+        why = "installed, but not importable in this process"
+    else:
+        why = ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1][:120]
     return f"offline install failed ({why}); imported from the checkout via {_shim()}", False
 
 
