@@ -9,4 +9,4 @@ if [ -d /opt/wheels ]; then export PIP_FIND_LINKS="${PIP_FIND_LINKS:-/opt/wheels
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints/ci.txt -e ".[fast,harness]"
 start=$SECONDS
 .venv/bin/muonlab sweep harness/configs/tiny_sweep.toml --out "$out"
-echo "main job: sweep and report in $((SECONDS - start)) s (README: about 4.4 minutes on an idle 2-core machine)"
+echo "main job: sweep and report in $((SECONDS - start)) s (README: about 4 minutes on a quiet 2-core machine)"
