@@ -9,17 +9,15 @@ editable install writes into its source tree, so the script runs from a copy of 
 
 from __future__ import annotations
 
-import shutil
 import site
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -43,15 +41,9 @@ def parent_view(into: Path) -> Path:
     return into
 
 
-def test_gpu_check_installs_muonlab_offline_and_uses_it(tmp_path: Path, pyproject: dict[str, Any]) -> None:
+def test_gpu_check_installs_muonlab_offline_and_uses_it(tmp_path: Path, sources: Callable[..., Path]) -> None:
     pytest.importorskip("setuptools", minversion="70.1")
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, src / name)
-    folders = {Path(d).parts[0] for d in pyproject["tool"]["setuptools"]["package-dir"].values()} | {"scripts"}
-    for folder in folders:
-        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    src = sources(tmp_path / "src", extra=("scripts",))
 
     venv = tmp_path / "venv"
     made = run(sys.executable, "-m", "venv", "--without-pip", venv)  # pip and setuptools: this interpreter's

@@ -7,12 +7,12 @@ that already has the CPU torch would, but gets muonlab only from the wheel. Buil
 
 from __future__ import annotations
 
-import shutil
 import site
 import subprocess
 import sys
 import sysconfig
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,9 @@ def ok(done: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory, pyproject: dict[str, Any]) -> Path:
+def wheel(tmp_path_factory: pytest.TempPathFactory, sources: Callable[..., Path]) -> Path:
     pytest.importorskip("setuptools", minversion="70.1")
-    src = tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, src / name)
-    folders = {Path(d).parts[0] for d in pyproject["tool"]["setuptools"]["package-dir"].values()}
-    for folder in folders:
-        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    src = sources(tmp_path_factory.mktemp("src"))
     dist = tmp_path_factory.mktemp("dist")
     ok(run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index", "--no-build-isolation", "-w", dist, src))
     (built,) = dist.glob("muonlab-*.whl")
