@@ -78,7 +78,7 @@ def typecheck(session: nox.Session) -> None:
     _install(session, "--config-settings", "editable_mode=strict", "-e", ".[fast,harness]", "mypy")
     packages = [arg for package in _packages() for arg in ("-p", package)]
     session.run("mypy", "--strict", *packages, *session.posargs)
-    session.run("mypy", "--strict", "scripts/envcheck.py")
+    session.run("mypy", "--strict", "scripts/envcheck.py", "scripts/gpu_check.py")
 
 
 TRITONS = {"3.6": ["numpy<2.4"], "3.7": []}
