@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-
 pytestmark = pytest.mark.slow
 
 _OURS = ("muonlab", "__editable__", "_muonlab")
