@@ -35,6 +35,7 @@ __all__ = [
     "interpreter_loop_problem",
     "needs_bf16_rounding",
     "round_bf16",
+    "running_interpreter_loop_problem",
     "scalar_arg",
     "triton_type",
 ]
@@ -127,13 +128,18 @@ def interpreter_loop_problem(triton_version: str, numpy_version: str) -> str | N
     return None
 
 
+def running_interpreter_loop_problem() -> str | None:
+    """`interpreter_loop_problem` for the triton and numpy this process runs."""
+    return interpreter_loop_problem(triton.__version__, np.__version__)
+
+
 def check_launchable(kernel: Any, t: torch.Tensor, name: str, *, runtime_loop: bool = False) -> None:
     """`RuntimeError` unless ``t`` is on CUDA or ``kernel`` runs in the interpreter (CPU tensors), and, for a
     kernel with a ``runtime_loop``, unless the interpreter can run it (`interpreter_loop_problem`)."""
     if t.device.type == "cuda":
         return
     if interpreted(kernel) and t.device.type == "cpu":
-        problem = interpreter_loop_problem(triton.__version__, np.__version__) if runtime_loop else None
+        problem = running_interpreter_loop_problem() if runtime_loop else None
         if problem is not None:
             raise RuntimeError(f"{name}: {problem}")
         return
