@@ -96,11 +96,12 @@ def kernels_triton(session: nox.Session, triton: str) -> None:
     floor = _floor("triton", "fast")
     if floor not in TRITONS:
         session.error(f"pyproject.toml's triton floor {floor} is not among kernels_triton's versions {list(TRITONS)}")
-    lines = CONSTRAINTS.read_text().splitlines()
-    pins = [line for line in lines if not re.match(r"\s*triton\s*[=<>!~;]", line)]
-    if TRITONS[triton]:  # this triton's own needs replace CI's pins of the same packages
-        names = {re.split(r"[=<>!~;\s]", need, maxsplit=1)[0] for need in TRITONS[triton]}
-        pins = [line for line in pins if re.split(r"[=<>!~;\s]", line, maxsplit=1)[0] not in names]
+
+    def name(requirement: str) -> str:
+        return re.split(r"[=<>!~;\s]", requirement.strip(), maxsplit=1)[0]
+
+    replaced = {"triton", *map(name, TRITONS[triton])}  # this triton and its own needs replace CI's pins of them
+    pins = [line for line in CONSTRAINTS.read_text().splitlines() if name(line) not in replaced]
     constraints = Path(session.create_tmp()) / f"constraints-triton-{triton}.txt"
     constraints.write_text("\n".join([*pins, *TRITONS[triton], f"triton=={triton}.*", ""]))
     _install(session, ".[fast]", "pytest", "hypothesis", constraints=constraints)
