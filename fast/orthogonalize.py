@@ -107,7 +107,9 @@ def normalized_wide(
     """
     shape = x.shape
     transpose = shape[-2] > shape[-1]
-    xm = x.reshape(-1, shape[-2], shape[-1])
+    # The norm sums in memory order: one layout (row-major matrix view) for every route, so a stack, a strided
+    # view and a DDP owner's copy of the same matrix round alike (bitwise equality across routes and ISAs).
+    xm = x.reshape(-1, shape[-2], shape[-1]).contiguous()
     if transpose:
         xm = xm.mT
     if x.dtype.itemsize > compute.itemsize:
