@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
+import warnings
 from functools import lru_cache
 from typing import Literal, get_args
 
@@ -24,7 +26,21 @@ import torch
 
 Backend = Literal["auto", "torch", "triton"]
 
-__all__ = ["Backend", "check_backend", "route", "triton_available", "use_triton"]
+__all__ = [
+    "SLOW_BF16_FACTOR",
+    "Backend",
+    "SlowComputeDtypeWarning",
+    "check_backend",
+    "cpu_bf16_slowdown",
+    "route",
+    "triton_available",
+    "use_triton",
+    "warn_if_slow_compute",
+]
+
+SLOW_BF16_FACTOR = 2.0
+"""A CPU whose bf16 matmul is this many times slower than fp32 has no native bf16 GEMM (AVX2: 8-50x; AVX-512
+without AVX512_BF16: about 3x; AVX512_BF16 / AMX: faster than fp32), and gets `warn_if_slow_compute`'s warning."""
 
 
 @lru_cache(maxsize=1)
@@ -52,3 +68,47 @@ def route(backend: Backend, device: torch.device, dtype: torch.dtype) -> bool:
 def use_triton(t: torch.Tensor, backend: Backend) -> bool:
     """`route` for ``t``'s device and dtype."""
     return route(backend, t.device, t.dtype)
+
+
+class SlowComputeDtypeWarning(UserWarning):
+    """Newton-Schulz is asked to compute in a dtype this device runs many times slower than float32."""
+
+
+@lru_cache(maxsize=1)
+def cpu_bf16_slowdown() -> float:
+    """How many times longer a bf16 matmul takes than a float32 one on this CPU: measured once per process
+    (256 x 256 products, best of 3 each, interleaved; a few ms where bf16 is native, about 0.1 s where not).
+    Timed rather than read from CPU flags because the ISA torch dispatches to can be capped below the
+    hardware's (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``)."""
+    a32 = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+    a16 = a32.to(torch.bfloat16)
+    best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
+    for _ in range(3):
+        for x in (a32, a16):
+            t0 = time.perf_counter()
+            torch.mm(x, x)
+            best[x.dtype] = min(best[x.dtype], time.perf_counter() - t0)
+    return best[torch.bfloat16] / max(best[torch.float32], 1e-9)
+
+
+_warned: set[str] = set()
+
+
+def warn_if_slow_compute(device: torch.device, compute_dtype: str) -> None:
+    """Warn once per process when ``compute_dtype="bfloat16"`` is asked of a CPU without a native bf16 matmul
+    (`cpu_bf16_slowdown` above `SLOW_BF16_FACTOR`), naming the slowdown and the override. The spec is kept as
+    asked: a preset's numerics change only when the user says so."""
+    if device.type != "cpu" or compute_dtype != "bfloat16" or "cpu" in _warned:
+        return
+    slowdown = cpu_bf16_slowdown()
+    if slowdown <= SLOW_BF16_FACTOR:
+        return
+    _warned.add("cpu")
+    warnings.warn(
+        f"muonlab.fast: Newton-Schulz computes in bfloat16 (compute_dtype='bfloat16'), and a bfloat16 matmul "
+        f"runs {slowdown:.1f}x slower than float32 on this CPU (no native bf16 matmul); for CPU runs pass "
+        f"compute_dtype='float32', e.g. Muon(params, preset, compute_dtype='float32') (docs/fast.md, "
+        f"'bf16 on a CPU')",
+        SlowComputeDtypeWarning,
+        stacklevel=3,
+    )
