@@ -23,10 +23,11 @@ from torch.optim import Optimizer
 
 from muonlab.contract import MuonSpec, resolve_spec
 
-from .backend import Backend, check_backend
+from .backend import Backend, check_backend, warn_if_slow_compute
 from .buckets import GroupStacks
 from .distributed import DistributedMode
 from .layout import MatrixDims, check_group_matrix_dims, matrix_shape, matrix_view
+from .peers import from_peer
 from .state import state_dtype
 from .step import adamw_step_, muon_step_
 
@@ -45,6 +46,42 @@ def _is_dtensor(x: object) -> bool:
 def _local(x: torch.Tensor) -> torch.Tensor:
     """The rank-local tensor of a DTensor (shares its storage), else ``x``."""
     return cast(torch.Tensor, x.to_local()) if _is_dtensor(x) else x  # type: ignore[attr-defined]
+
+
+_SHARD_LIKE = frozenset({"momentum_buffer", "exp_avg", "exp_avg_sq"})
+"""State entries laid out like their parameter: a DTensor parameter's rank holds its shard of each (the step keeps
+plain local tensors). ``"step"`` and NorMuon's ``"second_moment"`` are whole and identical on every rank."""
+
+
+def _as_dtensor(value: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """This rank's shard ``value`` of a state entry as a DTensor with ``p``'s mesh, placements and global shape."""
+    from torch.distributed.tensor import DTensor
+
+    dt = cast(Any, p)
+    return cast(
+        torch.Tensor,
+        DTensor.from_local(value, dt.device_mesh, dt.placements, run_check=False, shape=p.shape, stride=p.stride()),
+    )
+
+
+def _local_state(value: torch.Tensor, p: torch.Tensor, name: str) -> torch.Tensor:
+    """This rank's shard of a saved state entry for DTensor ``p``: a DTensor's local part (redistributed to ``p``'s
+    placements), a full tensor's rows of this rank, or (per-rank checkpoints) the shard itself."""
+    dt = cast(Any, p)
+    local = dt.to_local()
+    if _is_dtensor(value):
+        value = cast(Any, value).redistribute(dt.device_mesh, dt.placements).to_local()
+    elif value.shape == p.shape and value.shape != local.shape:
+        from .distributed import local_shard
+
+        mesh = dt.device_mesh
+        value = local_shard(value, mesh.size(), mesh.get_local_rank())
+    if value.shape != local.shape:
+        raise ValueError(
+            f"{name}: shape {tuple(value.shape)} is neither this rank's shard {tuple(local.shape)} "
+            f"nor the parameter's {tuple(p.shape)}"
+        )
+    return value.to(device=local.device, copy=True)
 
 
 def _check_sharded_spec(spec: MuonSpec, mode: str, name: str) -> None:
@@ -148,6 +185,7 @@ class Muon(Optimizer):
             raise ValueError(f"max_stack_bytes: expected a positive int (bytes) or None, got {max_stack_bytes!r}")
         self.max_stack_bytes: int | None = max_stack_bytes
         self._stacks: dict[int, tuple[tuple[int, ...], GroupStacks]] = {}
+        self._dtypes: list[list[torch.dtype]] = []  # per group, each parameter's dtype when it was added
         if not isinstance(distributed, str) or distributed not in _MODES:
             raise ValueError(f"distributed: expected one of {', '.join(map(repr, _MODES))}, got {distributed!r}")
         if distributed == "none" and process_group is not None:
@@ -202,7 +240,13 @@ class Muon(Optimizer):
             if p.is_complex():
                 raise ValueError(f"param_groups[{index}]['params'][{j}]: complex parameters are not supported")
             if algorithm == "muon":
+                if p.numel() == 0:  # the global shape for a DTensor: an empty local shard is fine
+                    raise ValueError(
+                        f"param_groups[{index}]['params'][{j}] has shape {tuple(p.shape)}: a zero-size matrix has "
+                        f"nothing to orthogonalize (drop it from the optimizer's parameters)"
+                    )
                 self._check_layout(p, f"param_groups[{index}]['params'][{j}]")
+                warn_if_slow_compute(_local(p).device, spec.compute_dtype)
         group["params"] = plist
         if "matrix_dims" in group:
             name = f"param_groups[{index}]['matrix_dims']"
@@ -220,6 +264,7 @@ class Muon(Optimizer):
             group["lr"] = group["lr"].to(_local(plist[0]).device)
         self._stacks.clear()
         super().add_param_group(group)
+        self._dtypes.append([p.dtype for p in plist])
 
     def _check_layout(self, p: torch.Tensor, name: str) -> None:
         """Muon parameters match the mode: ``Shard(0)`` DTensors on a 1-D mesh for ``"sharded"`` /
@@ -250,17 +295,26 @@ class Muon(Optimizer):
 
     # -- state dict -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """torch's state dict with each group's spec stored as a plain dict (loadable with weights_only)."""
+        """torch's state dict with each group's spec stored as a plain dict (loadable with weights_only). For
+        DTensor (FSDP2) parameters the entries laid out like the parameter are DTensors of its placement
+        (`_SHARD_LIKE`), so torch.distributed.checkpoint saves every rank's shard and can reshard them."""
         sd = super().state_dict()
         sd["param_groups"] = [
             {**g, "spec": _spec_to_dict(g["spec"]) if isinstance(g.get("spec"), MuonSpec) else g.get("spec")}
             for g in sd["param_groups"]
         ]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, entry in list(sd["state"].items()):
+            p = params[pid]
+            if _is_dtensor(p):  # a new dict: torch's entries are the live state dicts
+                sd["state"][pid] = {k: _as_dtensor(v, p) if k in _SHARD_LIKE else v for k, v in entry.items()}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's loader, keeping the saved state dtypes (torch would cast fp32 buffers to a bf16 param's
-        dtype, which would break bit-identical resume)."""
+        dtype, which would break bit-identical resume). Also takes a ``torch.optim.Muon`` or KellerJordan/Muon
+        state dict (`muonlab.fast.peers`)."""
+        state_dict = from_peer(self.param_groups, state_dict) or state_dict  # torch.optim.Muon, Keller's
         groups = [
             {**g, "spec": _spec_from(g["spec"], f"state_dict['param_groups'][{i}]['spec']")}
             for i, g in enumerate(state_dict["param_groups"])
@@ -274,12 +328,39 @@ class Muon(Optimizer):
             if saved is None:
                 continue
             for key, value in saved.items():
-                if isinstance(value, torch.Tensor) and key != "step":
+                if isinstance(value, torch.Tensor) and key in _SHARD_LIKE and _is_dtensor(p):
+                    self.state[p][key] = _local_state(value, p, f"state_dict['state'][{pid}][{key!r}]")
+                elif isinstance(value, torch.Tensor) and key != "step":
                     self.state[p][key] = value.to(device=p.device, copy=True)
                 elif isinstance(value, torch.Tensor):
                     self.state[p][key] = value.clone()
 
     # -- step -------------------------------------------------------------------------------------------
+    def _check_inputs(self) -> None:
+        """What the step cannot take, found from metadata before anything changes (no host sync): sparse or
+        meta-device gradients, a gradient whose shape or dtype is not its parameter's, and a parameter whose
+        dtype changed since it was added (its stacks and state were made for the old one)."""
+        for gi, (group, dtypes) in enumerate(zip(self.param_groups, self._dtypes, strict=True)):
+            for pi, (p, dtype) in enumerate(zip(group["params"], dtypes, strict=True)):
+                g = p.grad
+                if g is None:
+                    continue
+                name = f"param_groups[{gi}]['params'][{pi}] (shape {tuple(p.shape)})"
+                problem = None
+                if g.layout != torch.strided:
+                    problem = f"its gradient is {g.layout} (sparse); Muon and AdamW here need dense gradients"
+                elif p.device.type == "meta" or g.device.type == "meta":
+                    problem = "it lives on the meta device (no data): materialize the model before stepping"
+                elif p.dtype != dtype:
+                    problem = (
+                        f"its dtype changed from {dtype} to {p.dtype} after it was given to the optimizer; build "
+                        f"the optimizer after casting the model (state_dict() / load_state_dict() carry the state)"
+                    )
+                elif g.dtype != p.dtype or g.shape != p.shape:
+                    problem = f"its gradient is {g.dtype} {tuple(g.shape)}, the parameter {p.dtype} {tuple(p.shape)}"
+                if problem is not None:
+                    raise ValueError(f"{name}: {problem}; no parameter or state was changed")
+
     def _finite_filter(self) -> list[list[bool]]:
         """Which params of each group take part in this step: one batched NaN/Inf check per device (one
         sync), before any state is touched. Raises per the group's ``spec.nonfinite``."""
@@ -415,6 +496,7 @@ class Muon(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_inputs()
         if self.distributed != "none":
             self._step_distributed()
             return loss

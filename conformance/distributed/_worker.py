@@ -616,6 +616,86 @@ def check_resume(spec: MuonSpec, mode: D.DistributedMode, world: int, k: int = 2
     return bitwise(local(ps), straight)
 
 
+CHECKPOINT_DIR: list[str] = []  # set by main(): a directory every rank sees (beside the results)
+
+
+def check_dcp_fully_shard(spec: MuonSpec, world: int, k: int = 2) -> tuple[bool, str]:
+    """FSDP2 through torch's own checkpoint API: ``get_optimizer_state_dict`` / ``set_optimizer_state_dict`` with
+    ``dcp.save`` / ``dcp.load``. (a) sharded state dict: a fresh model and optimizer resume bit for bit (k + k
+    steps == 2k straight); (b) ``full_state_dict=True``: the gathered state loads into a one-process `Muon` on an
+    unsharded copy (world size N -> 1), which then steps bit for bit like the sharded run (same gradients)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+    from torch.distributed.fsdp import fully_shard
+
+    from muonlab.fast import Muon, partition_params
+
+    def net() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Linear(6, 7), torch.nn.Tanh(), torch.nn.Linear(7, 5, bias=False), torch.nn.Linear(5, 1)
+        )
+
+    def fresh(shard: bool = True) -> tuple[torch.nn.Module, Muon]:
+        model = net()
+        if shard:
+            fully_shard(model)
+        groups = partition_params(model).param_groups()
+        return model, Muon(groups, spec, lr=0.02, distributed="sharded" if shard else "none")
+
+    def step(model: torch.nn.Module, opt: Muon, t: int, twin: tuple[torch.nn.Module, Muon] | None = None) -> None:
+        g = torch.Generator().manual_seed(90 + 10 * t + dist.get_rank())
+        x, y = torch.randn(4, 6, generator=g), torch.randn(4, 1, generator=g)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        if twin is not None:
+            for p, q in zip(model.parameters(), twin[0].parameters(), strict=True):
+                q.grad = p.grad.full_tensor()  # type: ignore[union-attr]
+            twin[1].step()
+            twin[1].zero_grad()
+        opt.step()
+        opt.zero_grad()
+
+    def fulls(model: torch.nn.Module) -> list[torch.Tensor]:
+        return [p.detach().full_tensor() for p in model.parameters()]  # type: ignore[attr-defined]
+
+    model, opt = fresh()
+    for t in range(2 * k):
+        step(model, opt, t)
+    straight = fulls(model)
+
+    model, opt = fresh()
+    for t in range(k):
+        step(model, opt, t)
+    where = os.path.join(CHECKPOINT_DIR[0], f"dcp-world{world}")
+    dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}, checkpoint_id=where)
+    full = StateDictOptions(full_state_dict=True)
+    full_model, full_optim = (
+        get_model_state_dict(model, options=full),
+        get_optimizer_state_dict(model, opt, options=full),
+    )
+    del model, opt
+
+    model, opt = fresh()
+    sd = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+    dcp.load(sd, checkpoint_id=where)
+    set_model_state_dict(model, sd["model"])
+    set_optimizer_state_dict(model, opt, sd["optim"])
+    single = fresh(shard=False)
+    set_model_state_dict(single[0], full_model, options=full)
+    set_optimizer_state_dict(single[0], single[1], full_optim, options=full)
+    for t in range(k, 2 * k):
+        step(model, opt, t, twin=single)
+    resumed, msg = bitwise(fulls(model), straight)
+    one, msg1 = bitwise([q.detach() for q in single[0].parameters()], straight)
+    return resumed and one, f"sharded resume vs straight: {resumed} ({msg}); full -> one process: {one} ({msg1})"
+
+
 def check_optimizer_validation(world: int) -> tuple[bool, str]:
     from muonlab.fast import Muon
 
@@ -644,6 +724,7 @@ def main() -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    CHECKPOINT_DIR.append(os.path.dirname(os.path.abspath(out)))
     fp32 = get_preset("keller").replace(compute_dtype="float32")
     bf16 = get_preset("keller")
     normuon = get_preset("modded_normuon").replace(compute_dtype="float32")
@@ -679,6 +760,7 @@ def main() -> None:
         "optimizer_resume_replicated_normuon": lambda: check_resume(normuon, "replicated", world),
         "optimizer_resume_sharded_normuon": lambda: check_resume(normuon, "sharded", world),
         "optimizer_validation": lambda: check_optimizer_validation(world),
+        "dcp_fully_shard_normuon": lambda: check_dcp_fully_shard(normuon, world),
     }
     results: Results = {}
     for name, fn in checks.items():

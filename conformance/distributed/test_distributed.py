@@ -49,6 +49,7 @@ CHECKS = [
     "optimizer_resume_replicated_normuon",
     "optimizer_resume_sharded_normuon",
     "optimizer_validation",
+    "dcp_fully_shard_normuon",
 ]
 
 

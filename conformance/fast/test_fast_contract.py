@@ -265,3 +265,60 @@ def test_state_dict_is_plain_data() -> None:
     opt2.load_state_dict(loaded)
     assert opt2.param_groups[0]["spec"] == R.get_preset("modded_normuon")
     assert np.isfinite(np64(opt2.state[opt2.param_groups[0]["params"][0]]["momentum_buffer"])).all()
+
+
+def _dtype_changed(p: torch.nn.Parameter) -> None:
+    p.data = p.data.double()  # what model.double() does to an existing parameter
+    p.grad = torch.ones_like(p)
+
+
+def _grad_dtype_differs(p: torch.nn.Parameter) -> None:
+    p.grad_dtype = None  # torch refuses a gradient of another dtype unless told to allow it
+    try:
+        p.grad = p.grad.double()  # type: ignore[union-attr]
+    except RuntimeError as err:  # a torch without grad_dtype cannot make this case
+        pytest.skip(f"this torch refuses a gradient of another dtype: {err}")
+
+
+@pytest.mark.parametrize(
+    ("index", "corrupt", "match"),
+    [
+        (2, lambda p: setattr(p, "grad", p.grad.to_sparse()), r"its gradient is torch.sparse_coo \(sparse\)"),
+        (6, lambda p: setattr(p, "grad", p.grad.to_sparse()), r"its gradient is torch.sparse_coo \(sparse\)"),
+        (0, _dtype_changed, r"its dtype changed from torch.float32 to torch.float64"),
+        (1, _grad_dtype_differs, r"its gradient is torch.float64 \(4, 6\), the parameter torch.float32"),
+    ],
+)
+def test_bad_gradients_raise_naming_the_parameter_before_any_change(index: int, corrupt: Any, match: str) -> None:
+    """Sparse gradients, a parameter whose dtype changed since it was added and a gradient of another dtype are
+    refused from their metadata, naming ``param_groups[i]['params'][j]``; weights and state stay as they were."""
+    opt, ps = _make("keller", compute_dtype="float32")
+    _grads(ps, 0)
+    opt.step()
+    _grads(ps, 1)
+    before = _snapshot(opt, ps)
+    corrupt(ps[index])
+    group, j = (0, index) if index < 6 else (1, index - 6)
+    with pytest.raises(
+        ValueError, match=rf"param_groups\[{group}\]\['params'\]\[{j}\] .*{match}.*no parameter or state"
+    ):
+        opt.step()
+    if index != 0:  # the dtype change itself rewrote that parameter
+        assert _same(before, _snapshot(opt, ps))
+
+
+def test_meta_and_zero_size_parameters_raise_naming_them() -> None:
+    ok = torch.nn.Parameter(torch.zeros(3, 3))
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[1\] has shape \(0, 5\): a zero-size matrix"):
+        Muon([ok, torch.nn.Parameter(torch.zeros(0, 5))])
+    Muon(
+        [{"params": [ok], "algorithm": "adamw"}, {"params": [torch.nn.Parameter(torch.zeros(0))], "algorithm": "adamw"}]
+    )
+    meta = torch.nn.Parameter(torch.zeros(4, 5, device="meta"))
+    opt = Muon([meta], compute_dtype="float32")  # a model may be materialized after its optimizer is built
+    meta.grad = torch.zeros(4, 5, device="meta")
+    with pytest.raises(
+        ValueError, match=r"param_groups\[0\]\['params'\]\[0\] \(shape \(4, 5\)\): it lives on the meta"
+    ):
+        opt.step()
+    assert not opt.state
