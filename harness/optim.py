@@ -1,7 +1,8 @@
 """Optimizer and learning-rate schedule of a run, built from its config's ``optimizer`` / ``schedule``.
 
 * ``name = "muon"``: `muonlab.fast.Muon` over `muonlab.fast.partition_params(model)` (matrices -> Muon,
-  embeddings / lm_head / norms / scalars -> AdamW), preset + overrides resolved by `OptimizerSection`.
+  embeddings / lm_head / norms / scalars -> AdamW), preset + overrides resolved by `OptimizerSection`;
+  on a CPU Newton-Schulz computes in float32 unless the config says otherwise (`muon_compute_dtype`).
   For nGPT models with a sphere-constrained spec, every sphere weight gets a Muon group whose spec has the
   model's ``sphere_axis`` for it (rows vs columns, `GPT.ngpt_sphere_axes`).
 * ``name = "adamw"``: `torch.optim.AdamW` (``adam_betas`` / ``adam_eps`` become its ``betas`` / ``eps``); decay on
@@ -65,11 +66,34 @@ def _adamw(model: nn.Module, cfg: OptimizerSection) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=eps)
 
 
+CPU_COMPUTE_DTYPE = "float32"
+"""Newton-Schulz's compute dtype for Muon runs on a CPU whose config does not set one: bf16 matmuls are 8x or more
+slower than fp32 on CPUs without native bf16 (AVX2), and fp32 gives every CPU the same numerics."""
+
+
+def muon_compute_dtype(cfg: OptimizerSection, device: torch.device) -> dict[str, str] | None:
+    """The Newton-Schulz compute dtype of a Muon run on ``device`` and where it comes from (config.json records
+    both): ``optimizer.overrides.compute_dtype`` when the config sets it, `CPU_COMPUTE_DTYPE` on a CPU, else the
+    preset's. None for an AdamW run."""
+    if cfg.name != "muon":
+        return None
+    if "compute_dtype" in cfg.overrides:
+        return {"compute_dtype": str(cfg.overrides["compute_dtype"]), "source": "config"}
+    preset = str(cfg.muon_spec().compute_dtype)
+    if device.type == "cpu" and preset != CPU_COMPUTE_DTYPE and preset != "float64":
+        return {"compute_dtype": CPU_COMPUTE_DTYPE, "source": f"CPU default (the preset's is {preset})"}
+    return {"compute_dtype": preset, "source": "preset"}
+
+
 def _muon(model: nn.Module, cfg: OptimizerSection, distributed: str = "none") -> torch.optim.Optimizer:
+    from muonlab.contract import resolve_spec
     from muonlab.fast import Muon, partition_params
 
-    spec = cfg.muon_spec()
-    overrides = cfg.spec_overrides()
+    device = next(model.parameters()).device
+    choice = muon_compute_dtype(cfg, device)
+    assert choice is not None
+    overrides = {**cfg.spec_overrides(), "compute_dtype": choice["compute_dtype"]}
+    spec = resolve_spec(cfg.preset, **overrides)
     plan = partition_params(model)
     groups: list[dict[str, Any]] = plan.param_groups()
     axes: dict[str, str] = {}

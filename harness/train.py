@@ -40,7 +40,7 @@ from .abort import AbortMonitor
 from .config import RunConfig, config_diff, format_config_diff
 from .endpoints import compute_endpoints
 from .lock import DirLock, describe_holder
-from .optim import build_optimizer, build_scheduler, needs_manual_normalize
+from .optim import build_optimizer, build_scheduler, muon_compute_dtype, needs_manual_normalize
 from .perf import flops_per_token, mfu, peak_flops
 from .qkclip import max_logit_hooks
 from .stats import ManifoldTracker
@@ -302,6 +302,8 @@ def build_run(
         "micro_batches": micro,
         "flops_per_token": fpt,
         "device": str(device),
+        "muon_compute_dtype": muon_compute_dtype(cfg.optimizer, device),
+        "torch_threads": torch.get_num_threads(),
         "world_size": env.world_size,
         "git": rd.git_info(),
         "versions": rd.versions(),

@@ -107,3 +107,27 @@ def test_update_alignment_of_constant_updates_is_one() -> None:
         opt.step()
         r = tracker.after_update(step, tokens=step)
     assert r is not None and r[0]["update_alignment"] == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "want", "source"),
+    [
+        ({}, "float32", "CPU default (the preset's is bfloat16)"),
+        ({"compute_dtype": "bfloat16"}, "bfloat16", "config"),
+        ({"compute_dtype": "float64"}, "float64", "config"),
+    ],
+)
+def test_cpu_runs_compute_newton_schulz_in_float32_unless_the_config_says(
+    overrides: dict[str, str], want: str, source: str
+) -> None:
+    """keller's preset computes in bf16 (for GPUs); a CPU run takes fp32 unless the config names a dtype."""
+    from muonlab.harness.optim import muon_compute_dtype
+
+    model = _model()
+    cfg = OptimizerSection(name="muon", preset="keller", overrides=overrides)
+    assert muon_compute_dtype(cfg, torch.device("cpu")) == {"compute_dtype": want, "source": source}
+    specs = {g["spec"].compute_dtype for g in build_optimizer(model, cfg).param_groups}
+    assert specs == {want}
+    if not overrides:  # on a GPU the preset's numerics stand
+        assert muon_compute_dtype(cfg, torch.device("cuda", 0)) == {"compute_dtype": "bfloat16", "source": "preset"}
+    assert muon_compute_dtype(OptimizerSection(name="adamw", lr=1e-3), torch.device("cpu")) is None

@@ -30,6 +30,8 @@ def test_run_dir_contents(tmp_path: Path, text_file: Path, data_dir: Path, micro
     assert set(conf["versions"]) >= {"python", "torch", "numpy", "muonlab"}
     assert "commit" in conf["git"] and "dirty" in conf["git"]
     assert conf["data"]["tokenizer"]["sha256"] and conf["data"]["sources"][0]["sha256"]
+    assert conf["muon_compute_dtype"]["compute_dtype"] in ("float32", "float64")  # a CPU run: never the bf16 default
+    assert conf["torch_threads"] == torch.get_num_threads()
     metrics = rd.read_jsonl(run / "metrics.jsonl")
     assert [m["step"] for m in metrics] == list(range(1, 13))
     assert {"step", "tokens", "train_loss", "smoothed_loss", "lr", "elapsed_s", "tokens_per_s"} <= set(metrics[0])

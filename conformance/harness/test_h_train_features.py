@@ -57,7 +57,7 @@ def test_micro_batches_match_the_whole_batch(tmp_path: Path, text_file: Path, da
     b = rd.read_jsonl(tmp_path / "split" / rd.METRICS)
     assert len(a) == len(b) == 6
     for ra, rb in zip(a, b, strict=True):
-        assert math.isclose(ra["train_loss"], rb["train_loss"], rel_tol=1e-5), (ra, rb)
+        assert math.isclose(ra["train_loss"], rb["train_loss"], rel_tol=1e-6), (ra, rb)  # measured <= 1.4e-7
         assert "mfu" in rb and rb["mfu"] is None  # CPU: no peak known
         assert rb["tokens_per_s"] > 0
     assert a[-1]["train_loss"] < a[0]["train_loss"] - 0.1  # the steps did something
