@@ -81,6 +81,46 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy", "--strict", "scripts/envcheck.py", "scripts/gpu_check.py")
 
 
+ISAS = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "default": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
+"""CPU instruction sets `tests_isa` caps torch, oneDNN and MKL to, on any x86-64 machine: ``avx2`` is a CPU
+without AVX-512 or native bf16 (bf16 matmuls 8-50x slower than fp32, other GEMM kernels, other rounding);
+``default`` has no vector kernels at all."""
+
+ISA_SENSITIVE = [
+    "conformance/fast",
+    "--ignore=conformance/fast/test_fast_budget.py",  # launch and byte counts: the same on any ISA
+    "--ignore=conformance/fast/test_fast_meter.py",
+    "--ignore=conformance/fast/test_fast_gpu_check.py",
+    "conformance/distributed",
+    "conformance/harness/test_h_train_features.py",
+    "conformance/harness/test_h_runs.py",
+    "conformance/harness/test_h_checkpoint.py",
+    "conformance/harness/test_h_torchrun.py",
+    "conformance/harness/test_h_88m_step.py",
+    "conformance/harness_model/test_hm_model.py",
+]
+"""The tests whose claims depend on the CPU's arithmetic: fast vs reference, bit-identity of the distributed modes
+and of resume, the harness's equivalences (micro-batches, torchrun vs one process), and the 88M step's time."""
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("isa", list(ISAS))
+def tests_isa(session: nox.Session, isa: str) -> None:
+    """The numerically sensitive tests on a capped instruction set (CI runs ``avx2``): every tolerance and every
+    bit-identity claim must hold on CPUs other than the one a test was written on."""
+    _install(session, ".[fast,harness,dev]")
+    # inductor's cache does not key on the capped ISA: code compiled for AVX-512 would be reused (wrong results)
+    cache = Path(session.create_tmp()) / f"inductor-{isa}"
+    env = {**CPU_ENV, **ISAS[isa], "TORCHINDUCTOR_CACHE_DIR": os.fspath(cache)}
+    session.run(
+        "python", "-c", "import torch; print('torch CPU capability:', torch.backends.cpu.get_cpu_capability())", env=env
+    )
+    session.run("pytest", *ISA_SENSITIVE, "-m", "not gpu", "-q", *session.posargs, env=env)
+
+
 TRITONS = {"3.6": ["numpy<2.4"], "3.7": []}
 """The older tritons `kernels_triton` runs, each with what its interpreter needs besides CI's pins. 3.6 is the
 floor (GPU images ship it); its interpreter turns a runtime loop bound into a Python int with ``int()`` of a

@@ -461,6 +461,8 @@ def _step_dtensor(
 def check_optimizer_dtensor(spec: MuonSpec, mode: D.DistributedMode, world: int, steps: int = 3) -> tuple[bool, str]:
     """``Muon(distributed=mode)`` on ``Shard(0)`` DTensor parameters (the layout FSDP2 ``fully_shard``
     produces) vs one-process `Muon` on the full parameters and the rank-averaged gradients: bitwise."""
+    from torch.distributed.tensor import DTensor
+
     from muonlab.fast import Muon
 
     params = _dtensor_params(8)
@@ -478,8 +480,10 @@ def check_optimizer_dtensor(spec: MuonSpec, mode: D.DistributedMode, world: int,
     ok_bits = ok_bits and moved and done == want
     msg += f"; every parameter moved: {moved}; matrices orthogonalized {done} (want {want})"
     sd, sd1 = opt.state_dict(), opt_single.state_dict()
+    # the state dict holds each rank's momentum as a DTensor of the parameter's placement (for DCP)
     mom = all(
-        torch.equal(sd["state"][i]["momentum_buffer"], shard(sd1["state"][i]["momentum_buffer"]))
+        isinstance(sd["state"][i]["momentum_buffer"], DTensor)
+        and torch.equal(sd["state"][i]["momentum_buffer"].to_local(), shard(sd1["state"][i]["momentum_buffer"]))
         for i in range(len(SHAPES))
     )
     s_ok = True

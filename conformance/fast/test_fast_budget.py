@@ -124,12 +124,13 @@ def test_launch_count_does_not_depend_on_size() -> None:
 
 
 def _stack_peak(count: int, cap: int | None) -> tuple[int, int]:
-    """(peak transient bytes, param bytes) of a keller torch-path step on ``count`` fp32 256x256 matrices."""
+    """(peak transient bytes, param bytes) of a keller torch-path step (bf16 Newton-Schulz, the preset's) on ``count``
+    fp32 64x64 matrices: small, since a CPU without native bf16 runs its matmuls 50x slower than fp32."""
     gen = torch.Generator().manual_seed(0)
     params = []
     for _ in range(count):
-        p = torch.nn.Parameter(torch.randn(256, 256, generator=gen) / 16)
-        p.grad = torch.randn(256, 256, generator=gen)
+        p = torch.nn.Parameter(torch.randn(64, 64, generator=gen) / 8)
+        p.grad = torch.randn(64, 64, generator=gen)
         params.append(p)
     opt = Muon(params, preset="keller", backend="torch", nonfinite="skip", max_stack_bytes=cap)
     return budget.measure_step(opt.step).peak_bytes, budget.param_bytes(params)
@@ -138,13 +139,13 @@ def _stack_peak(count: int, cap: int | None) -> tuple[int, int]:
 def test_stack_cap_bounds_memory() -> None:
     """A large same-shape stack split by ``max_stack_bytes``: the peak follows the cap (at most 2x it: a chunk and
     its Newton-Schulz temporaries), not the number of matrices; without a binding cap it grows with the stack."""
-    one = 256 * 256 * 4  # bytes of one fp32 matrix (its momentum-state size)
+    one = 64 * 64 * 4  # bytes of one fp32 matrix (its momentum-state size)
     for cap in (one, 2 * one, 8 * one):
         big, _ = _stack_peak(32, cap)
         assert 0 < big <= 2 * cap, (cap // one, big / one)
         if cap <= 2 * one:
             # the same cap, 4x the matrices: the same peak, but for per-matrix scalars (norms, flags, step counts):
-            # at most 64 bytes for each extra matrix of 256 KiB
+            # at most 64 bytes for each extra matrix of 16 KiB
             assert big - _stack_peak(8, cap)[0] <= 64 * (32 - 8)
     uncapped, _ = _stack_peak(32, 64 * one)
     assert uncapped > 4 * 8 * one, uncapped / one

@@ -96,7 +96,9 @@ def test_fullgraph_compiled_step_matches_eager_without_recompiles(preset: str) -
     torch._dynamo.reset()
     counters.clear()
     eager_p, comp_p = _matrices(3), _matrices(3)
-    kw: dict[str, Any] = {"backend": "torch", "nonfinite": "skip"}
+    # fp32 Newton-Schulz: the claim is about tracing, not bf16 arithmetic (inductor's bf16 code rounds otherwise
+    # than eager's, at bf16 resolution)
+    kw: dict[str, Any] = {"backend": "torch", "nonfinite": "skip", "compute_dtype": "float32"}
     eager = Muon(eager_p, preset, lr=torch.tensor(0.02), **kw)
     comp = Muon(comp_p, preset, lr=torch.tensor(0.02), **kw)
     # The schedule fills the tensor lr in place, as torch's LR schedulers do for a tensor lr. (A scheduler
@@ -109,6 +111,7 @@ def test_fullgraph_compiled_step_matches_eager_without_recompiles(preset: str) -
 
     gen = torch.Generator().manual_seed(4)
     graphs = []
+    errs: list[float] = []
     for _ in range(5):
         for p, q in zip(eager_p, comp_p, strict=True):
             g = torch.randn(p.shape, generator=gen)
@@ -119,6 +122,8 @@ def test_fullgraph_compiled_step_matches_eager_without_recompiles(preset: str) -
             o.param_groups[0]["lr"].mul_(0.7)
         graphs.append(counters["stats"]["unique_graphs"])
         for p, q in zip(eager_p, comp_p, strict=True):
-            assert float((p - q).norm() / p.norm()) <= 1e-5
+            errs.append(float((p - q).norm() / p.norm()))
+            assert errs[-1] <= 1e-5
+    print(f"{preset}: compiled vs eager, max relative error {max(errs):.1e}")
     assert graphs[-1] == graphs[1], graphs  # no recompile once the state exists
     assert float(comp.param_groups[0]["lr"]) == pytest.approx(0.02 * 0.7**5)
