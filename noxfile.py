@@ -1,5 +1,6 @@
 """Developer sessions: `nox -s tests` (the README's test command), `lint`, `typecheck`, `docs`,
-`kernels_triton` (these five, `hf` and the main job are what CI runs), `conformance`, `bench`, `gpu`, `optax`.
+`kernels_triton`, `tests_isa` (these six, `hf` and the main job are what CI runs), `conformance`, `bench`, `gpu`,
+`optax`.
 
 Every session runs on the Python that launched nox, any of 3.10-3.13; ask for another with
 `nox --force-python 3.12 -s tests`. Installs go through `constraints/ci.txt`, the exact versions CI runs (torch
@@ -10,6 +11,7 @@ docs/install.md). `gpu` installs nothing from an index: it uses the torch, trito
 from __future__ import annotations
 
 import os
+import platform
 import re
 import sys
 from pathlib import Path
@@ -111,6 +113,8 @@ and of resume, the harness's equivalences (micro-batches, torchrun vs one proces
 def tests_isa(session: nox.Session, isa: str) -> None:
     """The numerically sensitive tests on a capped instruction set (CI runs ``avx2``): every tolerance and every
     bit-identity claim must hold on CPUs other than the one a test was written on."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        session.skip(f"the ISA caps are x86-64's; this machine is {platform.machine()}")
     _install(session, ".[fast,harness,dev]")
     # inductor's cache does not key on the capped ISA: code compiled for AVX-512 would be reused (wrong results)
     cache = Path(session.create_tmp()) / f"inductor-{isa}"
