@@ -254,7 +254,11 @@ def test_python_block_runs(block: Block, tmp_path: Path) -> None:
     if re.search(r"^\s*(import|from) (torch|muonlab\.fast)\b", block.code, re.M):
         pytest.importorskip("torch")  # a NumPy-only install runs the reference blocks
     script = tmp_path / "block.py"
-    script.write_text(block.code, encoding="utf-8")
+    # Once the block has run to its end, leave without interpreter teardown, where gloo's background threads can
+    # abort a process that has destroyed its group ("terminate called without an active exception", exit -6):
+    # an exception in the block still exits 1 before this line.
+    ending = "\nimport os as _os, sys as _sys\n_sys.stdout.flush()\n_sys.stderr.flush()\n_os._exit(0)\n"
+    script.write_text(block.code + ending, encoding="utf-8")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0"}
     env.setdefault("OMP_NUM_THREADS", "2")
     try:
