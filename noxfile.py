@@ -102,7 +102,7 @@ ISA_SENSITIVE = [
     "conformance/harness/test_h_checkpoint.py",
     "conformance/harness/test_h_torchrun.py",
     "conformance/harness/test_h_88m_step.py",
-    "conformance/harness_model/test_hm_model.py",
+    "conformance/harness/test_h_model.py",
 ]
 """The tests whose claims depend on the CPU's arithmetic: fast vs reference, bit-identity of the distributed modes
 and of resume, the harness's equivalences (micro-batches, torchrun vs one process), and the 88M step's time."""

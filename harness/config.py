@@ -259,7 +259,7 @@ class TrainSection(_Strict):
     """``torch.compile`` the forward pass (the model, or its DDP wrapper)."""
     max_logits: bool = False
     """Record each attention head's largest pre-softmax logit in the training forwards and log the max per
-    layer (metrics.jsonl ``max_logit``); one extra ``Q K^T`` per layer (harness/qkclip.py)."""
+    layer (metrics.jsonl ``max_logit``); one extra ``Q K^T`` per layer (harness/logit_clip.py)."""
     qk_clip_tau: float | None = Field(default=None, gt=0)
     """QK-Clip after every optimizer step (MuonClip; docs/variants.md "QK-Clip (MuonClip)"): heads whose max
     logit exceeds tau get W_q, W_k rescaled onto it. Records the logits (as ``max_logits``); needs

@@ -9,6 +9,10 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import rundir as rd
 
 
 def ema(values: Sequence[float], beta: float) -> list[float]:
@@ -156,3 +160,25 @@ def compute_endpoints(
         xs = [t / 1e6 for t, _ in weight_norms]
         out["weight_norm_slope"] = least_squares_slope(xs, [w for _, w in weight_norms])
     return out
+
+
+def total_weight_norms(stats: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """``(tokens, sqrt(sum of squared layer weight norms))`` per stats step."""
+    by_step: dict[int, list[Any]] = {}
+    for r in stats:
+        entry = by_step.setdefault(int(r["step"]), [float(r["tokens"]), 0.0])
+        entry[1] += float(r["weight_norm"]) ** 2
+    return [(t, math.sqrt(s)) for _, (t, s) in sorted(by_step.items())]
+
+
+def summarize(run_dir: Path, *, target: float | None, auc_fraction: float, total_tokens: float) -> dict[str, Any]:
+    """Endpoints of a run from its metrics.jsonl and manifold_stats.jsonl."""
+    records = rd.read_jsonl(Path(run_dir) / rd.METRICS)
+    stats = rd.read_jsonl(Path(run_dir) / rd.STATS)
+    return compute_endpoints(
+        records,
+        target=target,
+        auc_fraction=auc_fraction,
+        total_tokens=total_tokens,
+        weight_norms=total_weight_norms(stats),
+    )

@@ -54,6 +54,27 @@ __all__ = [
 ]
 
 
+@torch.no_grad()
+def head_max_logits(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """``[H]`` float32: each query head's largest causal logit ``q_i . k_j * scale`` (``j <= i``) over the batch.
+
+    ``q``: ``[B, H, T, hd]``, ``k``: ``[B, H_kv, T, hd]`` (query head ``h`` reads key head ``h // (H / H_kv)``,
+    as ``scaled_dot_product_attention(enable_gqa=True)`` does). One batch row at a time, so the extra memory
+    is one ``[H, T, T]`` float32 block.
+    """
+    B, H, T, _ = q.shape
+    g = H // k.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    out = torch.full((H,), -math.inf, dtype=torch.float32, device=q.device)
+    with torch.autocast(q.device.type, enabled=False):  # float32 even inside a bf16 autocast forward
+        for b in range(B):
+            kb = k[b].float().repeat_interleave(g, dim=0) if g > 1 else k[b].float()
+            logits = torch.matmul(q[b].float(), kb.transpose(-1, -2)) * scale
+            logits = logits.masked_fill(~causal, -math.inf)
+            out = torch.maximum(out, logits.amax(dim=(-1, -2)))
+    return out
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of `GPT`. Every size is validated on construction (ValueError naming the field)."""
@@ -207,7 +228,7 @@ class Attention(nn.Module):
         self.record_max_logits = False
         """Opt-in (`GPT.record_max_logits`): training forwards keep each head's largest causal logit."""
         self.max_logits: Tensor | None = None
-        """``[n_heads]`` running max since the last `GPT.pop_max_logits` (harness/qkclip.py)."""
+        """``[n_heads]`` running max since the last `GPT.pop_max_logits` (harness/logit_clip.py)."""
         if cfg.ngpt:
             self.s_qk = _Scale(hd, 1.0, 1.0 / math.sqrt(d))
         elif cfg.qk_norm:
@@ -230,8 +251,6 @@ class Attention(nn.Module):
                 q, k = self.q_norm(q), self.k_norm(k)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.record_max_logits and self.training:
-            from .qkclip import head_max_logits
-
             s_max = head_max_logits(q, k, 1.0 / math.sqrt(self.hd) if scale is None else scale)
             self.max_logits = s_max if self.max_logits is None else torch.maximum(self.max_logits, s_max)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=self.n_kv != self.n_heads)
@@ -331,7 +350,7 @@ class GPT(nn.Module):
             self.normalize_weights()
 
     def record_max_logits(self, enabled: bool = True) -> None:
-        """Turn the per-head max-logit recording of the training forwards on or off (QK-Clip; harness/qkclip.py).
+        """Turn the per-head max-logit recording of the training forwards on or off (QK-Clip; harness/logit_clip.py).
         Costs one extra ``Q K^T`` per layer, without gradient (measured in docs/results/qk_clip/README.md)."""
         for blk in self.blocks:
             assert isinstance(blk, Block)

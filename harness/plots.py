@@ -1,6 +1,6 @@
 """The report's figures (matplotlib, Agg), one function per PNG (docs/harness.md "Reports").
 
-Every figure: axis labels with units, a legend naming each arm (`report.Arm.label`), error bars of ±1 sample
+Every figure: axis labels with units, a legend naming each arm (`arms.Arm.label`), error bars of ±1 sample
 std over the stable seeds with each seed drawn as a dot, so a spread is visible even when it is small; one
 seed gets no bar and says so. Wall-clock panels say that they depend on the machine.
 """
@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import rundir as rd
-from .endpoints import mean_std
-
-if TYPE_CHECKING:
-    from .report import Arm, Series
+from .arms import Arm, Series
+from .endpoints import mean_std, total_weight_norms
 
 LOSS_AXIS = "loss (nats/token)"
 WALL_NOTE = "wall clock: depends on the machine and its load"
@@ -203,8 +201,6 @@ def plot_endpoints(arms: list[Arm], path: Path) -> None:
 
 def plot_weight_norms(sweep_dir: Path, arms: list[Arm], path: Path) -> None:
     """Total matrix weight norm ``sqrt(sum_layers ||W||_F^2)`` vs tokens, mean over seeds with a ±1 std band."""
-    from .train import total_weight_norms
-
     plt = _pyplot()
     colors = _colors(arms)
     fig, ax = plt.subplots(figsize=(8, 5))

@@ -1,11 +1,10 @@
 """`muonlab report SWEEP_DIR`: RESULTS.md that answers the sweep's question first, then tables, plots and a
 reproducibility block (docs/harness.md "Reports").
 
-* An *arm* is one sweep point (variant + grid assignment); its seeds are its runs. Unstable runs are listed
-  but left out of every mean, spread and decision.
+* Arms and series: `harness/arms.py`. Unstable runs are listed but left out of every mean, spread and decision.
 * Each arm: mean ± sample std (ddof 1) over its stable seeds, with n.
 * A lead is called a win only when it is beyond the seed noise: Welch's t-test, two-sided p < 0.05
-  (`harness.compare`); otherwise the report says the arms tie within noise. One seed per arm decides nothing.
+  (`harness.significance`); otherwise the report says the arms tie within noise. One seed per arm decides nothing.
 * The answer block: Muon vs AdamW (val loss difference ± its standard error, Welch's p, tokens-to-target
   ratio), one sentence per dose series (arms that differ in one numeric config value only, e.g. Muon's
   ``optimizer.weight_decay``), and the overall winner or tie.
@@ -16,14 +15,14 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import rundir as rd
-from .compare import RULE, TTest, paired, ratio_se, welch
-from .endpoints import mean_std
-from .results import ENDPOINT_KEYS, RUN_COLS, config_columns, read_results
+from .arms import Arm, Series, build_arms, find_series, format_number
+from .results import ENDPOINT_KEYS, config_columns, read_results
+from .significance import RULE, TTest, paired, ratio_se, welch
 
 LOSS_UNIT = "nats/token"
 LOSS_KEYS = frozenset({"val_loss", "final_smoothed_loss", "auc_early_loss"})
@@ -38,73 +37,8 @@ ENDPOINT_HEADS: dict[str, str] = {
 
 
 @dataclass
-class Arm:
-    """One sweep point and its runs (results.csv rows)."""
-
-    point: str
-    variant: str
-    params: dict[str, Any]
-    runs: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def stable(self) -> list[dict[str, Any]]:
-        return [r for r in self.runs if not r.get("unstable")]
-
-    def values(self, key: str) -> list[float]:
-        """The stable runs' finite values of ``key``."""
-        out = []
-        for r in self.stable:
-            v = r.get(key)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                out.append(float(v))
-        return out
-
-    def by_seed(self, key: str) -> dict[int, float]:
-        """``seed -> value`` of ``key`` over the stable runs with a finite value."""
-        out = {}
-        for r in self.stable:
-            v = r.get(key)
-            if (
-                isinstance(v, (int, float))
-                and not isinstance(v, bool)
-                and math.isfinite(v)
-                and r.get("seed") is not None
-            ):
-                out[int(r["seed"])] = float(v)
-        return out
-
-    def stat(self, key: str) -> tuple[float | None, float | None, int]:
-        """Mean, sample std (ddof 1; 0 for one value) and count of ``key`` over the stable runs."""
-        return mean_std(self.values(key))
-
-    @property
-    def optimizer(self) -> str:
-        return str(self.params.get("optimizer.name") or "")
-
-    @property
-    def label(self) -> str:
-        """The arm's name in tables and legends: the point, with the default variant ``base`` replaced by the
-        optimizer's name."""
-        if self.variant == "base" and self.point.startswith("base"):
-            return (self.optimizer or "run") + self.point[len("base") :]
-        return self.point
-
-
-@dataclass
-class Series:
-    """Arms that differ only in the numeric config value ``key`` (sorted by it); ``fixed`` names the rest."""
-
-    key: str
-    fixed: str
-    arms: list[Arm]
-
-    def x(self, arm: Arm) -> float:
-        return float(arm.params[self.key])
-
-
-@dataclass
 class Verdict:
-    """The best arm and whether its lead over each other arm is decided (`harness.compare.RULE`)."""
+    """The best arm and whether its lead over each other arm is decided (`harness.significance.RULE`)."""
 
     best: Arm
     tests: list[tuple[Arm, TTest | None]]
@@ -119,18 +53,6 @@ class Verdict:
 
 
 # -- aggregation --------------------------------------------------------------------------------------------
-
-
-def build_arms(rows: list[dict[str, Any]]) -> list[Arm]:
-    """Group results.csv rows by point, in first-seen order."""
-    arms: dict[str, Arm] = {}
-    for r in rows:
-        arm = arms.get(r["point"])
-        if arm is None:
-            params = {k: v for k, v in r.items() if k not in RUN_COLS}
-            arm = arms[r["point"]] = Arm(point=r["point"], variant=str(r.get("variant") or r["point"]), params=params)
-        arm.runs.append(r)
-    return list(arms.values())
 
 
 def ranked(arms: list[Arm], metric: str) -> list[Arm]:
@@ -149,46 +71,7 @@ def verdict(arms: list[Arm], metric: str) -> Verdict | None:
     return Verdict(best, [(a, welch(best.values(metric), a.values(metric))) for a in order[1:]])
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def find_series(arms: list[Arm]) -> list[Series]:
-    """Every group of >= 2 arms that agree on all config values but one numeric key."""
-    cols = sorted({k for a in arms for k in a.params})
-    varying = [k for k in cols if len({json.dumps(a.params.get(k)) for a in arms}) > 1]
-    out = []
-    for key in varying:
-        groups: dict[str, list[Arm]] = {}
-        for a in arms:
-            if not _is_number(a.params.get(key)):
-                continue
-            rest = {k: a.params.get(k) for k in cols if k != key}
-            groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(a)
-        for members in groups.values():
-            xs = [float(a.params[key]) for a in members]
-            if len(set(xs)) >= 2 and len(set(xs)) == len(xs):
-                members.sort(key=lambda a: float(a.params[key]))
-                out.append(Series(key, _fixed_label(members[0], key, varying), members))
-    return out
-
-
-def _fixed_label(arm: Arm, key: str, varying: list[str]) -> str:
-    parts = [arm.optimizer] if arm.optimizer else []
-    for k in varying:
-        if k not in (key, "optimizer.name") and arm.params.get(k) is not None:
-            parts.append(f"{k.split('.')[-1]}={_num(arm.params[k])}")
-    return ", ".join(parts) or "all arms"
-
-
 # -- formatting ---------------------------------------------------------------------------------------------
-
-
-def _num(v: Any) -> str:
-    if _is_number(v):
-        f = float(v)
-        return str(int(f)) if f.is_integer() and abs(f) < 1e6 else f"{f:g}"
-    return str(v)
 
 
 def fmt(v: float | None, digits: int = 4) -> str:
@@ -289,7 +172,7 @@ def series_sentence(s: Series, metric: str) -> str:
     """One dose series in words: means at each value, the lowest, monotonicity, and the winner or tie."""
     key = s.key.split(".")[-1]
     means = [a.stat(metric)[0] for a in s.arms]
-    vals = " / ".join(_num(a.params[s.key]) for a in s.arms)
+    vals = " / ".join(format_number(a.params[s.key]) for a in s.arms)
     cells = " / ".join(mean_pm(a, metric, metric in LOSS_KEYS) for a in s.arms)
     text = f"**{s.key} ({s.fixed}).** {metric} {cells} at {key} {vals}."
     if any(m is None for m in means):
@@ -310,13 +193,15 @@ def series_sentence(s: Series, metric: str) -> str:
     assert v is not None
     lo, hi = s.arms[0], s.arms[-1]
     ends = welch(hi.values(metric), lo.values(metric))
-    text += f" Lowest at {key} = {_num(v.best.params[s.key])}; {trend}. "
+    text += f" Lowest at {key} = {format_number(v.best.params[s.key])}; {trend}. "
     unit = "nats" if metric in LOSS_KEYS else ""
-    text += f"{key} {_num(hi.params[s.key])} - {key} {_num(lo.params[s.key])}: {welch_words(ends, unit)}"
+    text += (
+        f"{key} {format_number(hi.params[s.key])} - {key} {format_number(lo.params[s.key])}: {welch_words(ends, unit)}"
+    )
     text += f"{paired_words(paired(hi.by_seed(metric), lo.by_seed(metric)))}. "
     if v.winner is not None:
-        return text + f"**Winner: {key} = {_num(v.winner.params[s.key])}** (beats every other value, {RULE})."
-    tie = ", ".join(_num(a.params[s.key]) for a in [v.best, *v.tied])
+        return text + f"**Winner: {key} = {format_number(v.winner.params[s.key])}** (beats every other value, {RULE})."
+    tie = ", ".join(format_number(a.params[s.key]) for a in [v.best, *v.tied])
     return text + f"**Tie within noise** among {key} = {tie}."
 
 
@@ -355,7 +240,7 @@ def arm_table(arms: list[Arm], metric: str) -> list[str]:
     heads = ["arm", *cols, "seeds (stable/all)", *(ENDPOINT_HEADS[k] for k in ENDPOINT_KEYS)]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for a in ranked(arms, metric) + [a for a in arms if not a.stat(metric)[2]]:
-        cells = [f"`{a.label}`", *(_num(a.params.get(k)) for k in cols), f"{len(a.stable)}/{len(a.runs)}"]
+        cells = [f"`{a.label}`", *(format_number(a.params.get(k)) for k in cols), f"{len(a.stable)}/{len(a.runs)}"]
         cells += [mean_pm(a, k, k in LOSS_KEYS) for k in ENDPOINT_KEYS]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

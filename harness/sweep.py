@@ -34,7 +34,7 @@ from .config import (
     validate_run,
     without_keys,
 )
-from .endpoints import mean_std
+from .endpoints import mean_std, summarize
 from .progress import SweepProgress
 from .report import write_report
 from .results import CONFIG_KEYS, ENDPOINT_KEYS, FINISHED, write_results
@@ -260,8 +260,6 @@ def _run_phases(
     done: dict[str, dict[str, Any]],
 ) -> Path:
     """Every phase's runs in order (a run met before in this invocation is not run or logged again)."""
-    from .train import summarize
-
     phases = sweep.sweep.phases
     keys = config_keys(points)
     rows: dict[str, dict[str, Any]] = {}

@@ -12,7 +12,7 @@ A checkpoint holds the model, optimizer and scheduler state, every RNG state, th
 state (EMA, abort monitor, previous update, elapsed training time), so a resumed run continues
 bit-identically. ``elapsed_s`` counts training-step time only (no evaluation, statistics or checkpoint I/O).
 
-Under ``torchrun`` (``WORLD_SIZE > 1``, `harness.distributed`): the model is wrapped in DDP, Muon runs with
+Under ``torchrun`` (``WORLD_SIZE > 1``, `harness.torchrun`): the model is wrapped in DDP, Muon runs with
 ``distributed=train.distributed``, each rank takes its slice of the global batch, the logged losses are
 all-reduced means, rank 0 alone holds the lock, writes the run dir and evaluates, and every rank loads the
 checkpoint on resume.
@@ -34,16 +34,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import distributed as dd
 from . import rundir as rd
+from . import torchrun as dd
 from .abort import AbortMonitor
 from .config import RunConfig, config_diff, format_config_diff
-from .endpoints import compute_endpoints
+from .endpoints import summarize
 from .lock import DirLock, describe_holder
+from .logit_clip import max_logit_hooks
+from .manifold import ManifoldTracker
 from .optim import build_optimizer, build_scheduler, muon_compute_dtype, needs_manual_normalize
 from .perf import flops_per_token, mfu, peak_flops
-from .qkclip import max_logit_hooks
-from .stats import ManifoldTracker
 
 TIMING_FIELDS = ("elapsed_s", "tokens_per_s", "mfu")
 """metrics.jsonl fields that depend on the machine (everything else is bit-identical across a resume)."""
@@ -177,28 +177,6 @@ def evaluate(
     return total / len(batches)
 
 
-def total_weight_norms(stats: list[dict[str, Any]]) -> list[tuple[float, float]]:
-    """``(tokens, sqrt(sum of squared layer weight norms))`` per stats step."""
-    by_step: dict[int, list[Any]] = {}
-    for r in stats:
-        entry = by_step.setdefault(int(r["step"]), [float(r["tokens"]), 0.0])
-        entry[1] += float(r["weight_norm"]) ** 2
-    return [(t, math.sqrt(s)) for _, (t, s) in sorted(by_step.items())]
-
-
-def summarize(run_dir: Path, *, target: float | None, auc_fraction: float, total_tokens: float) -> dict[str, Any]:
-    """Endpoints of a run from its metrics.jsonl and manifold_stats.jsonl."""
-    records = rd.read_jsonl(Path(run_dir) / rd.METRICS)
-    stats = rd.read_jsonl(Path(run_dir) / rd.STATS)
-    return compute_endpoints(
-        records,
-        target=target,
-        auc_fraction=auc_fraction,
-        total_tokens=total_tokens,
-        weight_norms=total_weight_norms(stats),
-    )
-
-
 def _note(message: str) -> None:
     print(f"muonlab: {message}", file=sys.stderr, flush=True)
 
@@ -279,7 +257,7 @@ def build_run(
     micro = micro_batches_of(cfg, env.world_size)
     val_batches = shards.val_batches(cfg.train.batch_size, seq_len, cfg.train.eval_batches)
     model, optimizer, scheduler = build_model_and_optimizer(cfg, mcfg, device, env, total)
-    post_step_hooks = [*max_logit_hooks(cfg.train, model), *post_step_hooks]  # QK-Clip (harness/qkclip.py)
+    post_step_hooks = [*max_logit_hooks(cfg.train, model), *post_step_hooks]  # QK-Clip (harness/logit_clip.py)
     autocast = autocast_for(cfg, device)
     wrapped: torch.nn.Module = model
     ddp = None

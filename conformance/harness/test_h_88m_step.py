@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from muonlab.harness import distributed as dd
+from muonlab.harness import torchrun as dd
 from muonlab.harness.cli import resolve_config_path
 from muonlab.harness.config import load_run_config
 from muonlab.harness.model import MODEL_CONFIGS

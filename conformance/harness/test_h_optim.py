@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from muonlab.harness.config import OptimizerSection, ScheduleSection
+from muonlab.harness.manifold import ManifoldTracker
 from muonlab.harness.optim import build_optimizer, build_scheduler, lr_lambda, needs_manual_normalize
-from muonlab.harness.stats import ManifoldTracker
 
 
 def test_schedule_shapes() -> None:

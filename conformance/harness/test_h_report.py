@@ -1,5 +1,5 @@
 """Reports that answer the question: Welch's t-test, winners only beyond the seed noise, every column filled,
-plots with labelled arms (harness/compare.py, harness/report.py, harness/plots.py, harness/progress.py)."""
+plots with labelled arms (harness/significance.py, harness/report.py, harness/plots.py, harness/progress.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from muonlab.harness.compare import betainc, paired, ratio_se, t_two_sided_p, welch
+from muonlab.harness.arms import build_arms, find_series
 from muonlab.harness.progress import SweepProgress, fmt_duration
-from muonlab.harness.report import build_arms, find_series, verdict, write_report
+from muonlab.harness.report import verdict, write_report
 from muonlab.harness.results import ENDPOINT_KEYS, parse_cell, read_results, write_results
+from muonlab.harness.significance import betainc, paired, ratio_se, t_two_sided_p, welch
 
 # -- Student's t and Welch ------------------------------------------------------------------------------------
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from muonlab.harness.arms import build_arms
 from muonlab.harness.cli import main
 from muonlab.harness.config import validate_sweep
-from muonlab.harness.report import build_arms, ranked
+from muonlab.harness.report import ranked
 from muonlab.harness.results import read_results
 from muonlab.harness.sweep import expand_points, run_sweep
 

@@ -37,3 +37,56 @@ def test_unknown_modes_raise_instead_of_falling_through() -> None:
         decay_lr(0.1, 0.2, spec)
     with pytest.raises(ValueError, match="shape_scale"):
         shape_scale(4, 2, "bogus")  # type: ignore[arg-type]
+
+
+def _import_graph(folder: str) -> dict[str, set[str]]:
+    """``module -> modules of the same package it imports`` (module level and inside functions), from the source;
+    a relative import above the package appears as ``"..<name>"``."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / folder
+    graph: dict[str, set[str]] = {}
+    for path in sorted(root.glob("*.py")):
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+            elif isinstance(node, ast.ImportFrom) and node.level > 1:
+                deps.add(f"..{node.module}")
+        graph[path.stem] = deps - {path.stem}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph``, or None (depth-first search with an explicit path)."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done or node not in graph:
+            return None
+        for dep in sorted(graph[node]):
+            found = visit(dep, [*path, node])
+            if found:
+                return found
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        found = visit(start, [])
+        if found:
+            return found
+    return None
+
+
+@pytest.mark.parametrize("folder", ["reference", "fast", "harness", "reference/contract"])
+def test_imports_run_one_way(folder: str) -> None:
+    """No import cycle between a package's modules (lazy imports inside functions count), and no relative import
+    above the package: each package reads as layers."""
+    graph = _import_graph(folder)
+    assert graph, folder
+    assert _cycle(graph) is None, f"{folder}: import cycle {' -> '.join(_cycle(graph) or [])}"
+    upward = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps if d.startswith(".."))
+    assert not upward, upward

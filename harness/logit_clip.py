@@ -12,38 +12,17 @@ any rescale of ``W_q`` and ``W_k``: a clip with ``model.qk_norm`` (or nGPT) is r
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from .config import TrainSection
+from .model import GPT, Block
 
-__all__ = ["PostStepHook", "head_max_logits", "max_logit_hooks"]
+__all__ = ["PostStepHook", "max_logit_hooks"]
 
 PostStepHook = Callable[[int, torch.nn.Module, torch.optim.Optimizer], Mapping[str, Any] | None]
-
-
-@torch.no_grad()
-def head_max_logits(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """``[H]`` float32: each query head's largest causal logit ``q_i . k_j * scale`` (``j <= i``) over the batch.
-
-    ``q``: ``[B, H, T, hd]``, ``k``: ``[B, H_kv, T, hd]`` (query head ``h`` reads key head ``h // (H / H_kv)``,
-    as ``scaled_dot_product_attention(enable_gqa=True)`` does). One batch row at a time, so the extra memory
-    is one ``[H, T, T]`` float32 block.
-    """
-    B, H, T, _ = q.shape
-    g = H // k.shape[1]
-    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    out = torch.full((H,), -math.inf, dtype=torch.float32, device=q.device)
-    with torch.autocast(q.device.type, enabled=False):  # float32 even inside a bf16 autocast forward
-        for b in range(B):
-            kb = k[b].float().repeat_interleave(g, dim=0) if g > 1 else k[b].float()
-            logits = torch.matmul(q[b].float(), kb.transpose(-1, -2)) * scale
-            logits = logits.masked_fill(~causal, -math.inf)
-            out = torch.maximum(out, logits.amax(dim=(-1, -2)))
-    return out
 
 
 def max_logit_hooks(train_cfg: TrainSection, model: torch.nn.Module) -> list[PostStepHook]:
@@ -54,8 +33,6 @@ def max_logit_hooks(train_cfg: TrainSection, model: torch.nn.Module) -> list[Pos
     if not (train_cfg.max_logits or tau is not None):
         return []
     from muonlab.fast import qk_clip_
-
-    from .model import GPT, Block
 
     if not isinstance(model, GPT):
         raise TypeError(f"model: max-logit recording needs the harness GPT, got {type(model).__name__}")

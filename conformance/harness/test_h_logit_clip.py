@@ -1,4 +1,4 @@
-"""MuonClip in the harness (harness/qkclip.py): the model's opt-in per-head max-logit recording, QK-Clip after
+"""MuonClip in the harness (harness/logit_clip.py): the model's opt-in per-head max-logit recording, QK-Clip after
 each optimizer step, and the ``max_logit`` / ``qk_clipped`` fields of metrics.jsonl."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 from muonlab.fast import qk_clip_
 from muonlab.harness import rundir as rd
 from muonlab.harness.config import ConfigError, TrainSection, validate_run
-from muonlab.harness.model import GPT, get_model_config
-from muonlab.harness.qkclip import head_max_logits, max_logit_hooks
+from muonlab.harness.logit_clip import max_logit_hooks
+from muonlab.harness.model import GPT, get_model_config, head_max_logits
 from muonlab.harness.train import train
 
 
