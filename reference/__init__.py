@@ -5,7 +5,7 @@ Public API (docs/variants.md): `MuonSpec` and the presets; `orthogonalize`; the 
 blocks of one step (momentum, NorMuon, shape scale, weight decay, hypersphere, Polar Express generator).
 
 What both implementations share (spec, presets, coefficient sets, shape rules) is `muonlab.contract`
-(folder ``reference/contract/``); its names are re-exported here.
+(folder ``contract/``); its names are re-exported here.
 
 Docstrings cite docs/variants.md by section title and the project's source survey
 (``shared/specs/variants.md``) as ``[S §n]``, as docs/variants.md does.

@@ -103,7 +103,7 @@ def _shim() -> str:
 
     root = Path(tempfile.mkdtemp(prefix="muonlab-shim-")) / "muonlab"
     root.mkdir()
-    for name, source in (("fast", "fast"), ("reference", "reference"), ("contract", "reference/contract")):
+    for name, source in (("fast", "fast"), ("reference", "reference"), ("contract", "contract")):
         (root / name).symlink_to(ROOT / source, target_is_directory=True)
     sys.path.insert(0, str(root.parent))
     importlib.invalidate_caches()

@@ -1,4 +1,4 @@
-"""muonlab.contract (folder ``reference/contract/``): what the reference and the fast implementation share.
+"""muonlab.contract (folder ``contract/``): what the reference and the fast implementation share.
 
 `MuonSpec` (every knob of a variant, validated), the named presets, the Newton-Schulz / Polar Express
 coefficient sets, and the pure shape rules (matrix view, NorMuon state shape, shape scale of the update).
