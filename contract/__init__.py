@@ -10,7 +10,7 @@ from .coefficients import COEFFICIENT_SETS, CoefficientSet, Triple, resolve_coef
 from .presets import PRESETS, get_preset, resolve_spec
 from .scaling import scale_dims, shape_scale, update_scale
 from .shapes import check_ndim, matrix_view_shape, normuon_reduce_axis, normuon_state_shape, second_moment_shape
-from .spec import GEODESIC_TAU_MIN, MuonSpec, field_names
+from .spec import GEODESIC_TAU_MIN, MuonSpec, choice_fields, choices, field_names
 
 __all__ = [
     "COEFFICIENT_SETS",
@@ -21,6 +21,8 @@ __all__ = [
     "Triple",
     "adam_hyperparameters",
     "check_ndim",
+    "choice_fields",
+    "choices",
     "field_names",
     "get_preset",
     "matrix_view_shape",

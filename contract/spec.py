@@ -192,6 +192,20 @@ class MuonSpec:
         return dataclasses.replace(self, **changes)
 
 
+def choices(field: str) -> tuple[str, ...]:
+    """The values a `MuonSpec` field typed by a ``Literal`` admits (``choices("orthogonalizer")``), read from the
+    type itself: tables keyed by a field and test strategies take their keys from here, so a new value is one
+    edit. Raises `ValueError` for a field that is not a ``Literal`` (naming those that are)."""
+    if field not in _LITERAL_FIELDS:
+        raise ValueError(f"field: {field!r} is not a Literal field of MuonSpec; those are {', '.join(_LITERAL_FIELDS)}")
+    return tuple(get_args(_LITERAL_FIELDS[field]))
+
+
+def choice_fields() -> tuple[str, ...]:
+    """The `MuonSpec` fields typed by a ``Literal``, in declaration order."""
+    return tuple(f for f in field_names() if f in _LITERAL_FIELDS)
+
+
 def field_names() -> tuple[str, ...]:
     """Names of every `MuonSpec` field, in declaration order."""
     return tuple(f.name for f in dataclasses.fields(MuonSpec))

@@ -18,6 +18,7 @@ import torch
 from muonlab.contract.spec import Cautious, MuonSpec
 
 from .orthogonalize import contiguous_as
+from .state import wide_dtype
 
 __all__ = [
     "Coefficients",
@@ -148,7 +149,7 @@ def apply_update_(
     """Stages 6-7 on one parameter, in place: ``W <- W - decay_factor mask (.) W - lr_update O`` (mask on the
     pre-update ``W``; ``decay_factor`` None skips the decay), with the arithmetic of `apply_stack_` (Python
     floats are taken as float64)."""
-    dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
+    dtype = wide_dtype(param.dtype)
     lr64 = torch.as_tensor(lr_update, dtype=torch.float64, device=param.device)
     d64 = None if decay_factor is None else torch.as_tensor(decay_factor, dtype=torch.float64, device=param.device)
     n = param.shape[0] if param.ndim else 1

@@ -21,11 +21,13 @@ from collections.abc import Callable
 import torch
 
 from muonlab.contract import CoefficientSet, MuonSpec, check_ndim, matrix_view_shape, resolve_spec, schedule
-from muonlab.contract.spec import EpsMode
+from muonlab.contract.spec import EpsMode, Orthogonalizer
 
 from .backend import Backend, check_backend, route
+from .state import wide_dtype
 
 __all__ = [
+    "ORTHOGONALIZERS",
     "as_matrices",
     "compute_dtype",
     "contiguous_as",
@@ -144,25 +146,51 @@ def newton_schulz(
     eps_mode: EpsMode = "add",
     compute: torch.dtype | None = None,
     backend: Backend = "auto",
+    overwrite: bool = False,
 ) -> torch.Tensor:
     """Odd-polynomial Newton-Schulz / Polar Express iteration on ``[..., m, n]`` in ``compute`` (default
     ``x.dtype``), batched over the leading dims (one ``bmm``/``baddbmm`` per product for the whole stack).
     When ``x`` is wider than ``compute`` (fp32 momentum, bf16 iteration) the Frobenius normalization runs
     in ``x.dtype`` and its result is rounded once.
 
-    ``coefficients`` are the triples applied, one per iteration (`muonlab.contract.coefficients.schedule`).
-    Each iteration maps every singular value by ``p(s) = a s + b s^3 + c s^5`` (KellerJordan/Muon
-    ``zeropower_via_newtonschulz5``; Moonlight Eq. 2; Polar Express arXiv 2505.16932).
+    ``coefficients`` are the triples applied, one per iteration (`muonlab.contract.coefficients.schedule`);
+    the iteration is docs/variants.md "Orthogonalization (stage 3)". ``overwrite``: ``x`` may be divided in place.
     """
     check_ndim(x.shape, "x")
-    shape = x.shape
-    xm, transpose = normalized_wide(x, norm_scale, eps, eps_mode, x.dtype if compute is None else compute)
-    triton = route(backend, xm.device, xm.dtype)
+    xm, transpose = _newton_schulz_wide(
+        [x],
+        coefficients,
+        norm_scale=norm_scale,
+        eps=eps,
+        eps_mode=eps_mode,
+        compute=x.dtype if compute is None else compute,
+        backend=backend,
+        overwrite=overwrite,
+    )
+    return (xm.mT if transpose else xm).reshape(x.shape)
+
+
+def _newton_schulz_wide(
+    box: list[torch.Tensor],
+    coefficients: CoefficientSet,
+    *,
+    norm_scale: float,
+    eps: float,
+    eps_mode: EpsMode,
+    compute: torch.dtype,
+    backend: Backend,
+    overwrite: bool,
+) -> tuple[torch.Tensor, bool]:
+    """`normalized_wide` of the stack taken out of ``box``, then the iterations: the wide result and whether it was
+    transposed. Taking the stack out of a list leaves the caller no reference, so the momentum-sized input is
+    freed as soon as its normalized copy exists, and each iterate as soon as the next one does."""
+    x = box.pop()
+    xm, transpose = normalized_wide(x, norm_scale, eps, eps_mode, compute, overwrite=overwrite)
+    del x
+    triton = route(backend, xm.device, compute)
     for a, b, c in coefficients:
         xm = ns_iteration(xm, a, b, c, triton)
-    if transpose:
-        xm = xm.mT
-    return xm.reshape(shape)
+    return xm, transpose
 
 
 def polar_factor(x: torch.Tensor) -> torch.Tensor:
@@ -172,7 +200,7 @@ def polar_factor(x: torch.Tensor) -> torch.Tensor:
     ``polar_factor(0) = 0``.
     """
     check_ndim(x.shape, "x")
-    work = x if x.dtype == torch.float64 else x.float()
+    work = x.to(wide_dtype(x.dtype))
     svd = torch.linalg.svd(work, full_matrices=False)
     u: torch.Tensor = svd[0]
     s: torch.Tensor = svd[1]
@@ -183,19 +211,39 @@ def polar_factor(x: torch.Tensor) -> torch.Tensor:
     return ((u * keep.unsqueeze(-2)) @ vh).to(x.dtype)
 
 
-def orthogonalize_stack(x: torch.Tensor, spec: MuonSpec, backend: Backend = "auto") -> torch.Tensor:
-    """``Orth`` of a ``[B, m, n]`` stack in ``spec.compute_dtype`` (one batched call)."""
-    if spec.orthogonalizer == "svd":
-        return polar_factor(x.to(compute_dtype(spec)))
-    return newton_schulz(
-        x,
+def _newton_schulz_stack(box: list[torch.Tensor], spec: MuonSpec, backend: Backend, overwrite: bool) -> torch.Tensor:
+    xm, transpose = _newton_schulz_wide(
+        box,
         schedule(spec.ns_coefficients, spec.ns_steps),
         norm_scale=spec.norm_scale,
         eps=spec.eps,
         eps_mode=spec.eps_mode,
         compute=compute_dtype(spec),
         backend=backend,
+        overwrite=overwrite,
     )
+    return xm.mT if transpose else xm
+
+
+def _svd_stack(box: list[torch.Tensor], spec: MuonSpec, backend: Backend, overwrite: bool) -> torch.Tensor:
+    return polar_factor(box.pop().to(compute_dtype(spec)))
+
+
+ORTHOGONALIZERS: dict[Orthogonalizer, Callable[[list[torch.Tensor], MuonSpec, Backend, bool], torch.Tensor]] = {
+    "newton_schulz": _newton_schulz_stack,
+    "svd": _svd_stack,
+}
+"""``spec.orthogonalizer`` -> ``Orth`` of a ``[B, m, n]`` stack in ``spec.compute_dtype`` (the one place the choice
+is made on this side; the reference's table is `muonlab.reference.orthogonalize.ORTHOGONALIZERS`). Arguments:
+a one-element list holding the stack (taken out, so its memory goes as soon as it is used), the spec, the
+backend, and whether the stack may be overwritten (the caller's temporary)."""
+
+
+def orthogonalize_stack(
+    box: list[torch.Tensor], spec: MuonSpec, backend: Backend = "auto", *, overwrite: bool = False
+) -> torch.Tensor:
+    """``Orth`` of the ``[B, m, n]`` stack in ``box`` (emptied) in ``spec.compute_dtype``, by `ORTHOGONALIZERS`."""
+    return ORTHOGONALIZERS[spec.orthogonalizer](box, spec, backend, overwrite)
 
 
 def orthogonalize(x: torch.Tensor, spec: MuonSpec | str, *, backend: Backend = "auto") -> torch.Tensor:
@@ -213,5 +261,5 @@ def orthogonalize(x: torch.Tensor, spec: MuonSpec | str, *, backend: Backend = "
     mats, restore = as_matrices(x, s, "x")
     if mats.numel() == 0:
         raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
-    out = orthogonalize_stack(mats, s, backend)
+    out = orthogonalize_stack([mats], s, backend)
     return restore(out.to(x.dtype))

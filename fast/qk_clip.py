@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .state import wide_dtype
+
 __all__ = ["GQA_RULES", "qk_clip_", "qk_clip_factors"]
 
 GQA_RULES = ("query", "split")
@@ -72,7 +74,7 @@ def qk_clip_factors(
     if max_logits.is_complex() or max_logits.dtype == torch.bool:
         raise ValueError(f"max_logits: expected real numbers, got dtype {max_logits.dtype}")
     s = max_logits.detach()
-    s = s.to(torch.float64 if s.dtype == torch.float64 else torch.float32)
+    s = s.to(wide_dtype(s.dtype))
     if check_finite and not bool(torch.isfinite(s).all()):
         bad = (~torch.isfinite(s)).nonzero().tolist()
         raise ValueError(f"max_logits: must be finite, got non-finite entries at {bad}")
@@ -153,7 +155,7 @@ def qk_clip_(
         for t, f, label in ((q, f_q[i], "w_q"), (k, f_k[i], "w_k")):
             if not t.is_floating_point():
                 raise ValueError(f"{label}[{i}]: expected a floating tensor, got {t.dtype}")
-            math_dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+            math_dtype = wide_dtype(t.dtype)
             views.append(t.view(f.shape[0], d_head, t.shape[1]))  # splits dim 0 only: a view of any strides
             factors.append(f.to(device=t.device, dtype=math_dtype)[:, None, None])
     torch._foreach_mul_(views, factors)

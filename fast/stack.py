@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from muonlab.contract import MuonSpec, schedule
+from muonlab.contract import MuonSpec
 
 from .backend import Backend, route
 from .momentum import momentum_, momentum_weight
 from .normuon import normuon_normalize_
-from .orthogonalize import compute_dtype, normalized_wide, ns_iteration, polar_factor
+from .orthogonalize import orthogonalize_stack
 
 __all__ = ["Skip", "gather", "stack_directions"]
 
@@ -98,19 +98,10 @@ def stack_directions(
         weight = None if skip is None else skip.momentum
         n = momentum_(buf, g, spec.momentum_form, beta, spec.nesterov, steps=steps, weight=weight)
     del g
-    compute = compute_dtype(spec)
-    if spec.orthogonalizer == "svd":
-        o = polar_factor(n.to(compute))
-        del n
-    else:
-        owned = n is not buf  # N is the step's own tensor unless it is the momentum buffer itself
-        x, transpose = normalized_wide(n, spec.norm_scale, spec.eps, spec.eps_mode, compute, overwrite=owned)
-        del n  # the momentum-sized input is no longer needed
-        triton = route(backend, x.device, compute)
-        for a, b, c in schedule(spec.ns_coefficients, spec.ns_steps):
-            x = ns_iteration(x, a, b, c, triton)
-        o = x.mT if transpose else x
-        del x
+    owned = n is not buf  # N is the step's own tensor unless it is the momentum buffer itself
+    box = [n]
+    del n  # handed over whole: the orthogonalizer frees it once it has its own normalized copy
+    o = orthogonalize_stack(box, spec, backend, overwrite=owned)
     if second is None:
         return o
     o = o.to(second.dtype)

@@ -16,12 +16,18 @@ import torch
 
 from muonlab.contract import MuonSpec, normuon_state_shape
 
-__all__ = ["init_adam_state", "init_muon_state", "state_dtype"]
+__all__ = ["init_adam_state", "init_muon_state", "state_dtype", "wide_dtype"]
+
+
+def wide_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype state and per-matrix math keep for tensors of ``dtype``: float64 for float64, else float32 (bf16
+    and fp16 would lose the small EMA increments; docs/fast.md, "Conventions"). The one place of this rule."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def state_dtype(param: torch.Tensor) -> torch.dtype:
-    """float32 for low-precision floating parameters (bf16, fp16), float64 for float64, else float32."""
-    return torch.float64 if param.dtype == torch.float64 else torch.float32
+    """`wide_dtype` of ``param``'s dtype: the dtype of its optimizer state."""
+    return wide_dtype(param.dtype)
 
 
 def _step(param: torch.Tensor) -> torch.Tensor:

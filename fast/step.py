@@ -27,7 +27,7 @@ from .orthogonalize import as_matrices
 from .plan import plan_buckets
 from .sphere import sphere_step
 from .stack import gather, stack_directions
-from .state import init_adam_state, init_muon_state, state_dtype
+from .state import init_adam_state, init_muon_state, state_dtype, wide_dtype
 
 __all__ = ["adamw_step_", "muon_step_", "muon_update_"]
 
@@ -217,7 +217,7 @@ def muon_step_(
         if spec.sphere == "none":
             apply_update_(p, o, lr_update=lr_update, decay_factor=factor, cautious=spec.cautious)
             continue
-        work = p.detach().to(torch.float64 if p.dtype == torch.float64 else torch.float32, copy=True)
+        work = p.detach().to(wide_dtype(p.dtype), copy=True)
         u = o.to(work.dtype)
         if factor is not None:
             decoupled_decay_(work, u, factor, spec.cautious)

@@ -27,11 +27,12 @@ import numpy.typing as npt
 
 from muonlab.contract.coefficients import CoefficientSet, schedule
 from muonlab.contract.shapes import check_ndim, matrix_view_shape
-from muonlab.contract.spec import EpsMode, MuonSpec
+from muonlab.contract.spec import EpsMode, MuonSpec, Orthogonalizer
 
 from .array import Array
 
 __all__ = [
+    "ORTHOGONALIZERS",
     "as_matrices",
     "newton_schulz",
     "normalize_frobenius",
@@ -125,17 +126,25 @@ def orthogonalize(x: npt.ArrayLike, spec: MuonSpec) -> Array:
     mats, restore = as_matrices(x, spec, "x")
     if mats.size == 0:
         raise ValueError(f"x must not be empty, got shape {np.shape(x)}")
-    if spec.orthogonalizer == "svd":
-        out = polar_factor(mats)
-    else:
-        out = newton_schulz(
-            mats,
-            schedule(spec.ns_coefficients, spec.ns_steps),
-            norm_scale=spec.norm_scale,
-            eps=spec.eps,
-            eps_mode=spec.eps_mode,
-        )
-    return restore(out)
+    return restore(ORTHOGONALIZERS[spec.orthogonalizer](mats, spec))
+
+
+def _newton_schulz_of(mats: Array, spec: MuonSpec) -> Array:
+    return newton_schulz(
+        mats,
+        schedule(spec.ns_coefficients, spec.ns_steps),
+        norm_scale=spec.norm_scale,
+        eps=spec.eps,
+        eps_mode=spec.eps_mode,
+    )
+
+
+ORTHOGONALIZERS: dict[Orthogonalizer, Callable[[Array, MuonSpec], Array]] = {
+    "newton_schulz": _newton_schulz_of,
+    "svd": lambda mats, spec: polar_factor(mats),
+}
+"""``spec.orthogonalizer`` -> ``Orth`` of a ``[B, m, n]`` float64 stack (the one place the choice is made; the
+fast side's table is `muonlab.fast.orthogonalize.ORTHOGONALIZERS`)."""
 
 
 def scalar_map(sigma: npt.ArrayLike, coefficients: CoefficientSet) -> Array:

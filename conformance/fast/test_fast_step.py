@@ -35,11 +35,11 @@ from fasthelpers import (
     ref_direction,
     rel,
 )
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from muonlab import reference as R
-from muonlab.contract import MuonSpec, field_names
+from muonlab.contract import COEFFICIENT_SETS, MuonSpec, choice_fields, choices, field_names
 from muonlab.fast import Muon
 from muonlab.fast.decay import cautious_mask
 from muonlab.fast.step import muon_update_
@@ -180,60 +180,63 @@ def test_preset_trajectory_fp32(name: str, shape: tuple[int, ...]) -> None:
 # -- hypothesis over MuonSpec fields ----------------------------------------------------------------------
 
 
+DECAY_KNOBS = ("decay_placement", "decay_lr", "cautious")
+"""Drawn only without a sphere (the spec rejects decay on the sphere)."""
+
+
 @st.composite
 def specs(draw: st.DrawFn) -> MuonSpec:
-    """Every `MuonSpec` knob drawn (test_specs_draw_every_knob holds this to `field_names()`); the decay
-    knobs only without a sphere (the spec rejects decay on the sphere)."""
-    sphere = draw(st.sampled_from(["none", "none", "renormalize", "geodesic"]))
-    kw: dict[str, Any] = dict(
+    """Every `MuonSpec` knob drawn: each ``Literal`` field from its own type (`muonlab.contract.choices`, so a new
+    value is drawn without editing this test), the numbers from a few values each; test_specs_draw_every_knob
+    holds the numeric list to `field_names()`."""
+    kw: dict[str, Any] = {f: draw(st.sampled_from(choices(f))) for f in choice_fields() if f not in DECAY_KNOBS}
+    kw.update(
         name=draw(st.sampled_from(["drawn", ""])),
         lr=draw(st.sampled_from([0.02, 1e-3])),
-        orthogonalizer=draw(st.sampled_from(["newton_schulz", "newton_schulz", "newton_schulz", "svd"])),
-        compute_dtype=draw(st.sampled_from(["float32", "bfloat16"])),
         rms_scale=draw(st.sampled_from([0.2, 0.5])),
         normuon_eps=draw(st.sampled_from([1e-10, 1e-8])),
         adam_lr=draw(st.sampled_from([None, 3e-4])),
         adam_betas=draw(st.sampled_from([(0.9, 0.95), (0.8, 0.999)])),
         adam_eps=draw(st.sampled_from([1e-8, 1e-10])),
         adam_weight_decay=draw(st.sampled_from([None, 0.0, 0.01])),
-        adam_eps_mode=draw(st.sampled_from(["corrected", "uncorrected"])),
-        nonfinite=draw(st.sampled_from(["raise", "skip"])),
         momentum=draw(st.sampled_from([0.0, 0.9, 0.95])),
-        momentum_form=draw(st.sampled_from(["ema", "sum", "optax"])),
         nesterov=draw(st.booleans()),
-        ns_coefficients=draw(st.sampled_from(["keller", "leloykun", "polar_express", "polar_express_paper", "cubic"])),
+        ns_coefficients=draw(st.sampled_from(sorted(COEFFICIENT_SETS))),
         ns_steps=draw(st.integers(3, 8)),
         norm_scale=draw(st.sampled_from([1.0, 1.01, 1.02])),
         eps=draw(st.sampled_from([1e-7, 1e-8, 1e-6])),
-        eps_mode=draw(st.sampled_from(["add", "clamp"])),
-        nd_mode=draw(st.sampled_from(["flatten", "batch"])),
-        scale_shape=draw(st.sampled_from(["matrix", "last2"])),
-        shape_scale=draw(st.sampled_from(["keller", "moonlight", "dion", "none"])),
         normuon=draw(st.booleans()),
         beta2=draw(st.sampled_from([0.9, 0.95])),
-        normuon_axis=draw(st.sampled_from(["row", "col", "longer"])),
-        normuon_rescale=draw(st.sampled_from(["frobenius", "rms"])),
-        normuon_eps_mode=draw(st.sampled_from(["add", "clamp"])),
-        sphere=sphere,
-        sphere_axis=draw(st.sampled_from(["row", "col", "matrix"])),
-        angle_mode=draw(st.sampled_from(["exp", "renorm", "retract", "fixed"])),
     )
-    if sphere == "none":
-        kw.update(
-            weight_decay=draw(st.sampled_from([0.0, 0.1, 0.5, -0.05])),
-            decay_placement=draw(st.sampled_from(["param", "update", "both"])),
-            decay_lr=draw(st.sampled_from(["base", "scaled", "lr2"])),
-            cautious=draw(st.sampled_from(["off", "ge", "gt"])),
-        )
+    if kw["sphere"] == "none":
+        kw.update({f: draw(st.sampled_from(choices(f))) for f in DECAY_KNOBS})
+        kw["weight_decay"] = draw(st.sampled_from([0.0, 0.1, 0.5, -0.05]))
     return MuonSpec(**kw)
 
 
 def test_specs_draw_every_knob() -> None:
-    """The strategy above names every field of `MuonSpec` (a new knob must be drawn too)."""
+    """The strategy above draws every field of `MuonSpec`: the ``Literal`` ones from their types, the rest named
+    in its source (a new numeric knob must be drawn too)."""
     text = Path(__file__).read_text(encoding="utf-8")
     source = text[text.index("def specs(") : text.index("return MuonSpec(**kw)")]
-    missing = [f for f in field_names() if f"{f}=" not in source]
+    numeric = [f for f in field_names() if f not in choice_fields()]
+    missing = [f for f in numeric if f"{f}=" not in source and f'"{f}"' not in source]
     assert not missing, f"specs() does not draw: {missing}"
+
+
+def test_specs_draw_every_literal_value() -> None:
+    """Each value of each ``Literal`` field turns up in drawn specs (the decay knobs need sphere 'none')."""
+    seen: dict[str, set[str]] = {f: set() for f in choice_fields()}
+
+    @settings(max_examples=400, database=None, deadline=None)
+    @given(spec=specs())
+    def collect(spec: MuonSpec) -> None:
+        for f in choice_fields():
+            seen[f].add(getattr(spec, f))
+
+    collect()
+    missing = {f: sorted(set(choices(f)) - seen[f]) for f in choice_fields() if set(choices(f)) - seen[f]}
+    assert not missing, missing
 
 
 @FAST

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from refhelpers import FAST, matrix_shapes, seeds, tensor_shapes
 
+from muonlab.contract import choices
 from muonlab.reference import (
     MuonSpec,
     adamw_step,
@@ -106,8 +107,8 @@ def _normuon(axis: str, rescale: str = "frobenius", mode: str = "add", **kw: obj
 @given(
     shape=matrix_shapes(),
     seed=seeds,
-    axis=st.sampled_from(["row", "col", "longer"]),
-    mode=st.sampled_from(["add", "clamp"]),
+    axis=st.sampled_from(choices("normuon_axis")),
+    mode=st.sampled_from(choices("normuon_eps_mode")),
 )
 def test_normuon_equalizes_per_axis_rms_and_keeps_frobenius(
     shape: tuple[int, int], seed: int, axis: str, mode: str

@@ -90,3 +90,16 @@ def test_imports_run_one_way(folder: str) -> None:
     assert _cycle(graph) is None, f"{folder}: import cycle {' -> '.join(_cycle(graph) or [])}"
     upward = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps if d.startswith(".."))
     assert not upward, upward
+
+
+def test_each_side_has_one_orthogonalizer_table_keyed_by_the_spec_values() -> None:
+    """``orthogonalizer`` is looked up in one table per side, keyed by exactly the spec's ``Literal`` values: a new
+    orthogonalizer is one function per side plus its value (the strategies draw it from the type)."""
+    from muonlab.contract import choices
+    from muonlab.reference.orthogonalize import ORTHOGONALIZERS as REFERENCE
+
+    assert set(REFERENCE) == set(choices("orthogonalizer"))
+    pytest.importorskip("torch")
+    from muonlab.fast.orthogonalize import ORTHOGONALIZERS as FAST
+
+    assert set(FAST) == set(choices("orthogonalizer"))

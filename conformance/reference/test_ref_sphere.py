@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from refhelpers import FAST, matrix_shapes, seeds
 
+from muonlab.contract import choices
 from muonlab.reference import MuonSpec, get_preset, init_muon_state, muon_step, sphere_step
 
 
@@ -29,7 +30,7 @@ def _vectors(x: np.ndarray, axis: str) -> np.ndarray:  # type: ignore[type-arg]
 @given(
     shape=matrix_shapes(),
     seed=seeds,
-    axis=st.sampled_from(["row", "col", "matrix"]),
+    axis=st.sampled_from(choices("sphere_axis")),
     step_size=st.sampled_from([1e-3, 0.3, 3.0]),
 )
 def test_geodesic_renorm_equals_renormalize(shape: tuple[int, int], seed: int, axis: str, step_size: float) -> None:
@@ -45,7 +46,7 @@ def test_geodesic_renorm_equals_renormalize(shape: tuple[int, int], seed: int, a
 
 
 @FAST
-@given(shape=matrix_shapes(), seed=seeds, mode=st.sampled_from(["exp", "retract", "fixed", "renorm"]))
+@given(shape=matrix_shapes(), seed=seeds, mode=st.sampled_from(choices("angle_mode")))
 def test_geodesic_angle_and_unit_norms(shape: tuple[int, int], seed: int, mode: str) -> None:
     """Per unit row: w'.w = cos(theta) with theta from the tangent step norm tau, and ||w'|| = 1."""
     m, n = shape
