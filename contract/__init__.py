@@ -7,15 +7,19 @@ Pure Python, no array library: `muonlab.fast` imports this package and none of t
 
 from .adam import adam_hyperparameters
 from .coefficients import COEFFICIENT_SETS, CoefficientSet, Triple, resolve_coefficients, schedule
+from .decay import DECAY_LRS, DECAY_PLACEMENTS, decay_lr, decay_stages
 from .presets import PRESETS, get_preset, resolve_spec
-from .scaling import scale_dims, shape_scale, update_scale
+from .scaling import SHAPE_SCALES, scale_dims, shape_scale, update_scale
 from .shapes import check_ndim, matrix_view_shape, normuon_reduce_axis, normuon_state_shape, second_moment_shape
 from .spec import GEODESIC_TAU_MIN, MuonSpec, choice_fields, choices, field_names
 
 __all__ = [
     "COEFFICIENT_SETS",
+    "DECAY_LRS",
+    "DECAY_PLACEMENTS",
     "GEODESIC_TAU_MIN",
     "PRESETS",
+    "SHAPE_SCALES",
     "CoefficientSet",
     "MuonSpec",
     "Triple",
@@ -23,6 +27,8 @@ __all__ = [
     "check_ndim",
     "choice_fields",
     "choices",
+    "decay_lr",
+    "decay_stages",
     "field_names",
     "get_preset",
     "matrix_view_shape",

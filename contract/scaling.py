@@ -15,27 +15,31 @@ decision A3).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Final
 
 from .shapes import matrix_view_shape
 from .spec import MuonSpec, ShapeScale
 
-__all__ = ["scale_dims", "shape_scale", "update_scale"]
+__all__ = ["SHAPE_SCALES", "scale_dims", "shape_scale", "update_scale"]
+
+
+SHAPE_SCALES: Final[dict[ShapeScale, Callable[[int, int, float], float]]] = {
+    "keller": lambda m, n, rms_scale: math.sqrt(max(1.0, m / n)),
+    "moonlight": lambda m, n, rms_scale: rms_scale * math.sqrt(max(m, n)),
+    "dion": lambda m, n, rms_scale: math.sqrt(m / n),  # no max: a wide matrix is scaled down
+    "none": lambda m, n, rms_scale: 1.0,
+}
+"""``shape_scale`` -> the factor of ``eta`` for an ``m x n`` update (the rules of the module docstring)."""
 
 
 def shape_scale(m: int, n: int, rule: ShapeScale, rms_scale: float = 0.2) -> float:
-    """The factor multiplying ``eta`` for an ``m x n`` update under ``rule``."""
+    """The factor multiplying ``eta`` for an ``m x n`` update under ``rule`` (`SHAPE_SCALES`)."""
     if m < 1 or n < 1:
         raise ValueError(f"m, n: need positive matrix dims, got ({m}, {n})")
-    if rule == "keller":
-        return math.sqrt(max(1.0, m / n))
-    if rule == "moonlight":
-        return rms_scale * math.sqrt(max(m, n))
-    if rule == "dion":
-        return math.sqrt(m / n)
-    if rule == "none":
-        return 1.0
-    raise ValueError(f"shape_scale: expected 'keller', 'moonlight', 'dion' or 'none', got {rule!r}")
+    if rule not in SHAPE_SCALES:
+        raise ValueError(f"shape_scale: expected one of {', '.join(map(repr, SHAPE_SCALES))}, got {rule!r}")
+    return SHAPE_SCALES[rule](m, n, rms_scale)
 
 
 def scale_dims(param_shape: Sequence[int], spec: MuonSpec) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from muonlab.contract import MuonSpec, matrix_view_shape, normuon_state_shape, update_scale
+from muonlab.contract import MuonSpec, decay_stages, matrix_view_shape, normuon_state_shape, update_scale
 
 from .backend import Backend
 from .decay import Coefficients, Scalar, apply_stack_, coefficients, decay_lr
@@ -209,7 +209,7 @@ class GroupStacks:
         spec = self.spec
         lr_u = lane.scale * lr
         dec = None
-        if spec.decay_placement in ("param", "both") and lam != 0.0:
+        if decay_stages(spec, lam)[1]:
             dec = torch.as_tensor(decay_lr(lr, lr_u, spec), dtype=torch.float64, device=lr_u.device) * lam
         if keep is not None:  # exact: x * True = x, x * False = 0
             lr_u = lr_u * keep
@@ -254,7 +254,7 @@ class GroupStacks:
                 kp = present if kp is None else kp & present
             keeps.append(None if kp is None else kp.view(-1, 1, 1))
         coefs = self._all_coefs(lr, weight_decay, keeps)
-        coupled = spec.decay_placement in ("update", "both") and weight_decay != 0.0
+        coupled, _ = decay_stages(spec, weight_decay)
         for lane, kp, coef in zip(self.lanes, keeps, coefs, strict=True):
             lane.steps.add_(1.0 if kp is None else kp.view(-1))
             skip = None if kp is None else Skip.of(kp, spec, momentum, lane.dtype)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from muonlab.contract.spec import Cautious, MuonSpec
+from muonlab.contract.decay import decay_lr
+from muonlab.contract.spec import Cautious
 
 from .orthogonalize import contiguous_as
 from .state import wide_dtype
@@ -48,18 +49,6 @@ def cautious_mask(update: torch.Tensor, weight: torch.Tensor, mode: Cautious) ->
         return torch.ones_like(weight)
     prod = update.to(weight.dtype) * weight
     return (prod >= 0 if mode == "ge" else prod > 0).to(weight.dtype)
-
-
-def decay_lr(lr: Scalar, lr_update: Scalar, spec: MuonSpec) -> Scalar:
-    """``eta_d`` (docs/variants.md A8): ``lr`` (``"base"``), ``lr_update`` (``"scaled"``) or ``lr * lr_update``
-    (``"lr2"``); any other ``spec.decay_lr`` raises `ValueError`."""
-    if spec.decay_lr == "base":
-        return lr
-    if spec.decay_lr == "scaled":
-        return lr_update
-    if spec.decay_lr == "lr2":
-        return lr * lr_update
-    raise ValueError(f"decay_lr: expected 'base', 'scaled' or 'lr2', got {spec.decay_lr!r}")
 
 
 def coupled_decay(grads: list[torch.Tensor], weights: list[torch.Tensor], weight_decay: float) -> list[torch.Tensor]:

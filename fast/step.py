@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from muonlab.contract import MuonSpec, normuon_state_shape, update_scale
+from muonlab.contract import MuonSpec, decay_stages, normuon_state_shape, update_scale
 
 from .adamw import adam_direction, adam_moments_, adamw_apply
 from .backend import Backend
@@ -80,7 +80,7 @@ def _local_directions(
     shapes = [(int(m.shape[0]), int(m.shape[1]), int(m.shape[2])) for m in mats]
     buckets = plan_buckets(shapes, [p.device for p in plist], [state_dtype(p) for p in plist], spec)
     steps = _advance(states)
-    coupled = spec.decay_placement in ("update", "both") and lam != 0.0
+    coupled, _ = decay_stages(spec, lam)
     out: list[torch.Tensor] = [torch.empty(0)] * len(plist)
 
     for b in buckets:
@@ -159,7 +159,7 @@ def muon_update_(
     steps = _advance(states)
     bufs = [st["momentum_buffer"] for st in states]
     gl = [g.to(b.dtype) for g, b in zip(grads, bufs, strict=True)]
-    if spec.decay_placement in ("update", "both") and lam != 0.0:
+    if decay_stages(spec, lam)[0]:
         gl = coupled_decay(gl, plist, lam)
     ns = apply_momentum_(bufs, gl, spec, steps, beta=beta)
     # Stages 3-4 on owner ranks, whole matrices only (docs/distributed.md).
@@ -208,7 +208,7 @@ def muon_step_(
         process_group=process_group,
         full_shapes=full_shapes,
     )
-    decoupled = spec.decay_placement in ("param", "both") and lam != 0.0
+    _, decoupled = decay_stages(spec, lam)
     for p, o, full in zip(plist, updates, shapes, strict=True):
         # float64 scalars, as `muonlab.fast.Muon` forms them, so both round alike
         lr64 = torch.as_tensor(lr, dtype=torch.float64, device=p.device)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from muonlab.contract.decay import decay_lr
 from muonlab.contract.spec import Cautious, MuonSpec
 
 from .array import Array
@@ -34,17 +35,6 @@ def cautious_mask(update: Array, weight: Array, mode: Cautious) -> Array:
         return np.ones(np.shape(weight), dtype=np.float64)
     prod = np.asarray(update, dtype=np.float64) * np.asarray(weight, dtype=np.float64)
     return (prod >= 0.0 if mode == "ge" else prod > 0.0).astype(np.float64)
-
-
-def decay_lr(lr: float, lr_update: float, spec: MuonSpec) -> float:
-    """``eta_d``: ``lr`` (``"base"``), ``lr_update`` = ``eta_u`` (``"scaled"``) or ``lr * lr_update`` (``"lr2"``)."""
-    if spec.decay_lr == "base":
-        return lr
-    if spec.decay_lr == "scaled":
-        return lr_update
-    if spec.decay_lr == "lr2":
-        return lr * lr_update
-    raise ValueError(f"decay_lr: expected 'base', 'scaled' or 'lr2', got {spec.decay_lr!r}")
 
 
 def decoupled_decay(weight: Array, update: Array, lr: float, lr_update: float, spec: MuonSpec) -> Array:

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from muonlab.contract.adam import adam_hyperparameters
+from muonlab.contract.decay import decay_stages
 from muonlab.contract.presets import resolve_spec
 from muonlab.contract.scaling import update_scale
 from muonlab.contract.shapes import normuon_state_shape
@@ -115,7 +116,7 @@ def _check_adam_state(state: object, shape: tuple[int, ...], sname: str) -> Adam
 def _muon_update(p: Array, g: Array, state: MuonState, spec: MuonSpec) -> tuple[Array, MuonState]:
     """Stages 1-4 on validated float64 inputs."""
     t = state.step + 1
-    if spec.decay_placement in ("update", "both") and spec.weight_decay != 0.0:
+    if decay_stages(spec)[0]:
         g = coupled_decay(g, p, spec)
     momentum, n = apply_momentum(np.asarray(state.momentum, dtype=np.float64), g, spec, t)
     o = orthogonalize(n, spec)
@@ -165,7 +166,7 @@ def _muon_step(
         return p, st
     o, new_state = _muon_update(p, g, st, spec)
     lr_update = lr * update_scale(p.shape, spec)
-    w = decoupled_decay(p, o, lr, lr_update, spec) if spec.decay_placement in ("param", "both") else p
+    w = decoupled_decay(p, o, lr, lr_update, spec) if decay_stages(spec)[1] else p
     if spec.sphere == "none":
         new_p: Array = w - lr_update * o
     else:

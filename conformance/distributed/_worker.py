@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 import muonlab.fast.distributed as D
 from muonlab import reference as ref
-from muonlab.contract import MuonSpec, get_preset, normuon_state_shape, update_scale
+from muonlab.contract import MuonSpec, decay_stages, get_preset, normuon_state_shape, update_scale
 from muonlab.fast.decay import apply_update_, coupled_decay, decay_lr
 from muonlab.fast.momentum import apply_momentum_
 from muonlab.fast.orthogonalize import as_matrices, orthogonalize
@@ -241,13 +241,13 @@ def dist_muon_step(
     bufs = [st["momentum_buffer"] for st in states]
     gl = [g.to(b.dtype) for g, b in zip(grads, bufs, strict=True)]
     lam = spec.weight_decay
-    if spec.decay_placement in ("update", "both") and lam != 0.0:
+    coupled, decoupled = decay_stages(spec, lam)
+    if coupled:
         gl = coupled_decay(gl, params, lam)
     ns = apply_momentum_(bufs, gl, spec, steps)
     moments = [st["second_moment"] for st in states] if spec.normuon else None
     shapes_arg = None if mode in ("none", "replicated") else full_shapes
     outs = D.muon_directions(ns, spec, mode=mode, second_moments=moments, full_shapes=shapes_arg)
-    decoupled = spec.decay_placement in ("param", "both") and lam != 0.0
     for p, o, full in zip(params, outs, full_shapes, strict=True):
         lr_u = lr * update_scale(full, spec)  # the FULL shape: a shard's shape would scale wrongly
         factor = decay_lr(lr, lr_u, spec) * lam if decoupled else None

@@ -39,7 +39,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from muonlab import reference as R
-from muonlab.contract import COEFFICIENT_SETS, MuonSpec, choice_fields, choices, field_names
+from muonlab.contract import COEFFICIENT_SETS, MuonSpec, choice_fields, choices, decay_stages, field_names
 from muonlab.fast import Muon
 from muonlab.fast.decay import cautious_mask
 from muonlab.fast.step import muon_update_
@@ -126,7 +126,7 @@ def check_one_step(
         assert errs["step"] <= tol, errs
         return errs
     eta_u = LR * R.update_scale(shape, spec)
-    decays = spec.decay_placement in ("param", "both") and spec.weight_decay != 0.0
+    _, decays = decay_stages(spec)
     factor = R.decay_lr(LR, eta_u, spec) * spec.weight_decay if decays else 0.0
     oa = np64(o_applied)
     mask_f = np64(cautious_mask(o_applied, w_prev, spec.cautious))
