@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import time
 import warnings
 from functools import lru_cache
@@ -110,5 +111,15 @@ def warn_if_slow_compute(device: torch.device, compute_dtype: str) -> None:
         f"compute_dtype='float32', e.g. Muon(params, preset, compute_dtype='float32') (docs/fast.md, "
         f"'bf16 on a CPU')",
         SlowComputeDtypeWarning,
-        stacklevel=3,
+        stacklevel=_caller_level(),
     )
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside muonlab and torch: the user's line that built the optimizer
+    (through ``Optimizer.__init__`` or a direct ``add_param_group``)."""
+    inside = (f"{os.sep}muonlab{os.sep}", f"{os.sep}torch{os.sep}")
+    frame, level = sys._getframe(2), 2  # 1 would be warn_if_slow_compute itself
+    while frame.f_back is not None and any(part in frame.f_code.co_filename for part in inside):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -27,7 +27,7 @@ with warnings.catch_warnings(record=True) as seen:
         assert opt.spec.compute_dtype == compute  # kept as asked
 print(f"slowdown {cpu_bf16_slowdown():.2f}")
 for w in seen:
-    print(f"{w.category.__name__}: {w.message}")
+    print(f"{w.category.__name__} at {w.filename}: {w.message}")
 """
 
 
@@ -52,6 +52,7 @@ def test_bf16_on_an_avx2_cpu_warns_once_naming_slowdown_and_override() -> None:
     assert len(warned) == 1, out  # once per process, not per optimizer
     assert f"{slowdown:.1f}x slower than float32" in warned[0]
     assert "compute_dtype='float32'" in warned[0]
+    assert " at <string>: " in warned[0]  # points at the line that built the optimizer, not into muonlab or torch
 
 
 def test_float32_compute_never_warns() -> None:
