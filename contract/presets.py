@@ -191,7 +191,7 @@ def torch_match_rms_adamw() -> MuonSpec:
 def optax() -> MuonSpec:
     """``optax.contrib.muon`` (``scale_by_muon``, ``scale_by_shape``, ``add_decayed_weights``).
 
-    EMA momentum with bias correction; Nesterov ``N = beta mu/(1-beta^{t+1}) + (1-beta) g/(1-beta^t)``;
+    EMA momentum with bias correction (``momentum_form="optax"``);
     NS5 Keller in the input dtype (fp32), ``X / (||X||_F + 1e-8)``; ``sqrt(max(1, fan_out/fan_in))``
     (= ``sqrt(max(1, m/n))`` in PyTorch ``[out, in]`` layout); ``W <- W - eta (s O + lambda W)``.
     Fallback: AdamW b1 0.9, b2 0.999, eps 1e-8 (optax's default NAdamW is not reproduced; see docs).

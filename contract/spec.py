@@ -82,10 +82,8 @@ class MuonSpec:
     momentum: float = 0.95
     """``beta`` (EMA/optax) or ``mu`` (sum form)."""
     momentum_form: MomentumForm = "ema"
-    """``"ema"``: ``M = beta M + (1-beta) G``, Nesterov ``N = (1-beta) G + beta M``.
-    ``"sum"``: ``M = mu M + G``, Nesterov ``N = G + mu M``.
-    ``"optax"``: EMA plus bias correction; Nesterov ``N = beta M/(1-beta^{t+1}) + (1-beta) G/(1-beta^t)``,
-    otherwise ``N = M/(1-beta^t)`` (optax ``scale_by_muon``)."""
+    """``"ema"`` (KellerJordan/Muon, torch), ``"sum"`` (Moonlight, dion) or ``"optax"`` (EMA with bias
+    correction, optax ``scale_by_muon``): the table in docs/variants.md "Momentum (stage 2)"."""
     nesterov: bool = True
 
     # -- orthogonalization (docs/variants.md "Orthogonalization") -----------------------------------

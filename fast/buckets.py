@@ -12,7 +12,7 @@ hypersphere step (8). Per-matrix learning rates and decay factors are computed i
 float or a tensor on the parameters' device) and rounded once, so a float and a tensor ``lr`` give equal
 results. Parameters to skip (``None`` gradient, or ``keep`` False: a non-finite gradient under
 ``nonfinite="skip"``) are masked on the device: their gradient is zeroed and every weight of their update
-is exactly 0, so their values and state stay unchanged bit for bit, and nothing is read on the host.
+is exactly 0, so their values and state stay unchanged bit for bit (docs/fast.md, "Host syncs").
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
 """Momentum forms on torch tensors (docs/variants.md section 0.1; `muonlab.reference.momentum`).
 
-The buffer ``M`` is updated in place; the result ``N`` is the orthogonalizer input.
-
-* ``"ema"``: ``M = lerp(M, G, 1-beta)``; Nesterov ``N = lerp(G, M, beta)``, else ``N = M``.
-* ``"sum"``: ``M = mu M + G``; Nesterov ``N = G + mu M``, else ``N = M``.
-* ``"optax"``: ``M = beta M + (1-beta) G`` with the 1-based step ``t``; Nesterov
-  ``N = beta M / (1 - beta^{t+1}) + (1-beta) G / (1 - beta^t)``, else ``N = M / (1 - beta^t)`` (optax
-  ``scale_by_muon``).
+The buffer ``M`` is updated in place; the result ``N`` is the orthogonalizer input. The three forms and their
+equations: docs/variants.md "Momentum (stage 2)". ``"ema"`` runs as ``lerp`` (KellerJordan/Muon, torch).
 
 `momentum_` works on one stack (the optimizer step: per-matrix weights skip matrices on the device, step
-counts are tensors, nothing is read on the host); `apply_momentum_` on lists of tensors (``torch._foreach_*``).
+counts are tensors); `apply_momentum_` on lists of tensors (``torch._foreach_*``).
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
-"""The orthogonalization operator ``Orth(X; C, s, eps)`` on torch tensors (docs/variants.md section 0.2).
+"""The orthogonalization operator ``Orth`` (stage 3; its steps and equations: docs/variants.md "Orthogonalization
+(stage 3)") on torch tensors.
 
 Mirrors `muonlab.reference.orthogonalize` function for function; the differences are the dtype (the
 iteration runs in ``spec.compute_dtype``: ``"bfloat16"`` casts like KellerJordan/Muon
 ``zeropower_via_newtonschulz5``) and batching (a stack of equal-shape matrices is one batched
-``baddbmm`` call). One matrix ``[m, n]``:
-
-1. transpose if ``m > n`` (strict);
-2. ``X <- X / (s ||X||_F + eps)`` (``"add"``) or ``X / max(s ||X||_F, eps)`` (``"clamp"``, torch.optim.Muon);
-3. for each ``(a, b, c)`` of the schedule: ``A = X X^T``, ``B = b A + c A^2``, ``X <- a X + B X``;
-4. transpose back.
-
-``orthogonalizer="svd"`` returns the exact polar factor ``U V^T`` (``torch.linalg.svd``, float32 or float64).
+``baddbmm`` call). `ORTHOGONALIZERS` maps each ``spec.orthogonalizer`` to its stack function.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ applies the result (stages 5-7, `muonlab.fast.decay.apply_stack_`).
 
 Which implementation runs is decided here, once per stack, by `muonlab.fast.backend.route`: the fused
 momentum kernel (``"ema"`` / ``"sum"`` forms, no skip mask) and the symmetric Newton-Schulz kernels, or
-torch ops. Nothing is read on the host: skipped matrices are masked on the device.
+torch ops. Skipped matrices are masked on the device (docs/fast.md, "Host syncs").
 """
 
 from __future__ import annotations
