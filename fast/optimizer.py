@@ -112,7 +112,7 @@ def _norms(grads: list[torch.Tensor]) -> torch.Tensor:
     inf when the gradient holds a NaN or an Inf. A finite gradient whose sum of squares overflows (entries
     near 1e19 in float32 / bfloat16) also reads inf (docs/fast.md "Non-finite gradients"). The 2-norm is
     used because the inf-norm is many times slower on CPU."""
-    dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32  # one accumulator
+    dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
     norms = torch._foreach_norm(grads, 2.0, dtype=dtype)
     home = grads[0].device
     return torch.stack([n if n.device == home else n.to(home) for n in norms])  # device-to-device, no sync

@@ -43,7 +43,7 @@ _FROM_EMA: dict[str, Callable[[torch.Tensor, float], torch.Tensor] | None] = {
 
 def _kind(group: dict[str, Any]) -> str | None:
     """The algorithm of a peer's param group ("muon" / "adamw"), or None when no peer has such a group."""
-    keys = set(group)
+    keys = set(group) - {"initial_lr"}  # an LR scheduler's, on any optimizer
     if keys >= _TORCH_KEYS and "adjust_lr_fn" in keys:
         return "muon"
     if "use_muon" in keys:

@@ -95,10 +95,15 @@ def test_switch_from_keller_muon(cls: type[K._PlainMuon]) -> None:
     """Keller's ``Muon`` keeps its group sorted by size, ``SingleDeviceMuon`` does not; both map back."""
     params = _params(SHAPES, 2)
     peer = cls(list(params), lr=0.02, weight_decay=0.05)
+    schedule = torch.optim.lr_scheduler.LambdaLR(peer, lambda t: 0.5 ** (t + 1))  # adds "initial_lr" to the group
     _run(peer, params, range(K_STEPS))
+    for _ in range(K_STEPS):
+        schedule.step()
     ours_p = _clone(params)
     ours = Muon(ours_p, "keller", backend="torch")
     ours.load_state_dict(copy.deepcopy(peer.state_dict()))
+    group = ours.param_groups[0]
+    assert (group["initial_lr"], group["lr"]) == (0.02, peer.param_groups[0]["lr"])  # the schedule's place
     for p, q in zip(params, ours_p, strict=True):
         assert torch.equal(ours.state[q]["momentum_buffer"], peer.state[p]["momentum_buffer"])
     _run(peer, params, range(K_STEPS, 2 * K_STEPS))
