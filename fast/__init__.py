@@ -3,14 +3,15 @@
 * `Muon` — a ``torch.optim.Optimizer`` for every `muonlab.reference.MuonSpec` / preset;
 * `orthogonalize` — ``Orth(X)`` on tensors (batched over leading dims);
 * `partition_params` / `ParamPlan` — route matrix weights to Muon and the rest to AdamW;
-* `qk_clip_` — MuonClip's post-step QK-Clip, in place, batched over layers.
+* `qk_clip_` — MuonClip's post-step QK-Clip, in place, batched over layers;
+* `SlowComputeDtypeWarning` — bf16 Newton-Schulz asked of a CPU without native bf16 (docs/fast.md).
 
 The math mirrors `muonlab.reference` function for function (same names where a concept exists in both).
 """
 
 from muonlab.contract import PRESETS, MuonSpec, get_preset, resolve_spec
 
-from .backend import use_triton
+from .backend import SlowComputeDtypeWarning
 from .optimizer import Muon
 from .orthogonalize import orthogonalize
 from .partition import ParamPlan, partition_params
@@ -21,10 +22,10 @@ __all__ = [
     "Muon",
     "MuonSpec",
     "ParamPlan",
+    "SlowComputeDtypeWarning",
     "get_preset",
     "orthogonalize",
     "partition_params",
     "qk_clip_",
     "resolve_spec",
-    "use_triton",
 ]

@@ -35,7 +35,6 @@ __all__ = [
     "cpu_bf16_slowdown",
     "route",
     "triton_available",
-    "use_triton",
     "warn_if_slow_compute",
 ]
 
@@ -64,11 +63,6 @@ def route(backend: Backend, device: torch.device, dtype: torch.dtype) -> bool:
     if backend == "triton":
         return True
     return device.type == "cuda" and os.environ.get("MUONLAB_TRITON") == "1" and triton_available()
-
-
-def use_triton(t: torch.Tensor, backend: Backend) -> bool:
-    """`route` for ``t``'s device and dtype."""
-    return route(backend, t.device, t.dtype)
 
 
 class SlowComputeDtypeWarning(UserWarning):

@@ -284,7 +284,7 @@ def test_bf16_params_keep_fp32_state_and_follow_reference() -> None:
 
 @pytest.mark.parametrize("name", ["keller", "modded_normuon", "moonlight", "optax", "ngpt"])
 def test_triton_backend_matches_torch_backend(name: str) -> None:
-    """The kernel route (`use_triton`; the Triton interpreter on CPU) against the torch route, fp32."""
+    """The kernel route (`muonlab.fast.backend.route`; the Triton interpreter on CPU) against the torch route, fp32."""
     pytest.importorskip("triton")
     spec = R.get_preset(name).replace(compute_dtype="float32")
     w0, grads = _data((8, 12), 11, 3)
