@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from .spec import DecayLr, DecayPlacement, MuonSpec
+from .spec import DecayLr, DecayPlacement, MuonSpec, lookup
 
 __all__ = ["DECAY_LRS", "DECAY_PLACEMENTS", "decay_lr", "decay_stages"]
 
@@ -32,17 +32,11 @@ def decay_stages(spec: MuonSpec, weight_decay: float | None = None) -> tuple[boo
     """Whether the coupled (stage 1) and the decoupled (stage 6) decay run for ``spec`` with ``weight_decay``
     (default the spec's; a group's live value otherwise): neither when it is 0."""
     lam = spec.weight_decay if weight_decay is None else weight_decay
-    coupled, decoupled = _rule(DECAY_PLACEMENTS, spec.decay_placement, "decay_placement")
+    coupled, decoupled = lookup(DECAY_PLACEMENTS, spec.decay_placement, "decay_placement")
     return coupled and lam != 0.0, decoupled and lam != 0.0
 
 
 def decay_lr(lr: T, lr_update: T, spec: MuonSpec) -> T:
     """``eta_d``: ``lr`` (``"base"``), ``lr_update`` = ``eta_u`` (``"scaled"``) or ``lr * lr_update`` (``"lr2"``)."""
-    out: T = _rule(DECAY_LRS, spec.decay_lr, "decay_lr")(lr, lr_update)
+    out: T = lookup(DECAY_LRS, spec.decay_lr, "decay_lr")(lr, lr_update)
     return out
-
-
-def _rule(table: dict[Any, T], value: object, field: str) -> T:
-    if value not in table:
-        raise ValueError(f"{field}: expected one of {', '.join(map(repr, table))}, got {value!r}")
-    return table[value]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from .shapes import matrix_view_shape
-from .spec import MuonSpec, ShapeScale
+from .spec import MuonSpec, ShapeScale, lookup
 
 __all__ = ["SHAPE_SCALES", "scale_dims", "shape_scale", "update_scale"]
 
@@ -37,9 +37,7 @@ def shape_scale(m: int, n: int, rule: ShapeScale, rms_scale: float = 0.2) -> flo
     """The factor multiplying ``eta`` for an ``m x n`` update under ``rule`` (`SHAPE_SCALES`)."""
     if m < 1 or n < 1:
         raise ValueError(f"m, n: need positive matrix dims, got ({m}, {n})")
-    if rule not in SHAPE_SCALES:
-        raise ValueError(f"shape_scale: expected one of {', '.join(map(repr, SHAPE_SCALES))}, got {rule!r}")
-    return SHAPE_SCALES[rule](m, n, rms_scale)
+    return lookup(SHAPE_SCALES, rule, "shape_scale")(m, n, rms_scale)
 
 
 def scale_dims(param_shape: Sequence[int], spec: MuonSpec) -> tuple[int, int]:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, TypeVar, get_args
 
 from .coefficients import CoefficientSet, resolve_coefficients
 
@@ -197,6 +198,17 @@ def choices(field: str) -> tuple[str, ...]:
     if field not in _LITERAL_FIELDS:
         raise ValueError(f"field: {field!r} is not a Literal field of MuonSpec; those are {', '.join(_LITERAL_FIELDS)}")
     return tuple(get_args(_LITERAL_FIELDS[field]))
+
+
+T = TypeVar("T")
+
+
+def lookup(table: Mapping[Any, T], value: object, field: str) -> T:
+    """``table[value]`` for a table keyed by a field's values (an orthogonalizer, a decay rule, ...); a value the
+    table lacks (a spec built around validation) raises `ValueError` naming the field and the known values."""
+    if value not in table:
+        raise ValueError(f"{field}: expected one of {', '.join(map(repr, table))}, got {value!r}")
+    return table[value]
 
 
 def choice_fields() -> tuple[str, ...]:

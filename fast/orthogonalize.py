@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from muonlab.contract import CoefficientSet, MuonSpec, check_ndim, matrix_view_shape, resolve_spec, schedule
-from muonlab.contract.spec import EpsMode, Orthogonalizer
+from muonlab.contract.spec import EpsMode, Orthogonalizer, lookup
 
 from .backend import Backend, check_backend, route
 from .state import wide_dtype
@@ -140,7 +140,6 @@ def newton_schulz(
     eps_mode: EpsMode = "add",
     compute: torch.dtype | None = None,
     backend: Backend = "auto",
-    overwrite: bool = False,
 ) -> torch.Tensor:
     """Odd-polynomial Newton-Schulz / Polar Express iteration on ``[..., m, n]`` in ``compute`` (default
     ``x.dtype``), batched over the leading dims (one ``bmm``/``baddbmm`` per product for the whole stack).
@@ -148,7 +147,7 @@ def newton_schulz(
     in ``x.dtype`` and its result is rounded once.
 
     ``coefficients`` are the triples applied, one per iteration (`muonlab.contract.coefficients.schedule`);
-    the iteration is docs/variants.md "Orthogonalization (stage 3)". ``overwrite``: ``x`` may be divided in place.
+    the iteration is docs/variants.md "Orthogonalization (stage 3)".
     """
     check_ndim(x.shape, "x")
     xm, transpose = _newton_schulz_wide(
@@ -159,7 +158,7 @@ def newton_schulz(
         eps_mode=eps_mode,
         compute=x.dtype if compute is None else compute,
         backend=backend,
-        overwrite=overwrite,
+        overwrite=False,
     )
     return (xm.mT if transpose else xm).reshape(x.shape)
 
@@ -237,7 +236,7 @@ def orthogonalize_stack(
     box: list[torch.Tensor], spec: MuonSpec, backend: Backend = "auto", *, overwrite: bool = False
 ) -> torch.Tensor:
     """``Orth`` of the ``[B, m, n]`` stack in ``box`` (emptied) in ``spec.compute_dtype``, by `ORTHOGONALIZERS`."""
-    return ORTHOGONALIZERS[spec.orthogonalizer](box, spec, backend, overwrite)
+    return lookup(ORTHOGONALIZERS, spec.orthogonalizer, "orthogonalizer")(box, spec, backend, overwrite)
 
 
 def orthogonalize(x: torch.Tensor, spec: MuonSpec | str, *, backend: Backend = "auto") -> torch.Tensor:

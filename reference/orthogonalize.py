@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from muonlab.contract.coefficients import CoefficientSet, schedule
 from muonlab.contract.shapes import check_ndim, matrix_view_shape
-from muonlab.contract.spec import EpsMode, MuonSpec, Orthogonalizer
+from muonlab.contract.spec import EpsMode, MuonSpec, Orthogonalizer, lookup
 
 from .array import Array
 
@@ -126,7 +126,7 @@ def orthogonalize(x: npt.ArrayLike, spec: MuonSpec) -> Array:
     mats, restore = as_matrices(x, spec, "x")
     if mats.size == 0:
         raise ValueError(f"x must not be empty, got shape {np.shape(x)}")
-    return restore(ORTHOGONALIZERS[spec.orthogonalizer](mats, spec))
+    return restore(lookup(ORTHOGONALIZERS, spec.orthogonalizer, "orthogonalizer")(mats, spec))
 
 
 def _newton_schulz_of(mats: Array, spec: MuonSpec) -> Array:
