@@ -9,7 +9,7 @@ Rows (each section is timed and isolated: an error becomes a FAIL row with its m
 1. ``envcheck``: scripts/envcheck.py (versions inside the supported ranges), when it exists. When muonlab is not
    installed it first runs ``pip install --no-index --no-deps --no-build-isolation -e .`` (offline).
 2. ``kernel``: each Triton kernel against float64 math and its torch twin (``xxt``, ``ba_plus_caa``,
-   ``fused_momentum``, ``fused_apply``; fp32 and bf16).
+   ``fused_momentum``; fp32 and bf16).
 3. ``conformance``: three steps of ``muonlab.fast.Muon`` (backend ``"torch"`` and ``"triton"``) on a few presets
    against the float64 reference (`muonlab.reference.muon_step`): relative Frobenius error of the weight change,
    fp32 compute <= 1e-3, bf16 compute <= 8e-2 with cosine >= 0.998 (docs/variants.md section 12).
@@ -19,7 +19,6 @@ Rows (each section is timed and isolated: an error becomes a FAIL row with its m
    over the Newton-Schulz matmul FLOPs (``5 x (4 m^2 n + 2 m^3)`` per ``m <= n`` matrix) at the GPU's peak dense
    bf16 rate (a table of known parts, else a measured 8192^3 bf16 matmul).
 5. ``xxt``: the symmetric Triton ``X X^T`` vs ``torch.bmm(X, X^T)`` (bf16).
-6. ``apply``: the fused decay-and-update kernel vs the same four eager ops.
 
 The last line says whether the Triton path passed every correctness row (``kernel``, and ``conformance`` with
 ``backend="triton"``): the condition for making the kernels the default on CUDA; the timing rows say whether it pays.
@@ -265,17 +264,6 @@ def kernel_rows(cfg: Config) -> list[Row]:
                 Row("kernel", f"fused_momentum {form} nesterov={nesterov} grad {str(gdtype)[6:]}", f"vs twin {err:.1e}",
                     "<= 1e-6", err <= 1e-6)
             )  # fmt: skip
-    for pdtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 2.0**-7)):
-        p = torch.randn(m, n, generator=gen).to(device=dev, dtype=pdtype)
-        u = torch.randn(m, n, generator=gen).to(dev)
-        p1, p2 = p.clone(), p.clone()
-        ew.fused_apply(p1, u, lr_update=0.02, decay_factor=0.01, cautious="ge")
-        ew.fused_apply_torch(p2, u, lr_update=0.02, decay_factor=0.01, cautious="ge")
-        err = rel(p1 - p, p2 - p)
-        rows.append(
-            Row("kernel", f"fused_apply cautious=ge param {str(pdtype)[6:]}", f"step vs twin {err:.1e}",
-                f"<= {tol:.0e}", err <= tol)
-        )  # fmt: skip
     return rows
 
 
@@ -398,39 +386,11 @@ def xxt_rows(cfg: Config) -> list[Row]:
     return rows
 
 
-def apply_rows(cfg: Config) -> list[Row]:
-    import torch
-
-    from muonlab.fast.kernels.elementwise import fused_apply
-
-    gen = torch.Generator().manual_seed(2)
-    shapes = [(m // cfg.scale, n // cfg.scale) for m, n in GPT2_LAYER * cfg.layers]
-    ps = [torch.randn(m, n, generator=gen).to(cfg.device) for m, n in shapes]
-    us = [torch.randn(m, n, generator=gen).to(cfg.device) for m, n in shapes]
-
-    def eager() -> None:
-        for p, u in zip(ps, us, strict=True):
-            mask = (u * p >= 0).to(p.dtype)
-            p.sub_(p * mask * 1e-4)
-            p.sub_(u * 1e-3)
-
-    def fused() -> None:
-        for p, u in zip(ps, us, strict=True):
-            fused_apply(p, u, lr_update=1e-3, decay_factor=1e-4, cautious="ge")
-
-    t_e, t_f = timed(eager, cfg.steps, cfg.device, cfg.warmup), timed(fused, cfg.steps, cfg.device, cfg.warmup)
-    return [
-        Row("apply", f"{len(shapes)} fp32 matrices: eager 4 ops / fused", f"{_fmt_s(t_e)} / {_fmt_s(t_f)} = "
-            f"{t_e / t_f:.2f}x", "> 1x", t_e / t_f > 1.0 if cfg.device == "cuda" else None)
-    ]  # fmt: skip
-
-
 SECTIONS: list[tuple[str, Callable[[Config], list[Row]]]] = [
     ("kernel", kernel_rows),
     ("conformance", conformance_rows),
     ("step", step_rows),
     ("xxt", xxt_rows),
-    ("apply", apply_rows),
 ]
 
 
@@ -498,9 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{sys.version.split()[0]}, {where}", "-", None)
     )  # fmt: skip
     rows += run(config(device, args.budget_s), args.only)
-    triton_rows = [
-        r for r in rows if r.ok is not None and (r.section in ("kernel", "xxt", "apply") or "triton" in r.check)
-    ]
+    triton_rows = [r for r in rows if r.ok is not None and (r.section in ("kernel", "xxt") or "triton" in r.check)]
     triton_ok = all(r.ok is not False for r in triton_rows) and any(r.ok for r in triton_rows)
     failed = [r for r in rows if r.ok is False]
     text = table(rows) + (

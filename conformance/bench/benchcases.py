@@ -112,39 +112,6 @@ def newton_schulz(count: int, m: int, n: int, dtype: torch.dtype) -> Callable[[t
     return build
 
 
-def _naive_apply(param: torch.Tensor, update: torch.Tensor, lr: float, decay: float) -> None:
-    """Cautious decay + update as separate eager ops (what an unfused optimizer does)."""
-    mask = (update * param >= 0).to(param.dtype)
-    param.sub_(param * mask * decay)
-    param.sub_(update * lr)
-
-
-def elementwise_apply(m: int, n: int, count: int) -> Callable[[torch.device], tuple[Fn, Fn]]:
-    """Stages 6-7 on ``count`` fp32 matrices: eager multi-op vs the fused kernel (its torch twin on CPU)."""
-
-    def build(dev: torch.device) -> tuple[Fn, Fn]:
-        from muonlab.fast.kernels import elementwise as ew
-
-        gen = torch.Generator().manual_seed(2)
-        ps = [torch.randn(m, n, generator=gen).to(dev) for _ in range(count)]
-        us = [torch.randn(m, n, generator=gen).to(dev) for _ in range(count)]
-        fused = ew.fused_apply if dev.type == "cuda" else ew.fused_apply_torch
-
-        def eager() -> None:
-            for p, u in zip(ps, us, strict=True):
-                _naive_apply(p, u, 1e-3, 1e-4)
-            sync(dev)
-
-        def one_pass() -> None:
-            for p, u in zip(ps, us, strict=True):
-                fused(p, u, lr_update=1e-3, decay_factor=1e-4, cautious="ge")
-            sync(dev)
-
-        return eager, one_pass
-
-    return build
-
-
 def symmetric_xxt(batch: int, m: int, k: int) -> Callable[[torch.device], tuple[Fn, Fn]]:
     """bf16 ``X X^T``: ``torch.bmm(X, X^T)`` vs the symmetric Triton kernel (CUDA only)."""
 
@@ -202,13 +169,6 @@ def cases() -> list[Case]:
         Case("ns5/8x128x512-fp32", "looped", "batched", newton_schulz(8, 128, 512, torch.float32)),
         Case("ns5/8x128x512-bf16", "looped", "batched", newton_schulz(8, 128, 512, torch.bfloat16)),
         Case("ns5/24x768x768-bf16", "looped", "batched", newton_schulz(24, 768, 768, torch.bfloat16), cuda_only=True),
-        Case(
-            "apply/12x512x512",
-            "eager 4 ops",
-            "fused",
-            elementwise_apply(512, 512, 12),
-            note="CPU: the torch twin; CUDA: the Triton kernel",
-        ),
         Case("xxt/4x768x3072-bf16", "bmm X X^T", "triton xxt", symmetric_xxt(4, 768, 3072), cuda_only=True),
         Case("xxt/24x768x768-bf16", "bmm X X^T", "triton xxt", symmetric_xxt(24, 768, 768), cuda_only=True),
     ]

@@ -13,7 +13,7 @@ import pytest
 from muonlab.fast.kernels._common import running_interpreter_loop_problem
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("kernel", "conformance", "step", "xxt", "apply")
+SECTIONS = ("kernel", "conformance", "step", "xxt")
 
 
 def test_gpu_check_dry_run(tmp_path: Path) -> None:

@@ -1,21 +1,20 @@
-"""Fused elementwise kernels of one optimizer step: momentum (stage 2) and decay + update (stages 6-7).
+"""The fused elementwise kernel of one optimizer step: momentum (stage 2).
 
 `fused_momentum` updates the momentum buffer in place and writes the orthogonalizer input ``N`` in one pass
-(docs/variants.md 0.1); `fused_apply` applies ``W <- W - decay_factor mask (.) W - lr_update u`` with
-``u = update * scale`` in one pass (docs/variants.md 3.2 step 5, 4.3; Moonlight Eq. 3). Arithmetic runs in
-float32 (float64 for float64 tensors) and each output rounds once to its tensor's dtype.
+(docs/variants.md "Momentum (stage 2)"). Arithmetic runs in float32 (float64 for float64 tensors) and each
+output rounds once to its tensor's dtype.
 
-Scalars (``beta``, ``lr_update``, ``decay_factor``) may be Python floats or one-element tensors; a tensor is
+The scalar ``beta`` may be a Python float or a one-element tensor; a tensor is
 read inside the kernel from its pointer, so a changed value needs no recompile (torch.compile, CUDA graphs;
 modded-nanogpt passes its schedules as 0-D tensors, docs/variants.md 3.3).
 
-Each kernel has a torch twin (``<name>_torch``) with the same signature and semantics.
+The kernel has a torch twin (`fused_momentum_torch`) with the same signature and semantics.
 
-Launch table: `momentum_table` / `apply_table` hold the constexprs per dtype pair, `BLOCKS` the block shape per
-device family; the wrappers launch nothing else, and `variants` lists the compiled forms for the ahead-of-time
-check. The momentum form, Nesterov, the cautious mode, decay on/off and whether each scalar is a tensor are
-runtime arguments (both branches are evaluated and one is selected: the kernels are bound by memory), so one
-compiled variant per dtype pair serves every optimizer spec. float64 tensors compile (float64 arithmetic).
+Launch table: `momentum_table` holds the constexprs per dtype pair, `BLOCKS` the block shape per device
+family; the wrapper launches nothing else, and `variants` lists the compiled forms for the ahead-of-time
+check. The momentum form, Nesterov and whether ``beta`` is a tensor are runtime arguments (both branches are
+evaluated and one is selected: the kernel is bound by memory), so one compiled variant per dtype pair serves
+every optimizer spec. float64 tensors compile (float64 arithmetic).
 
 Runtime flags are passed as ``int32`` 0/1 (`_FLAGS`, tested ``!= 0`` in the kernels) and are never
 specialized, not as Python bools: triton 3.7's interpreter rejects a bool argument (it builds an ``int1``
@@ -26,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import cache
-from typing import Literal, cast
+from typing import Literal
 
 import torch
 import triton
@@ -44,9 +43,6 @@ from ._common import (
 
 __all__ = [
     "BLOCKS",
-    "apply_table",
-    "fused_apply",
-    "fused_apply_torch",
     "fused_momentum",
     "fused_momentum_torch",
     "momentum_table",
@@ -55,19 +51,17 @@ __all__ = [
 ]
 
 Form = Literal["ema", "sum"]
-CautiousMode = Literal["off", "ge", "gt"]
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-_CAUTIOUS = {"off": 0, "ge": 1, "gt": 2}
 
 
 def supports(dtype: torch.dtype) -> bool:
-    """Whether `fused_momentum` / `fused_apply` take tensors of ``dtype`` (float32, bfloat16, float16, float64)."""
+    """Whether `fused_momentum` takes tensors of ``dtype`` (float32, bfloat16, float16, float64)."""
     return dtype in _FLOATS
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64 tensors, float32 otherwise (the kernels' arithmetic dtype)."""
+    """float64 for float64 tensors, float32 otherwise (the kernel's arithmetic dtype)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -134,7 +128,6 @@ def _momentum_impl(
 
 _FLAGS: Mapping[str, tuple[str, ...]] = {
     "momentum": ("beta_is_ptr", "ema_flag", "nesterov_flag"),
-    "apply": ("lr_is_ptr", "d_is_ptr", "has_decay", "mask_off", "mask_ge"),
 }
 """Each kernel's runtime flags: ``int32`` 0 or 1, never specialized (a 1 would otherwise become a constant)."""
 
@@ -243,224 +236,9 @@ def fused_momentum_torch(
     return out.to(buf.dtype)
 
 
-def _apply_impl(
-    p_ptr: tl.tensor,
-    u_ptr: tl.tensor,
-    s_ptr: tl.tensor,
-    lr_ptr: tl.tensor,
-    lr_val: tl.tensor,
-    d_ptr: tl.tensor,
-    d_val: tl.tensor,
-    numel: tl.tensor,
-    rows: tl.tensor,
-    cols: tl.tensor,
-    ssb: tl.tensor,
-    ssm: tl.tensor,
-    ssn: tl.tensor,
-    lr_is_ptr: tl.tensor,
-    d_is_ptr: tl.tensor,
-    has_decay: tl.tensor,
-    mask_off: tl.tensor,
-    mask_ge: tl.tensor,
-    HAS_SCALE: tl.constexpr,
-    F64: tl.constexpr,
-    ROUND_BF16: tl.constexpr,
-    BLOCK: tl.constexpr,
-) -> None:
-    """One block of `fused_apply` over the flat ``[B, rows, cols]`` parameter. ``lr`` / ``d`` are read from
-    their pointers (compute dtype) when ``*_is_ptr``, else they are the float arguments. The cautious mask
-    keeps ``u w > 0``, also ``u w = 0`` when ``mask_ge``, and everything when ``mask_off``; without
-    ``has_decay`` the decay term is not evaluated into ``W`` at all (an infinite weight stays infinite). The
-    five flags are runtime int32 (0 or 1)."""
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < numel
-    if F64:
-        w = tl.load(p_ptr + offs, mask=inside, other=0.0).to(tl.float64)
-        u = tl.load(u_ptr + offs, mask=inside, other=0.0).to(tl.float64)
-    else:
-        w = tl.load(p_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-        u = tl.load(u_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-    if HAS_SCALE:
-        col = offs % cols
-        row = (offs // cols) % rows
-        bat = offs // (cols * rows)
-        u = u * tl.load(s_ptr + bat * ssb + row * ssm + col * ssn, mask=inside, other=0.0)
-    lr = tl.load(lr_ptr, mask=lr_is_ptr != 0, other=lr_val)
-    d = tl.load(d_ptr, mask=d_is_ptr != 0, other=d_val)
-    prod = u * w
-    keep = (mask_off != 0) | (prod > 0.0) | ((mask_ge != 0) & (prod == 0.0))
-    w = tl.where(has_decay != 0, w - w * keep.to(w.dtype) * d, w)
-    w = w - u * lr
-    if ROUND_BF16:
-        tl.store(p_ptr + offs, round_bf16(w), mask=inside)
-    else:
-        tl.store(p_ptr + offs, w.to(p_ptr.dtype.element_ty), mask=inside)
-
-
-# The scale's index arithmetic is not specialized (a unit or zero stride would make another variant).
-_apply_kernel = triton.jit(_apply_impl, do_not_specialize=["rows", "cols", "ssb", "ssm", "ssn", *_FLAGS["apply"]])
-
-ApplyKey = tuple[torch.dtype, torch.dtype, bool]
-"""``(param dtype, update dtype, has scale)``: what selects a variant of the apply kernel."""
-
-
-@cache
-def apply_table(family: Family) -> Mapping[ApplyKey, Mapping[str, int | bool]]:
-    """Every launch `fused_apply` can make on ``family``: its constexprs per ``(param, update, has scale)``
-    (scalars, the scale and the dummies for absent ones are in the compute dtype; decay, the cautious mode and
-    the kind of each scalar are runtime arguments). Block shape: `BLOCKS`."""
-    block = BLOCKS[family][0]
-    return {
-        (param, update, has_scale): {
-            "HAS_SCALE": has_scale,
-            "F64": param == torch.float64,
-            "ROUND_BF16": family == "interpret" and param == torch.bfloat16,
-            "BLOCK": block,
-        }
-        for param in _FLOATS
-        for update in _FLOATS
-        for has_scale in (False, True)
-    }
-
-
-def _check_cautious(cautious: object) -> int:
-    if cautious not in _CAUTIOUS:
-        raise ValueError(f"cautious: expected 'off', 'ge' or 'gt', got {cautious!r}")
-    return _CAUTIOUS[str(cautious)]
-
-
-def _matrix_dims(shape: torch.Size) -> tuple[int, int]:
-    """``(m, n)`` of ``[..., m, n]``; a vector is one row, a scalar one element."""
-    if len(shape) == 0:
-        return 1, 1
-    if len(shape) == 1:
-        return 1, int(shape[0])
-    return int(shape[-2]), int(shape[-1])
-
-
-def _check_scale(scale: torch.Tensor | None, param: torch.Tensor) -> torch.Tensor | None:
-    """``scale`` broadcast to ``[B, m, n]`` (a stride-0 view where it can be one), or ``None``."""
-    if scale is None:
-        return None
-    if not isinstance(scale, torch.Tensor):
-        raise TypeError(f"scale: expected a torch.Tensor or None, got {type(scale).__name__}")
-    if scale.dtype not in _FLOATS:
-        raise TypeError(f"scale: expected a floating tensor, got {scale.dtype}")
-    if scale.device != param.device:
-        raise ValueError(f"scale: expected device {param.device}, got {scale.device}")
-    m, n = _matrix_dims(param.shape)
-    per_row = scale.ndim >= 1 and scale.shape[-1] == 1
-    per_col = scale.ndim >= 2 and scale.shape[-2] == 1
-    if scale.ndim > param.ndim or not (per_row or per_col):
-        raise ValueError(
-            f"scale: expected a per-row [..., m, 1] or per-column [..., 1, n] shape broadcastable to the "
-            f"parameter's {tuple(param.shape)}, got {tuple(scale.shape)}"
-        )
-    try:
-        full = scale.expand(param.shape)
-    except RuntimeError as err:
-        raise ValueError(f"scale: shape {tuple(scale.shape)} does not broadcast to {tuple(param.shape)}") from err
-    batch = param.numel() // (m * n) if m * n else 0
-    return full.reshape(batch, m, n)
-
-
-def fused_apply(
-    param: torch.Tensor,
-    update: torch.Tensor,
-    *,
-    lr_update: float | torch.Tensor,
-    decay_factor: float | torch.Tensor,
-    cautious: str,
-    scale: torch.Tensor | None = None,
-) -> None:
-    """Stages 6-7 in one pass, in place on ``param`` (``[..., m, n]``, contiguous):
-    ``u = update * scale``, ``W <- W - decay_factor mask (.) W - lr_update u`` with ``mask = 1`` (``"off"``),
-    ``1[u W >= 0]`` (``"ge"``) or ``1[u W > 0]`` (``"gt"``) on the pre-update ``W`` (docs/variants.md 3.2
-    step 5, 4.3). ``scale`` is per row (``[..., m, 1]``) or per column (``[..., 1, n]``); ``None`` is 1.
-    Computed in float32 (float64 for float64 params) and rounded once into ``param``. A Python-float
-    ``decay_factor`` of 0 skips the decay term.
-    """
-    mode = _check_cautious(cautious)
-    _check_pair(param, update, ("param", "update"))
-    s3 = _check_scale(scale, param)
-    check_launchable(_apply_kernel, param, "fused_apply")
-    cdt = _compute_dtype(param.dtype)
-    lr_ptr, lr_val = scalar_arg(lr_update, param.device, "lr_update", cdt)
-    d_ptr, d_val = scalar_arg(decay_factor, param.device, "decay_factor", cdt)
-    decay = d_ptr is not None or d_val != 0.0
-    if param.dtype == torch.float64 and isinstance(decay_factor, (int, float)):
-        decay = float(decay_factor) != 0.0
-    numel = param.numel()
-    if numel == 0:
-        return
-    m, n = _matrix_dims(param.shape)
-    family = device_family(_apply_kernel, param.device)
-    constexprs = apply_table(family)[(param.dtype, update.dtype, s3 is not None)]
-    block, warps, stages = BLOCKS[family]
-    dummy = _dummy(param.device, cdt)
-    if s3 is not None and s3.dtype != cdt:
-        # Cast the small per-row / per-column tensor, then broadcast it (a stride-0 view, never materialized).
-        s3 = _check_scale(cast(torch.Tensor, scale).to(cdt), param)
-    _apply_kernel[(triton.cdiv(numel, block),)](
-        param,
-        update.contiguous(),
-        dummy if s3 is None else s3,
-        dummy if lr_ptr is None else lr_ptr,
-        lr_val,
-        dummy if d_ptr is None else d_ptr,
-        d_val,
-        numel,
-        m,
-        n,
-        *((0, 0, 0) if s3 is None else s3.stride()),
-        int(lr_ptr is not None),
-        int(d_ptr is not None),
-        int(decay),
-        int(mode == 0),
-        int(mode == 1),
-        **constexprs,
-        num_warps=warps,
-        num_stages=stages,
-    )
-
-
-def fused_apply_torch(
-    param: torch.Tensor,
-    update: torch.Tensor,
-    *,
-    lr_update: float | torch.Tensor,
-    decay_factor: float | torch.Tensor,
-    cautious: str,
-    scale: torch.Tensor | None = None,
-) -> None:
-    """Torch twin of `fused_apply` (same arguments, same math, several eager ops)."""
-    mode = _check_cautious(cautious)
-    _check_pair(param, update, ("param", "update"))
-    s3 = _check_scale(scale, param)
-    lr_ptr, lr_val = scalar_arg(lr_update, param.device, "lr_update", _compute_dtype(param.dtype))
-    d_ptr, d_val = scalar_arg(decay_factor, param.device, "decay_factor", _compute_dtype(param.dtype))
-    work = param if param.dtype in (torch.float32, torch.float64) else param.float()
-    u = update.to(work.dtype)
-    if s3 is not None:
-        u = u * s3.to(work.dtype).reshape(u.shape)
-    lr: float | torch.Tensor = lr_val if lr_ptr is None else lr_ptr.to(work.dtype)
-    if isinstance(decay_factor, torch.Tensor) or d_val != 0.0:
-        d: float | torch.Tensor = d_val if d_ptr is None else d_ptr.to(work.dtype)
-        if mode == 0:
-            work.sub_(work * d)
-        else:
-            prod = u * work
-            keep = prod >= 0 if mode == 1 else prod > 0
-            work.sub_(work * keep.to(work.dtype) * d)
-    work.sub_(u * lr)
-    if work is not param:
-        param.copy_(work)
-
-
 def variants(family: Family) -> tuple[Variant, ...]:
-    """The compiled forms of both elementwise kernels on ``family``: every `momentum_table` and `apply_table`
-    entry (``numel`` as ``i32``: tensors under 2**31 elements)."""
+    """The compiled forms of the momentum kernel on ``family``: every `momentum_table` entry (``numel`` as
+    ``i32``: tensors under 2**31 elements)."""
     _, warps, stages = BLOCKS[family]
     out: list[Variant] = []
     for (buf, grad), constexprs in momentum_table(family).items():
@@ -478,20 +256,4 @@ def variants(family: Family) -> tuple[Variant, ...]:
         }
         name = f"fused_momentum-buf_{triton_type(buf)}-grad_{triton_type(grad)}"
         out.append(Variant(name, _momentum_kernel, sig, constexprs, warps, stages))
-    for (param, update, has_scale), constexprs in apply_table(family).items():
-        cdt = "*" + triton_type(_compute_dtype(param))
-        sig = {
-            "p_ptr": "*" + triton_type(param),
-            "u_ptr": "*" + triton_type(update),
-            "s_ptr": cdt,
-            "lr_ptr": cdt,
-            "lr_val": "fp32",
-            "d_ptr": cdt,
-            "d_val": "fp32",
-            **dict.fromkeys(("numel", "rows", "cols", "ssb", "ssm", "ssn"), "i32"),
-            **dict.fromkeys(_FLAGS["apply"], "i32"),
-            **dict.fromkeys(constexprs, "constexpr"),
-        }
-        name = f"fused_apply-param_{triton_type(param)}-update_{triton_type(update)}{'-scale' if has_scale else ''}"
-        out.append(Variant(name, _apply_kernel, sig, constexprs, warps, stages))
     return tuple(out)
