@@ -9,14 +9,16 @@ with ``bc_i = 1 - beta_i^t`` (computed in float64 and rounded once); ``W <- W (1
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from muonlab.contract.spec import AdamEpsMode
 
 from .decay import Scalar
+from .state import init_adam_state
 
-__all__ = ["adam_direction", "adam_moments_", "adamw_apply"]
+__all__ = ["adam_direction", "adam_moments_", "adamw_apply", "adamw_step_"]
 
 Tensors = list[torch.Tensor]
 
@@ -87,3 +89,37 @@ def adamw_apply(
         work.sub_(u.to(work.dtype) * eta)
         if work is not p:
             p.copy_(work)
+
+
+def adamw_step_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    states: Sequence[dict[str, Any]],
+    *,
+    lr: Scalar,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    eps_mode: AdamEpsMode,
+    keep: Sequence[torch.Tensor] | None = None,
+) -> None:
+    """One AdamW step in place; ``states`` updated (initialized when empty). ``keep`` (0-D bools on the device,
+    one per parameter): where False the gradient is ignored and the parameter and its state stay unchanged bit
+    for bit (the step count too)."""
+    plist = list(params)
+    if not plist:
+        return
+    for p, st in zip(plist, states, strict=True):
+        if not st:
+            st.update(init_adam_state(p))
+    m = [st["exp_avg"] for st in states]
+    v = [st["exp_avg_sq"] for st in states]
+    steps = [st["step"] for st in states]
+    gl = [g.to(b.dtype) for g, b in zip(grads, m, strict=True)]
+    if keep is None:
+        torch._foreach_add_(steps, 1.0)
+    else:
+        torch._foreach_add_(steps, [k.to(s.dtype) for k, s in zip(keep, steps, strict=True)])
+        gl = [torch.where(k, g, 0.0) for k, g in zip(keep, gl, strict=True)]
+    adam_moments_(m, v, gl, betas, keep)
+    adamw_apply(plist, adam_direction(m, v, steps, betas, eps, eps_mode), lr, weight_decay, keep)

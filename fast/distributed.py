@@ -513,6 +513,7 @@ def muon_directions(
     *,
     mode: DistributedMode,
     second_moments: Sequence[torch.Tensor] | None = None,
+    second_weights: Sequence[torch.Tensor | float | None] | None = None,
     full_shapes: Sequence[Sequence[int]] | None = None,
     beta2: float | None = None,
     group: Group = None,
@@ -532,7 +533,8 @@ def muon_directions(
     tensors (`muonlab.fast.state.normuon_state_shape` of the *full* parameter), replicated on every rank:
     the owner updates its ``S`` and one small ``all_gather`` (`sync_from_owners`) copies every ``S`` to every
     rank, so all ranks hold identical state and identical ``state_dict`` keys. In ``"gathered"`` every rank
-    updates every ``S`` itself.
+    updates every ``S`` itself. ``second_weights`` (optional, one per tensor, the same on every rank) replaces
+    ``S``'s lerp weight ``1 - beta2``: 0 leaves that ``S`` unchanged (a skipped parameter, `normuon_normalize_`).
     """
     from .normuon import normuon_normalize_
 
@@ -557,7 +559,8 @@ def muon_directions(
             mats, restore = as_matrices(o, s, f"ns[{i}]")
             st = moments[i]
             view = st.reshape(mats.shape[0], *st.shape[-2:])
-            out = normuon_normalize_(mats, view, s, beta2=beta2)
+            weight = None if second_weights is None else second_weights[i]
+            out = normuon_normalize_(mats, view, s, beta2=beta2, weight=weight)
             if view.data_ptr() != st.data_ptr():
                 st.copy_(view.reshape(st.shape))
             return restore(out)

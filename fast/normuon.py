@@ -38,7 +38,7 @@ def normuon_normalize_(
     *,
     beta2: float | None = None,
     reduce: int | None = None,
-    weight: torch.Tensor | None = None,
+    weight: torch.Tensor | float | None = None,
     overwrite: bool = False,
 ) -> torch.Tensor:
     """Return ``O_hat`` for ``O`` (``[..., m, n]``, computed in ``s.dtype``) and update ``S`` in place.

@@ -23,13 +23,13 @@ from torch.optim import Optimizer
 
 from muonlab.contract import MuonSpec, resolve_spec
 
+from .adamw import adamw_step_
 from .backend import Backend, check_backend, warn_if_slow_compute
-from .buckets import GroupStacks
 from .distributed import DistributedMode
 from .layout import MatrixDims, check_group_matrix_dims, matrix_shape, matrix_view
 from .peers import from_peer
+from .pipeline import GroupStacks
 from .state import state_dtype
-from .step import adamw_step_, muon_step_
 
 __all__ = ["Muon"]
 
@@ -54,13 +54,16 @@ plain local tensors). ``"step"`` and NorMuon's ``"second_moment"`` are whole and
 
 
 def _as_dtensor(value: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """This rank's shard ``value`` of a state entry as a DTensor with ``p``'s mesh, placements and global shape."""
+    """This rank's shard ``value`` of a state entry as a DTensor with ``p``'s mesh, placements and global shape,
+    over a copy: the live entry is a view into the group's stack, and torch.save cannot pickle a DTensor whose
+    local tensor starts inside a shared storage."""
     from torch.distributed.tensor import DTensor
 
     dt = cast(Any, p)
+    local = value.clone(memory_format=torch.contiguous_format)
     return cast(
         torch.Tensor,
-        DTensor.from_local(value, dt.device_mesh, dt.placements, run_check=False, shape=p.shape, stride=p.stride()),
+        DTensor.from_local(local, dt.device_mesh, dt.placements, run_check=False, shape=p.shape, stride=p.stride()),
     )
 
 
@@ -116,6 +119,26 @@ def _norms(grads: list[torch.Tensor]) -> torch.Tensor:
     norms = torch._foreach_norm(grads, 2.0, dtype=dtype)
     home = grads[0].device
     return torch.stack([n if n.device == home else n.to(home) for n in norms])  # device-to-device, no sync
+
+
+def _agree(flags: list[torch.Tensor | None], group: Any) -> None:
+    """Make ``flags`` (per group, bools per gradient) the AND over the ranks of ``group``, in place: one
+    ``all_reduce`` of all of them, on the device (no host sync)."""
+    import torch.distributed as dist
+
+    live = [f for f in flags if f is not None]
+    if not live:
+        return
+    both = torch.cat([f.to(live[0].device, torch.int32) for f in live])
+    dist.all_reduce(both, op=dist.ReduceOp.MIN, group=group)
+    parts = iter(torch.split(both, [f.numel() for f in live]))
+    for i, f in enumerate(flags):
+        if f is not None:
+            flags[i] = next(parts).to(f.device, torch.bool)
+
+
+def _spec(group: dict[str, Any]) -> MuonSpec:
+    return cast(MuonSpec, group["spec"])
 
 
 def _spread(finite: torch.Tensor, grads: list[torch.Tensor | None]) -> torch.Tensor:
@@ -361,79 +384,21 @@ class Muon(Optimizer):
                 if problem is not None:
                     raise ValueError(f"{name}: {problem}; no parameter or state was changed")
 
-    def _finite_filter(self) -> list[list[bool]]:
-        """Which params of each group take part in this step: one batched NaN/Inf check per device (one
-        sync), before any state is touched. Raises per the group's ``spec.nonfinite``."""
-        entries: list[tuple[int, int, torch.Tensor]] = []
-        live: list[list[bool]] = []
-        for gi, group in enumerate(self.param_groups):
-            row = []
-            for pi, p in enumerate(group["params"]):
-                has = p.grad is not None
-                row.append(has)
-                if has:
-                    entries.append((gi, pi, p.grad))
-            live.append(row)
-        entries = [(gi, pi, _local(g)) for gi, pi, g in entries]
-        by_device: dict[torch.device, list[int]] = {}
-        for k, (_, _, g) in enumerate(entries):
-            by_device.setdefault(g.device, []).append(k)
-        flags: dict[int, tuple[bool, bool]] = {}
-        for dev in sorted(by_device, key=str):
-            idx = by_device[dev]
-            # One inf-norm per gradient (NaN if it holds a NaN, inf if an Inf), one sync; the detailed
-            # NaN/Inf test runs only for the rare offender.
-            # Empty local shards (FSDP2 with fewer rows than ranks) have no inf-norm and count as finite.
-            grads = [entries[k][2] for k in idx]
-            bad = torch.zeros(len(idx), dtype=torch.int32, device=dev)
-            full = [j for j, g in enumerate(grads) if g.numel() > 0]
-            if full:
-                norms = torch.stack(torch._foreach_norm([grads[j] for j in full], float("inf")))
-                bad[full] = (~torch.isfinite(norms)).to(torch.int32)
-            if self.distributed in ("sharded", "gathered"):
-                # A shard sees only its rows: every rank must take the same decision (or collectives hang).
-                import torch.distributed as dist
-
-                dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=self.process_group)
-            for k, flagged in zip(idx, bad.tolist(), strict=True):
-                if flagged:
-                    g = entries[k][2]
-                    flags[k] = (bool(g.isnan().any()), bool(g.isinf().any()))
-        for k in sorted(flags):
-            gi, pi, g = entries[k]
-            spec = cast(MuonSpec, self.param_groups[gi]["spec"])
-            if spec.nonfinite == "raise":
-                nan, inf = flags[k]
-                kind = (
-                    "NaN and Inf" if nan and inf else "NaN" if nan else "Inf" if inf else "NaN or Inf on another rank"
-                )
-                raise ValueError(
-                    f"param_groups[{gi}]['params'][{pi}] (shape {tuple(g.shape)}): gradient contains {kind}; "
-                    f"no parameter or state was changed (set nonfinite='skip' to skip such parameters)"
-                )
-            live[gi][pi] = False
-        return live
-
     def _finite_flags(self) -> list[torch.Tensor | None]:
         """Per group, a bool per parameter with a gradient (a device tensor): whether its gradient is finite
         (`_norms` below inf: NaN and Inf fail; an empty gradient passes); None for a group without gradients
         and for ``nonfinite="raise"`` groups, which are checked with one host sync for the whole step: a
-        non-finite gradient raises before any parameter or state changes."""
+        non-finite gradient raises before any parameter or state changes. With shards (``"sharded"``,
+        ``"gathered"``) a rank sees only its rows, so one ``all_reduce`` makes every rank take the same decision
+        (else a rank would be left waiting in a collective)."""
         flags: list[torch.Tensor | None] = []
-        worst: list[torch.Tensor] = []
         for group in self.param_groups:
-            grads = [p.grad for p in group["params"] if p.grad is not None]
+            grads = [_local(p.grad) for p in group["params"] if p.grad is not None]
             if not grads:
                 flags.append(None)
                 continue
             full = [j for j, g in enumerate(grads) if g.numel() > 0]
-            raising = cast(MuonSpec, group["spec"]).nonfinite == "raise"
             norms = _norms([grads[j] for j in full]) if full else None
-            if raising:
-                if norms is not None:
-                    worst.append(norms.amax())  # NaN if any is NaN
-                flags.append(None)
-                continue
             if norms is not None and len(full) == len(grads):
                 flags.append(norms < float("inf"))
                 continue
@@ -441,25 +406,39 @@ class Muon(Optimizer):
             if norms is not None:
                 ok[full] = norms < float("inf")
             flags.append(ok)
-        if worst:
-            top = worst[0] if len(worst) == 1 else torch.stack([w.to(worst[0]) for w in worst]).amax()
-            if not bool(top < float("inf")):  # the one host sync of the step
-                self._raise_nonfinite()
-        return flags
+        if self.distributed in ("sharded", "gathered"):
+            first = next(p for g in self.param_groups for p in g["params"])
+            _agree(flags, self._group_of([first]))
+        raising = [
+            f for f, g in zip(flags, self.param_groups, strict=True) if f is not None and _spec(g).nonfinite == "raise"
+        ]
+        if raising:
+            top = (
+                raising[0].all()
+                if len(raising) == 1
+                else torch.stack([f.all().to(raising[0].device) for f in raising]).all()
+            )
+            if not bool(top):  # the one host sync of the step
+                self._raise_nonfinite(flags)
+        return [
+            None if f is None or _spec(g).nonfinite == "raise" else f
+            for f, g in zip(flags, self.param_groups, strict=True)
+        ]
 
-    def _raise_nonfinite(self) -> None:
+    def _raise_nonfinite(self, flags: list[torch.Tensor | None]) -> None:
         """Raise for the first non-finite gradient of a ``nonfinite="raise"`` group (the rare path: syncs)."""
-        for gi, group in enumerate(self.param_groups):
-            if cast(MuonSpec, group["spec"]).nonfinite != "raise":
+        for gi, (group, ok) in enumerate(zip(self.param_groups, flags, strict=True)):
+            if ok is None or _spec(group).nonfinite != "raise":
                 continue
-            for pi, p in enumerate(group["params"]):
-                if p.grad is None:
+            present = [(pi, p) for pi, p in enumerate(group["params"]) if p.grad is not None]
+            for (pi, p), fine in zip(present, ok.tolist(), strict=True):
+                if fine:
                     continue
-                g = _local(p.grad)
+                g = _local(cast(torch.Tensor, p.grad))
                 nan, inf = bool(g.isnan().any()), bool(g.isinf().any())
-                if not (nan or inf):
-                    continue
-                kind = "NaN and Inf" if nan and inf else "NaN" if nan else "Inf"
+                kind = (
+                    "NaN and Inf" if nan and inf else "NaN" if nan else "Inf" if inf else "NaN or Inf on another rank"
+                )
                 raise ValueError(
                     f"param_groups[{gi}]['params'][{pi}] (shape {tuple(g.shape)}): gradient contains {kind}; "
                     f"no parameter or state was changed (set nonfinite='skip' to skip such parameters)"
@@ -467,11 +446,20 @@ class Muon(Optimizer):
 
     def _group_stacks(self, index: int, group: dict[str, Any], views: list[torch.Tensor]) -> GroupStacks:
         """The group's cached `GroupStacks` (planned on first use, again if its parameters change)."""
-        key = tuple(id(p) for p in group["params"])
+        params = group["params"]
+        key = tuple(id(p) for p in params)
         cached = self._stacks.get(index)
         if cached is not None and cached[0] == key:
             return cached[1]
-        stacks = GroupStacks(views, cast(MuonSpec, group["spec"]), self._stack_cap())
+        dims: list[MatrixDims] = group.get("matrix_dims") or [None] * len(params)
+        stacks = GroupStacks(
+            views,
+            _spec(group),
+            self._stack_cap(),
+            full_shapes=[matrix_shape(p.shape, d) for p, d in zip(params, dims, strict=True)],  # a DTensor's: global
+            distributed=self.distributed,
+            process_group=self._group_of(params) if self.distributed != "none" else None,
+        )
         self._stacks[index] = (key, stacks)
         return stacks
 
@@ -497,26 +485,23 @@ class Muon(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._check_inputs()
-        if self.distributed != "none":
-            self._step_distributed()
-            return loss
         flags = self._finite_flags()
         for gi, (group, finite) in enumerate(zip(self.param_groups, flags, strict=True)):
             params = group["params"]
             if all(p.grad is None for p in params):
                 continue
-            spec = cast(MuonSpec, group["spec"])
+            local = [_local(p) for p in params]  # a DTensor's shard: a view, so updates land in the parameter
+            grads = [None if p.grad is None else _local(p.grad) for p in params]
             if group["algorithm"] == "muon":
                 dims: list[MatrixDims] = group.get("matrix_dims") or [None] * len(params)
-                views = [matrix_view(p, d) for p, d in zip(params, dims, strict=True)]
-                grads = [None if p.grad is None else matrix_view(p.grad, d) for p, d in zip(params, dims, strict=True)]
+                views = [matrix_view(x, d) for x, d in zip(local, dims, strict=True)]
                 keep = None
                 if finite is not None:
                     # finite covers the params with a gradient; those without are skipped by the stacks
                     keep = finite if all(g is not None for g in grads) else _spread(finite, grads)
                 self._group_stacks(gi, group, views).step(
                     views,
-                    grads,
+                    [None if g is None else matrix_view(g, d) for g, d in zip(grads, dims, strict=True)],
                     [self.state[p] for p in params],
                     lr=group["lr"],
                     momentum=float(group["momentum"]),
@@ -525,62 +510,17 @@ class Muon(Optimizer):
                     backend=self.backend,
                 )
                 continue
-            live = [p for p in params if p.grad is not None]
+            live = [i for i, g in enumerate(grads) if g is not None]
             b1, b2 = group["betas"]
             adamw_step_(
-                live,
-                [cast(torch.Tensor, p.grad) for p in live],
-                [self.state[p] for p in live],
+                [local[i] for i in live],
+                [cast(torch.Tensor, grads[i]) for i in live],
+                [self.state[params[i]] for i in live],
                 lr=group["lr"],
                 betas=(float(b1), float(b2)),
                 eps=float(group["eps"]),
                 weight_decay=float(group["weight_decay"]),
-                eps_mode=spec.adam_eps_mode,
+                eps_mode=_spec(group).adam_eps_mode,
                 keep=None if finite is None else list(finite.unbind(0)),
             )
         return loss
-
-    def _step_distributed(self) -> None:
-        live = self._finite_filter()
-        for group, row in zip(self.param_groups, live, strict=True):
-            params = [p for p, ok in zip(group["params"], row, strict=True) if ok]
-            if not params:
-                continue
-            grads = [_local(cast(torch.Tensor, p.grad)) for p in params]
-            states = [self.state[p] for p in params]
-            spec = cast(MuonSpec, group["spec"])
-            local = [_local(p) for p in params]  # DTensor -> its shard (a view: updates land in the param)
-            if group["algorithm"] == "muon":
-                sharded = self.distributed in ("sharded", "gathered")
-                dims = group.get("matrix_dims")
-                full_shapes = [tuple(p.shape) for p in params]
-                if dims is not None:
-                    index = {id(p): d for p, d in zip(group["params"], dims, strict=True)}
-                    local = [matrix_view(x, index[id(p)]) for p, x in zip(params, local, strict=True)]
-                    grads = [matrix_view(g, index[id(p)]) for p, g in zip(params, grads, strict=True)]
-                    full_shapes = [matrix_shape(p.shape, index[id(p)]) for p in params]
-                muon_step_(
-                    local,
-                    grads,
-                    states,
-                    spec,
-                    lr=group["lr"],
-                    momentum=float(group["momentum"]),
-                    weight_decay=float(group["weight_decay"]),
-                    backend=self.backend,
-                    distributed=self.distributed,
-                    process_group=self._group_of(params),
-                    full_shapes=full_shapes if sharded else None,
-                )
-            else:
-                b1, b2 = group["betas"]
-                adamw_step_(
-                    local,
-                    grads,
-                    states,
-                    lr=group["lr"],
-                    betas=(float(b1), float(b2)),
-                    eps=float(group["eps"]),
-                    weight_decay=float(group["weight_decay"]),
-                    eps_mode=spec.adam_eps_mode,
-                )

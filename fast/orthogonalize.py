@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -22,15 +23,16 @@ from .state import wide_dtype
 
 __all__ = [
     "ORTHOGONALIZERS",
+    "StackFn",
     "as_matrices",
     "compute_dtype",
     "contiguous_as",
     "newton_schulz",
+    "newton_schulz_stack",
     "normalize_frobenius",
     "normalized_wide",
-    "ns_iteration",
     "orthogonalize",
-    "orthogonalize_stack",
+    "orthogonalizer",
     "polar_factor",
 ]
 
@@ -115,20 +117,50 @@ def normalized_wide(
     return normalize_frobenius(work, norm_scale, eps, eps_mode, overwrite=own), transpose
 
 
-def ns_iteration(x: torch.Tensor, a: float, b: float, c: float, triton: bool) -> torch.Tensor:
-    """One quintic iteration on a wide ``[B, m, n]`` stack (``m <= n``): ``A = X X^T``, ``B = b A + c A^2``,
-    ``X' = a X + B X`` (a new tensor); ``triton`` (from `muonlab.fast.backend.route`) takes the symmetric
-    kernels for ``A`` and ``B``."""
-    if triton:
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    return torch.bmm(x, x.mT)
+
+
+def _poly(gram: torch.Tensor, b: float, c: float) -> torch.Tensor:
+    return torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+
+
+def newton_schulz_stack(
+    box: list[torch.Tensor],
+    backend: Backend = "auto",
+    overwrite: bool = False,
+    *,
+    coefficients: CoefficientSet,
+    norm_scale: float = 1.0,
+    eps: float = 1e-7,
+    eps_mode: EpsMode = "add",
+    compute: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Odd-polynomial Newton-Schulz / Polar Express iteration (docs/variants.md "Orthogonalization (stage 3)")
+    of the ``[B, m, n]`` stack taken out of ``box``, in ``compute`` (default its dtype), one batched product per
+    step for the whole stack: `normalized_wide`, then per triple ``(a, b, c)`` of ``coefficients`` (one per
+    iteration, `muonlab.contract.coefficients.schedule`) ``A = X X^T``, ``B = b A + c A^2``, ``X' = a X + B X``.
+    ``backend`` (`muonlab.fast.backend.route`) may take the symmetric kernels for ``A`` and ``B``;
+    ``overwrite``: the stack may be divided in place. Taking the stack out of a list leaves the caller no
+    reference, so the momentum-sized input is freed as soon as its normalized copy exists, and each iterate as
+    soon as the next one does."""
+    x = box.pop()
+    work = x.dtype if compute is None else compute
+    xm, transpose = normalized_wide(x, norm_scale, eps, eps_mode, work, overwrite=overwrite)
+    del x
+    gram_of: Callable[[torch.Tensor], torch.Tensor] = _gram
+    poly_of: Callable[[torch.Tensor, float, float], torch.Tensor] = _poly
+    if route(backend, xm.device, work):
         from .kernels import symmetric
 
-        gram: torch.Tensor = symmetric.xxt(x)
-        poly: torch.Tensor = symmetric.ba_plus_caa(gram, b, c)
-    else:
-        gram = torch.bmm(x, x.mT)
-        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
-    del gram
-    return torch.baddbmm(x, poly, x, beta=a)
+        gram_of, poly_of = symmetric.xxt, symmetric.ba_plus_caa
+    for a, b, c in coefficients:
+        gram = gram_of(xm)
+        poly = poly_of(gram, b, c)
+        del gram
+        xm = torch.baddbmm(xm, poly, xm, beta=a)
+        del poly  # before the next A: at most one iterate and one m x m product alive besides it
+    return xm.mT if transpose else xm
 
 
 def newton_schulz(
@@ -141,49 +173,14 @@ def newton_schulz(
     compute: torch.dtype | None = None,
     backend: Backend = "auto",
 ) -> torch.Tensor:
-    """Odd-polynomial Newton-Schulz / Polar Express iteration on ``[..., m, n]`` in ``compute`` (default
-    ``x.dtype``), batched over the leading dims (one ``bmm``/``baddbmm`` per product for the whole stack).
-    When ``x`` is wider than ``compute`` (fp32 momentum, bf16 iteration) the Frobenius normalization runs
-    in ``x.dtype`` and its result is rounded once.
-
-    ``coefficients`` are the triples applied, one per iteration (`muonlab.contract.coefficients.schedule`);
-    the iteration is docs/variants.md "Orthogonalization (stage 3)".
-    """
+    """`newton_schulz_stack` of ``x`` (``[..., m, n]``, batched over the leading dims; not written), in
+    ``compute`` (default ``x.dtype``), with ``x``'s shape."""
     check_ndim(x.shape, "x")
-    xm, transpose = _newton_schulz_wide(
-        [x],
-        coefficients,
-        norm_scale=norm_scale,
-        eps=eps,
-        eps_mode=eps_mode,
-        compute=x.dtype if compute is None else compute,
-        backend=backend,
-        overwrite=False,
+    stack = x.reshape(-1, x.shape[-2], x.shape[-1])
+    out = newton_schulz_stack(
+        [stack], backend, coefficients=coefficients, norm_scale=norm_scale, eps=eps, eps_mode=eps_mode, compute=compute
     )
-    return (xm.mT if transpose else xm).reshape(x.shape)
-
-
-def _newton_schulz_wide(
-    box: list[torch.Tensor],
-    coefficients: CoefficientSet,
-    *,
-    norm_scale: float,
-    eps: float,
-    eps_mode: EpsMode,
-    compute: torch.dtype,
-    backend: Backend,
-    overwrite: bool,
-) -> tuple[torch.Tensor, bool]:
-    """`normalized_wide` of the stack taken out of ``box``, then the iterations: the wide result and whether it was
-    transposed. Taking the stack out of a list leaves the caller no reference, so the momentum-sized input is
-    freed as soon as its normalized copy exists, and each iterate as soon as the next one does."""
-    x = box.pop()
-    xm, transpose = normalized_wide(x, norm_scale, eps, eps_mode, compute, overwrite=overwrite)
-    del x
-    triton = route(backend, xm.device, compute)
-    for a, b, c in coefficients:
-        xm = ns_iteration(xm, a, b, c, triton)
-    return xm, transpose
+    return out.reshape(x.shape)
 
 
 def polar_factor(x: torch.Tensor) -> torch.Tensor:
@@ -204,39 +201,43 @@ def polar_factor(x: torch.Tensor) -> torch.Tensor:
     return ((u * keep.unsqueeze(-2)) @ vh).to(x.dtype)
 
 
-def _newton_schulz_stack(box: list[torch.Tensor], spec: MuonSpec, backend: Backend, overwrite: bool) -> torch.Tensor:
-    xm, transpose = _newton_schulz_wide(
-        box,
-        schedule(spec.ns_coefficients, spec.ns_steps),
+StackFn = Callable[[list[torch.Tensor], Backend, bool], torch.Tensor]
+"""``Orth`` of the ``[B, m, n]`` stack in a one-element list (taken out, so its memory goes as soon as it is
+used), in ``spec.compute_dtype``; arguments: the list, the backend, whether the stack may be overwritten (the
+caller's temporary)."""
+
+
+def _newton_schulz(spec: MuonSpec) -> StackFn:
+    return partial(
+        newton_schulz_stack,
+        coefficients=schedule(spec.ns_coefficients, spec.ns_steps),
         norm_scale=spec.norm_scale,
         eps=spec.eps,
         eps_mode=spec.eps_mode,
         compute=compute_dtype(spec),
-        backend=backend,
-        overwrite=overwrite,
     )
-    return xm.mT if transpose else xm
 
 
-def _svd_stack(box: list[torch.Tensor], spec: MuonSpec, backend: Backend, overwrite: bool) -> torch.Tensor:
-    return polar_factor(box.pop().to(compute_dtype(spec)))
+def _svd(spec: MuonSpec) -> StackFn:
+    dtype = compute_dtype(spec)
+
+    def polar(box: list[torch.Tensor], backend: Backend, overwrite: bool) -> torch.Tensor:
+        return polar_factor(box.pop().to(dtype))
+
+    return polar
 
 
-ORTHOGONALIZERS: dict[Orthogonalizer, Callable[[list[torch.Tensor], MuonSpec, Backend, bool], torch.Tensor]] = {
-    "newton_schulz": _newton_schulz_stack,
-    "svd": _svd_stack,
+ORTHOGONALIZERS: dict[Orthogonalizer, Callable[[MuonSpec], StackFn]] = {
+    "newton_schulz": _newton_schulz,
+    "svd": _svd,
 }
-"""``spec.orthogonalizer`` -> ``Orth`` of a ``[B, m, n]`` stack in ``spec.compute_dtype`` (the one place the choice
-is made on this side; the reference's table is `muonlab.reference.orthogonalize.ORTHOGONALIZERS`). Arguments:
-a one-element list holding the stack (taken out, so its memory goes as soon as it is used), the spec, the
-backend, and whether the stack may be overwritten (the caller's temporary)."""
+"""``spec.orthogonalizer`` -> the `StackFn` of ``spec`` (the one place the choice is made on this side; the
+reference's table is `muonlab.reference.orthogonalize.ORTHOGONALIZERS`)."""
 
 
-def orthogonalize_stack(
-    box: list[torch.Tensor], spec: MuonSpec, backend: Backend = "auto", *, overwrite: bool = False
-) -> torch.Tensor:
-    """``Orth`` of the ``[B, m, n]`` stack in ``box`` (emptied) in ``spec.compute_dtype``, by `ORTHOGONALIZERS`."""
-    return lookup(ORTHOGONALIZERS, spec.orthogonalizer, "orthogonalizer")(box, spec, backend, overwrite)
+def orthogonalizer(spec: MuonSpec) -> StackFn:
+    """``Orth`` of ``spec`` on a stack, by `ORTHOGONALIZERS` (resolved once per group by the step)."""
+    return lookup(ORTHOGONALIZERS, spec.orthogonalizer, "orthogonalizer")(spec)
 
 
 def orthogonalize(x: torch.Tensor, spec: MuonSpec | str, *, backend: Backend = "auto") -> torch.Tensor:
@@ -254,5 +255,4 @@ def orthogonalize(x: torch.Tensor, spec: MuonSpec | str, *, backend: Backend = "
     mats, restore = as_matrices(x, s, "x")
     if mats.numel() == 0:
         raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
-    out = orthogonalize_stack([mats], s, backend)
-    return restore(out.to(x.dtype))
+    return restore(orthogonalizer(s)([mats], backend, False).to(x.dtype))

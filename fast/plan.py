@@ -97,12 +97,15 @@ def plan_buckets(
     max_stack_bytes: int | None = None,
 ) -> tuple[Bucket, ...]:
     """Buckets for matrices ``mats[i] = (k, m, n)`` on ``devices[i]`` with state dtype ``dtypes[i]``, in order
-    of first appearance; members keep their list order. ``max_stack_bytes`` (None: no cap) bounds each chunk's
-    ``slots * rows * cols * itemsize``; a single matrix over the cap is a chunk of its own."""
+    of first appearance; members keep their list order, and entries with ``k = 0`` are in no bucket.
+    ``max_stack_bytes`` (None: no cap) bounds each chunk's ``slots * rows * cols * itemsize``; a single matrix
+    over the cap is a chunk of its own."""
     if max_stack_bytes is not None and (isinstance(max_stack_bytes, bool) or max_stack_bytes < 1):
         raise ValueError(f"max_stack_bytes: expected a positive integer or None, got {max_stack_bytes!r}")
     groups: dict[tuple[torch.device, torch.dtype, int, int, int | None], list[int]] = {}
-    for i, (_, m, n) in enumerate(mats):
+    for i, (k, m, n) in enumerate(mats):
+        if k == 0:  # no matrix (an empty shard of a batch of matrices): nothing to stack
+            continue
         red = normuon_reduce_axis(m, n, spec.normuon_axis) if spec.normuon else None
         key = (devices[i], dtypes[i], m, n, red)
         groups.setdefault(key, []).append(i)

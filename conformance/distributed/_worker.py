@@ -22,12 +22,8 @@ import torch.distributed as dist
 
 import muonlab.fast.distributed as D
 from muonlab import reference as ref
-from muonlab.contract import MuonSpec, decay_stages, get_preset, normuon_state_shape, update_scale
-from muonlab.fast.decay import apply_update_, coupled_decay, decay_lr
-from muonlab.fast.momentum import apply_momentum_
+from muonlab.contract import MuonSpec, get_preset
 from muonlab.fast.orthogonalize import as_matrices, orthogonalize
-from muonlab.fast.state import init_muon_state, state_dtype
-from muonlab.fast.step import muon_step_ as fast_muon_step
 
 # Fewer rows than ranks ((1, 5), (2, 3) on 3 ranks), a batch of matrices (3-D), a conv filter (4-D), a tall
 # and a wide matrix, and 13 tensors: not divisible by 2 or 3.
@@ -218,78 +214,49 @@ def check_bad_shard(spec: MuonSpec, world: int) -> tuple[bool, str]:
 # -- whole optimizer steps -----------------------------------------------------------------------------
 
 
-def dist_muon_step(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    states: list[dict[str, Any]],
-    full_shapes: list[tuple[int, ...]],
-    spec: MuonSpec,
-    lr: float,
-    mode: D.DistributedMode,
-) -> None:
-    """Stages 1-7 with stages 3-4 distributed: momentum, decay and the update run on whatever this rank holds
-    (shards in ``"sharded"``/``"gathered"``), orthogonalization and NorMuon on owners (the intended hook)."""
-    for p, st, full in zip(params, states, full_shapes, strict=True):
-        if not st:
-            st.update(init_muon_state(p, spec))
-            if spec.normuon:  # S is replicated: the full parameter's statistic shape.
-                st["second_moment"] = torch.zeros(normuon_state_shape(full, spec), dtype=state_dtype(p))
-    steps = []
-    for st in states:
-        st["step"] += 1
-        steps.append(int(st["step"].item()))
-    bufs = [st["momentum_buffer"] for st in states]
-    gl = [g.to(b.dtype) for g, b in zip(grads, bufs, strict=True)]
-    lam = spec.weight_decay
-    coupled, decoupled = decay_stages(spec, lam)
-    if coupled:
-        gl = coupled_decay(gl, params, lam)
-    ns = apply_momentum_(bufs, gl, spec, steps)
-    moments = [st["second_moment"] for st in states] if spec.normuon else None
-    shapes_arg = None if mode in ("none", "replicated") else full_shapes
-    outs = D.muon_directions(ns, spec, mode=mode, second_moments=moments, full_shapes=shapes_arg)
-    for p, o, full in zip(params, outs, full_shapes, strict=True):
-        lr_u = lr * update_scale(full, spec)  # the FULL shape: a shard's shape would scale wrongly
-        factor = decay_lr(lr, lr_u, spec) * lam if decoupled else None
-        apply_update_(p, o, lr_update=lr_u, decay_factor=factor, cautious=spec.cautious)
-
-
 def check_steps(spec: MuonSpec, mode: D.DistributedMode, world: int, steps: int = 3) -> tuple[bool, str]:
-    """Distributed steps on the rank-averaged gradient vs (a) one-process `muonlab.fast` bitwise and
-    (b) the float64 reference within the DESIGN tolerance; NorMuon ``S`` identical on every rank."""
+    """``Muon(distributed=mode)`` steps on the rank-averaged gradient (full parameters for ``"replicated"``,
+    ``Shard(0)`` DTensors otherwise) vs (a) one-process `Muon` bitwise and (b) the float64 reference within the
+    DESIGN tolerance; NorMuon ``S`` identical on every rank and to one process."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from muonlab.fast import Muon
+
     rank = dist.get_rank()
     w0 = full_tensors(7)
     lr = 0.02
-    local_params = [shard(w).clone() if mode != "replicated" else w.clone() for w in w0]
-    single = [w.clone() for w in w0]
+    params = [torch.nn.Parameter(w.clone()) for w in w0] if mode == "replicated" else _dtensor_params(7)
+    single = [torch.nn.Parameter(w.clone()) for w in w0]
+    opt = Muon(params, spec, lr=lr, distributed=mode)
+    opt_single = Muon(single, spec, lr=lr)
     ref_p = [w.double().numpy() for w in w0]
     ref_s = [ref.init_muon_state(p, spec) for p in ref_p]
-    d_states: list[dict[str, Any]] = [{} for _ in w0]
-    s_states: list[dict[str, Any]] = [{} for _ in w0]
     for t in range(steps):
         g = torch.Generator().manual_seed(100 + t)
         per_rank = [[torch.randn(s, generator=g) for s in SHAPES] for _ in range(world)]
-        mine = per_rank[rank]
-        avg_local = [m.clone() for m in mine]
-        for a in avg_local:
+        avg = [m.clone() for m in per_rank[rank]]
+        for a in avg:
             dist.all_reduce(a)
             a.div_(world)
+        for p, q, a in zip(params, single, avg, strict=True):
+            p.grad = a.clone() if mode == "replicated" else distribute_tensor(a, p.device_mesh, [Shard(0)])  # type: ignore[attr-defined]
+            q.grad = a.clone()
+        opt.step()
+        opt_single.step()
         avg_full = [sum(pr[i] for pr in per_rank) / world for i in range(len(SHAPES))]
-        grads = avg_local if mode == "replicated" else [shard(a) for a in avg_local]
-        dist_muon_step(local_params, grads, d_states, SHAPES, spec, lr, mode)
-        fast_muon_step(single, avg_local, s_states, spec, lr=lr)
         for i, a in enumerate(avg_full):
             ref_p[i], ref_s[i] = ref.muon_step(ref_p[i], a.double().numpy(), ref_s[i], spec, lr)
-    want = single if mode == "replicated" else [shard(w) for w in single]
-    ok_bits, msg = bitwise(local_params, want)
-    full_now = local_params if mode == "replicated" else D.gather_full(local_params, SHAPES)
+    fulls = [p.detach() if mode == "replicated" else p.detach().full_tensor() for p in params]  # type: ignore[attr-defined]
+    ok_bits, msg = bitwise(fulls, [q.detach() for q in single])
     errs = [
         rel(f.double().numpy() - w.double().numpy(), r - w.double().numpy())
-        for f, r, w in zip(full_now, ref_p, w0, strict=True)
+        for f, r, w in zip(fulls, ref_p, w0, strict=True)
     ]
     ok_ref = max(errs) <= 1e-3 * steps
     ok_s = True
     if spec.normuon:
+        d_states = [opt.state[p] for p in params]
+        s_states = [opt_single.state[q] for q in single]
         ok_s = all(same_on_all_ranks(st["second_moment"]) for st in d_states)
         ok_s = ok_s and all(
             torch.equal(d["second_moment"], s["second_moment"]) for d, s in zip(d_states, s_states, strict=True)
@@ -304,6 +271,8 @@ def check_ddp_accumulation(spec: MuonSpec, world: int) -> tuple[bool, str]:
     """DDP with gradient accumulation (two half micro-batches under ``no_sync``) gives the same replicated
     step as one full batch, and both match the reference on the averaged gradient."""
     from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from muonlab.fast import Muon
 
     rank = dist.get_rank()
     results = []
@@ -321,10 +290,9 @@ def check_ddp_accumulation(spec: MuonSpec, world: int) -> tuple[bool, str]:
                     loss.backward()
             else:
                 loss.backward()
-        params = [p.data for p in model.parameters()]
         grads = [p.grad.detach().clone() for p in model.parameters()]  # type: ignore[union-attr]
-        dist_muon_step(params, grads, [{}, {}], [tuple(p.shape) for p in params], spec, 0.02, "replicated")
-        results.append(([p.clone() for p in params], grads, w0))
+        Muon(model.parameters(), spec, lr=0.02, distributed="replicated").step()
+        results.append(([p.detach().clone() for p in model.parameters()], grads, w0))
     (p1, g1, w0), (p2, _g2, _) = results
     diff = max(rel(a.double().numpy(), b.double().numpy()) for a, b in zip(p1, p2, strict=True))
     ref_new = [

@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 from muonlab import reference as R
-from muonlab.fast.step import muon_update_
+from muonlab.fast.pipeline import GroupStacks
 from muonlab.reference import MuonSpec
 
 Array = npt.NDArray[np.float64]
@@ -65,12 +65,30 @@ def plain_bf16_ns(g: torch.Tensor, spec: MuonSpec) -> torch.Tensor:
     return x
 
 
+class _Directions(GroupStacks):
+    """The optimizer's pipeline with stages 5-8 replaced by recording ``O``: stages 1-4 exactly as `Muon` runs
+    them, on a parameter that never changes."""
+
+    def __init__(self, w: torch.Tensor, spec: MuonSpec) -> None:
+        super().__init__([w], spec, None)
+        self.seen: list[torch.Tensor] = []
+
+    def _apply(self, w: Any, views: Any, o: torch.Tensor) -> None:
+        self.seen.append(o.clone())
+
+
 def fast_direction(
-    w: torch.Tensor, grads: list[torch.Tensor], spec: MuonSpec
+    w: torch.Tensor, grads: list[torch.Tensor], spec: MuonSpec, state: dict[str, Any] | None = None
 ) -> tuple[list[torch.Tensor], dict[str, Any]]:
-    """Stages 1-4 of the fast path for ``len(grads)`` steps from zero state: (``O`` of each step, state)."""
-    state: dict[str, Any] = {}
-    outs = [muon_update_([w], [g], [state], spec, backend="torch")[0] for g in grads]
+    """Stages 1-4 of the fast path for ``len(grads)`` steps from ``state`` (default zero state): (``O`` of each
+    step, with ``w``'s shape; the state)."""
+    state = {} if state is None else state
+    pipe = _Directions(w, spec)
+    outs = []
+    for g in grads:
+        pipe.seen.clear()
+        pipe.step([w], [g], [state], lr=0.0, momentum=spec.momentum, weight_decay=spec.weight_decay, backend="torch")
+        outs.append(torch.cat(pipe.seen).reshape(w.shape))
     return outs, state
 
 

@@ -42,7 +42,6 @@ from muonlab import reference as R
 from muonlab.contract import COEFFICIENT_SETS, MuonSpec, choice_fields, choices, decay_stages, field_names
 from muonlab.fast import Muon
 from muonlab.fast.decay import cautious_mask
-from muonlab.fast.step import muon_update_
 
 LR = 0.05
 BF16_SHAPES = [(16, 32), (32, 16)]
@@ -111,7 +110,7 @@ def check_one_step(
         opt.step()
     w_prev = p.detach().clone()
     state_copy = copy.deepcopy(opt.state[p]) if opt.state[p] else {}
-    o_applied = muon_update_([w_prev.clone()], [grads[-1]], [state_copy], spec, backend="torch")[0]
+    o_applied = fast_direction(w_prev.clone(), [grads[-1]], spec, state_copy)[0][0]
     p.grad = grads[-1].clone()
     opt.step()
     w_new = p.detach().clone()

@@ -1,0 +1,524 @@
+"""The step of a Muon param group: one pipeline for one process and for every distributed mode.
+
+`GroupStacks` holds a group's `muonlab.fast.plan` (computed once) and, per bucket, one ``[B, m, n]`` momentum
+tensor (and NorMuon ``S``, and the step counts) of which every parameter's ``Optimizer.state`` entries are views:
+the state stays per parameter (``state_dict`` saves and loads it as usual) while the step reads a whole stack
+without copying. State created elsewhere (loaded from a checkpoint) is copied into new stacks on the next step
+(`GroupStacks.bind`).
+
+`GroupStacks.step` runs the stages of docs/variants.md ("The step, stage by stage") on *units* of stacks:
+
+1-2. gather the gradients into a stack in the state dtype (coupled decay added), momentum (`momentum_`, or the
+     fused kernel);
+3-4. orthogonalization (`muonlab.fast.orthogonalize.orthogonalizer`) and NorMuon (`normuon_normalize_`);
+5-8. the shape-scaled update, decoupled decay and the cautious mask (`apply_stack_`), or the hypersphere step.
+
+On one process a unit is one chunk of a bucket (so the transient memory is a few chunk-sized tensors). With a
+``distributed`` mode the unit is the whole group, and only stages 3-4 differ: they run on owner ranks on whole
+matrices (`muonlab.fast.distributed.muon_directions`); NorMuon's ``S`` is then a per-parameter tensor of the
+full matrix, replicated on every rank, instead of a stack. Per-matrix learning rates and decay factors are
+computed in float64 from ``lr`` (a float or a tensor on the parameters' device) and rounded once, so a float
+and a tensor ``lr`` give equal results. Parameters to skip (``None`` gradient, or ``keep`` False: a non-finite
+gradient under ``nonfinite="skip"``) are masked on the device: their gradient is zeroed and every weight of
+their update is exactly 0, so their values and state stay unchanged bit for bit (docs/fast.md, "Host syncs").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from muonlab.contract import MuonSpec, decay_stages, matrix_view_shape, normuon_state_shape, update_scale
+
+from .backend import Backend, route
+from .decay import Coefficients, Scalar, apply_stack_, coefficients, decay_lr
+from .distributed import DistributedMode, Group, muon_directions
+from .momentum import momentum_, momentum_weight
+from .normuon import normuon_normalize_
+from .orthogonalize import as_matrices, orthogonalizer
+from .plan import Bucket, Chunk, plan_buckets
+from .sphere import sphere_step
+from .state import init_muon_state, state_dtype
+
+__all__ = ["GroupStacks", "Skip", "gather", "matrices_of"]
+
+State = dict[str, Any]
+
+
+def matrices_of(t: torch.Tensor, spec: MuonSpec, name: str) -> torch.Tensor:
+    """``t`` as ``[k, m, n]`` (the matrices of `matrix_view_shape`), as a view of ``t`` so writes land in it."""
+    view = matrix_view_shape(t.shape, spec, name)
+    try:
+        return t.view(math.prod(view[:-2]), view[-2], view[-1])
+    except RuntimeError as err:
+        raise ValueError(
+            f"{name}: its matrix view {tuple(view)} of shape {tuple(t.shape)} with strides {t.stride()} cannot "
+            f"be a view; with nd_mode='flatten', name matrix dims that keep the flattened dims contiguous"
+        ) from err
+
+
+def gather(views: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """A new ``[C, m, n]`` tensor of ``dtype`` holding ``views`` (``[k_i, m, n]`` each, any strides and dtype)
+    one after another: one copy, one rounding."""
+    first = views[0]
+    shape = (sum(v.shape[0] for v in views), first.shape[-2], first.shape[-1])
+    return torch.cat(list(views), out=torch.empty(shape, dtype=dtype, device=first.device))
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Which matrices of a stack step (``keep``, bool ``[C, 1, 1]``) and the per-matrix factors derived from
+    it once per step (`Skip.of`): ``skip = ~keep``, the `momentum_weight` and NorMuon's ``S`` lerp weight."""
+
+    keep: torch.Tensor
+    skip: torch.Tensor
+    momentum: torch.Tensor
+    second: torch.Tensor | None
+
+    @staticmethod
+    def of(keep: torch.Tensor, spec: MuonSpec, beta: float, dtype: torch.dtype) -> Skip:
+        flags = keep.to(dtype)  # 1 / 0, exact: one cast shared by both weights
+        second = flags * (1.0 - spec.beta2) if spec.normuon else None
+        if spec.momentum_form == "ema":  # the `momentum_weight` of "ema", from the shared cast
+            momentum = flags.mul_(1.0 - beta)
+        else:
+            momentum = momentum_weight(keep, spec.momentum_form, beta, dtype)
+        return Skip(keep, ~keep, momentum, second)
+
+    def rows(self, a: int, b: int) -> Skip:
+        """The mask of slots ``a:b`` (views)."""
+        return Skip(
+            self.keep[a:b], self.skip[a:b], self.momentum[a:b], None if self.second is None else self.second[a:b]
+        )
+
+
+@dataclass
+class _Store:
+    """One bucket's state stacks, the per-slot constants, and the views handed out as per-parameter state."""
+
+    momentum: torch.Tensor
+    second: torch.Tensor | None
+    steps: torch.Tensor
+    scale: torch.Tensor
+    slot_params: torch.Tensor
+    param_of_slot: list[int]
+    views: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]
+
+
+@dataclass
+class _Lane:
+    """The buckets on one device with one state dtype: their per-slot vectors concatenated (bucket ``i`` of the
+    lane owns slots ``offsets[i] : offsets[i] + size``), so masks, coefficients and step counts take one op per
+    lane instead of one per bucket. ``steps`` is the storage of every bucket's step counts."""
+
+    buckets: list[int]
+    offsets: list[int]
+    steps: torch.Tensor
+    scale: torch.Tensor
+    slot_params: torch.Tensor
+    param_of_slot: list[int]
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class _Work:
+    """One chunk of one step: its bucket and state, and its rows of the lane's coefficients and skip mask."""
+
+    bucket: Bucket
+    store: _Store
+    chunk: Chunk
+    coef: Coefficients
+    skip: Skip | None
+
+
+def _slots(t: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    return t if t.ndim == 0 else t[a:b]
+
+
+def _coef_rows(c: Coefficients, a: int, b: int) -> Coefficients:
+    return Coefficients(
+        c.lr_update[a:b],
+        None if c.decay is None else _slots(c.decay, a, b),
+        None if c.retain is None else _slots(c.retain, a, b),
+    )
+
+
+class GroupStacks:
+    """The plan and stacked state of one Muon group whose parameters (matrix views) are ``views``.
+
+    ``full_shapes`` (default the views' shapes) are the global shapes of the matrix views, which set the shape
+    scale and NorMuon's statistic when ``views`` are dim-0 shards (``distributed="sharded"`` / ``"gathered"``).
+    ``distributed`` and ``process_group`` choose where stages 3-4 run (`muonlab.fast.distributed`); every rank
+    must build the group with the same parameters and call `step` together."""
+
+    def __init__(
+        self,
+        views: Sequence[torch.Tensor],
+        spec: MuonSpec,
+        max_stack_bytes: int | None,
+        *,
+        full_shapes: Sequence[tuple[int, ...]] | None = None,
+        distributed: DistributedMode = "none",
+        process_group: Group = None,
+    ) -> None:
+        self.spec = spec
+        self.orth = orthogonalizer(spec)
+        self.distributed: DistributedMode = distributed
+        self.process_group = process_group
+        self.shapes = [tuple(v.shape) for v in views]
+        self.full_shapes = list(self.shapes if full_shapes is None else full_shapes)
+        mats = [matrices_of(v, spec, f"params[{i}]") for i, v in enumerate(views)]
+        self.mats = [(int(m.shape[0]), int(m.shape[1]), int(m.shape[2])) for m in mats]
+        # A shard with no matrices (a batch dim split over more ranks than it has entries) has no stack slot: its
+        # state is its own and it only takes part in the exchange of stages 3-4.
+        self.loose = [i for i, (k, _, _) in enumerate(self.mats) if k == 0]
+        self.dtypes = [state_dtype(v) for v in views]
+        self.buckets: tuple[Bucket, ...] = plan_buckets(
+            self.mats,
+            [v.device for v in views],
+            self.dtypes,
+            spec,
+            # distributed: every parameter in one piece, since the whole group is exchanged at once anyway
+            max_stack_bytes if distributed == "none" else None,
+        )
+        self.stores: list[_Store] = []
+        self.lanes: list[_Lane] = []
+        self._coef_cache: dict[tuple[float, float], list[Coefficients]] = {}
+
+    # -- state -----------------------------------------------------------------------------------------
+    @property
+    def _stacked_second(self) -> bool:
+        """NorMuon ``S`` lives in stacks on one process; distributed, it is a whole-matrix tensor per parameter."""
+        return self.spec.normuon and self.distributed == "none"
+
+    def _views(self, bucket: Bucket, mom: torch.Tensor, second: torch.Tensor | None, steps: torch.Tensor) -> list[Any]:
+        out = []
+        for j, member in enumerate(bucket.members):
+            s, k = bucket.slots[j], bucket.counts[j]
+            sm = None if second is None else second[s : s + k]
+            shape = self.shapes[member]
+            out.append(
+                (
+                    mom[s : s + k].view(shape),
+                    None if sm is None else sm.view(normuon_state_shape(shape, self.spec)),
+                    steps[s],
+                )
+            )
+        return out
+
+    def _store(self, bucket: Bucket, states: Sequence[State], steps: torch.Tensor) -> _Store:
+        dev, dt = bucket.device, bucket.dtype
+        mom = torch.zeros(bucket.size, bucket.rows, bucket.cols, dtype=dt, device=dev)
+        second = None
+        if self._stacked_second:
+            shape = (bucket.size, bucket.rows, 1) if bucket.reduce == -1 else (bucket.size, 1, bucket.cols)
+            second = torch.zeros(shape, dtype=dt, device=dev)
+        param_of_slot = [m for m, k in zip(bucket.members, bucket.counts, strict=True) for _ in range(k)]
+        scale = torch.tensor([update_scale(self.full_shapes[m], self.spec) for m in param_of_slot], dtype=torch.float64)
+        slot_params = torch.tensor(param_of_slot, dtype=torch.long).to(dev)
+        views = self._views(bucket, mom, second, steps)
+        with torch.no_grad():
+            for j, member in enumerate(bucket.members):
+                st = states[member]
+                if "momentum_buffer" not in st:  # new (a distributed S alone may already be there)
+                    continue
+                views[j][0].copy_(st["momentum_buffer"])
+                sv = views[j][1]
+                if sv is not None:
+                    sv.copy_(st["second_moment"])
+                steps[bucket.slots[j] : bucket.slots[j] + bucket.counts[j]].copy_(st["step"])
+        return _Store(mom, second, steps, scale.to(dev).view(-1, 1, 1), slot_params, param_of_slot, views)
+
+    def _fresh(self, states: Sequence[State]) -> bool:
+        """Whether any member's state entries are not the views handed out before (new, or loaded)."""
+        if len(self.stores) != len(self.buckets):
+            return True
+        for bucket, store in zip(self.buckets, self.stores, strict=True):
+            for j, member in enumerate(bucket.members):
+                st = states[member]
+                mv, sv, tv = store.views[j]
+                if st.get("momentum_buffer") is not mv or st.get("step") is not tv:
+                    return True
+                if sv is not None and st.get("second_moment") is not sv:
+                    return True
+        return False
+
+    def bind(self, states: Sequence[State], views: Sequence[torch.Tensor]) -> None:
+        """Make every member's state entries views into this group's stacks: new stacks (zeros, or copies of
+        state made elsewhere) when any entry is not the view handed out before. Whole-matrix NorMuon ``S`` of the
+        distributed modes, and the state of loose members, stay per parameter (initialized when missing)."""
+        for i, st in enumerate(states):
+            if self.spec.normuon and not self._stacked_second and "second_moment" not in st:
+                shape = normuon_state_shape(self.full_shapes[i], self.spec)  # S of the whole matrix
+                st["second_moment"] = torch.zeros(shape, dtype=self.dtypes[i], device=views[i].device)
+            if i in self.loose and "momentum_buffer" not in st:
+                st.update({k: v for k, v in init_muon_state(views[i], self.spec).items() if k not in st})
+        if not self._fresh(states):
+            return
+        self._coef_cache.clear()
+        lanes: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, b in enumerate(self.buckets):
+            lanes.setdefault((b.device, b.dtype), []).append(i)
+        self.lanes = []
+        stores: dict[int, _Store] = {}
+        for (dev, dt), members in lanes.items():
+            sizes = [self.buckets[i].size for i in members]
+            offsets = [sum(sizes[:j]) for j in range(len(sizes))]
+            steps = torch.zeros(sum(sizes), dtype=torch.float32, device=dev)
+            for i, off, size in zip(members, offsets, sizes, strict=True):
+                stores[i] = self._store(self.buckets[i], states, steps[off : off + size])
+            self.lanes.append(
+                _Lane(
+                    buckets=members,
+                    offsets=offsets,
+                    steps=steps,
+                    scale=torch.cat([stores[i].scale for i in members]),
+                    slot_params=torch.cat([stores[i].slot_params for i in members]),
+                    param_of_slot=[m for i in members for m in stores[i].param_of_slot],
+                    dtype=dt,
+                )
+            )
+        self.stores = [stores[i] for i in range(len(self.buckets))]
+        for bucket, store in zip(self.buckets, self.stores, strict=True):
+            for j, member in enumerate(bucket.members):
+                mv, sv, tv = store.views[j]
+                st = states[member]
+                st["step"] = tv
+                st["momentum_buffer"] = mv
+                if sv is not None:
+                    st["second_moment"] = sv
+
+    # -- per-matrix coefficients -------------------------------------------------------------------------
+    def _coefs(self, lane: _Lane, lr: Scalar, lam: float, keep: torch.Tensor | None) -> Coefficients:
+        """Per slot: ``eta_u = lr * update_scale`` and ``eta_d lambda`` in float64 (0 where ``keep`` is False),
+        rounded once by `coefficients`."""
+        lr_u = lane.scale * lr
+        dec = None
+        if decay_stages(self.spec, lam)[1]:
+            dec = torch.as_tensor(decay_lr(lr, lr_u, self.spec), dtype=torch.float64, device=lr_u.device) * lam
+        if keep is not None:  # exact: x * True = x, x * False = 0
+            lr_u = lr_u * keep
+            dec = None if dec is None else dec * keep
+        return coefficients(lr_u, dec, lane.dtype)
+
+    def _all_coefs(self, lr: Scalar, lam: float, keeps: list[torch.Tensor | None]) -> list[Coefficients]:
+        """`_coefs` of every lane; cached while a float ``lr`` and ``lam`` repeat and nothing is skipped."""
+        key = None if isinstance(lr, torch.Tensor) or any(k is not None for k in keeps) else (float(lr), lam)
+        if key is not None and key in self._coef_cache:
+            return self._coef_cache[key]
+        out = [self._coefs(lane, lr, lam, k) for lane, k in zip(self.lanes, keeps, strict=True)]
+        if key is not None:
+            self._coef_cache = {key: out}
+        return out
+
+    def _keeps(self, grads: Sequence[torch.Tensor | None], keep: torch.Tensor | None) -> list[torch.Tensor | None]:
+        """Per lane, whether each slot steps (bool ``[S, 1, 1]`` on the lane's device), or None: all of them."""
+        missing = [g is None for g in grads]
+        out: list[torch.Tensor | None] = []
+        for lane in self.lanes:
+            kp: torch.Tensor | None = None
+            if keep is not None:
+                kp = keep.to(lane.steps.device).index_select(0, lane.slot_params)
+            if any(missing[m] for m in lane.param_of_slot):
+                present = torch.tensor([not missing[m] for m in lane.param_of_slot], device=lane.steps.device)
+                kp = present if kp is None else kp & present
+            out.append(None if kp is None else kp.view(-1, 1, 1))
+        return out
+
+    # -- the step ---------------------------------------------------------------------------------------
+    def step(
+        self,
+        views: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor | None],
+        states: Sequence[State],
+        *,
+        lr: Scalar,
+        momentum: float,
+        weight_decay: float,
+        keep: torch.Tensor | None = None,
+        backend: Backend = "auto",
+    ) -> None:
+        """One step of every matrix. ``views``/``grads``: the matrix views of the parameters and gradients
+        (``None``: skip that parameter); ``keep``: bool per parameter on the device (None: all finite)."""
+        self.bind(states, views)
+        spec = self.spec
+        keeps = self._keeps(grads, keep)
+        coupled, _ = decay_stages(spec, weight_decay)
+        work: list[_Work] = []
+        for lane, kp, coef in zip(self.lanes, keeps, self._all_coefs(lr, weight_decay, keeps), strict=True):
+            lane.steps.add_(1.0 if kp is None else kp.view(-1))
+            skip = None if kp is None else Skip.of(kp, spec, momentum, lane.dtype)
+            for i, off in zip(lane.buckets, lane.offsets, strict=True):
+                for chunk in self.buckets[i].chunks:
+                    a, b = off + chunk.start, off + chunk.stop
+                    rows = None if skip is None else skip.rows(a, b)
+                    work.append(_Work(self.buckets[i], self.stores[i], chunk, _coef_rows(coef, a, b), rows))
+        if self.loose:
+            self._advance_loose(states, grads, keep)
+        for unit in self._units(work):
+            ns = [self._momentum(w, views, grads, momentum, weight_decay, coupled, backend) for w in unit]
+            if self.distributed == "none":  # stages 3-4 here, on this chunk
+                (w,) = unit
+                n, owned = ns.pop()
+                box = [n]
+                del n  # handed over whole: the orthogonalizer frees it once it has its own normalized copy
+                o = self.orth(box, backend, owned)
+                second = w.store.second
+                if second is not None:
+                    a, b = w.chunk.start, w.chunk.stop
+                    weight = None if w.skip is None else w.skip.second
+                    o = o.to(second.dtype)  # rebinding frees a bf16 O before NorMuon's work begins
+                    o = normuon_normalize_(o, second[a:b], spec, reduce=w.bucket.reduce, weight=weight, overwrite=True)
+                outs = [o]
+                del o
+            else:  # stages 3-4 on owner ranks, whole matrices only (docs/distributed.md)
+                outs = self._exchange(unit, [n for n, _ in ns], states, grads, keep, backend)
+            del ns
+            for w in unit:  # popped: no update outlives its apply
+                self._apply(w, views, outs.pop(0))
+
+    def _units(self, work: list[_Work]) -> Iterator[list[_Work]]:
+        """One chunk at a time on one process; the whole group at once when stages 3-4 are exchanged."""
+        if self.distributed != "none":
+            yield work
+            return
+        for w in work:
+            yield [w]
+
+    def _momentum(
+        self,
+        w: _Work,
+        views: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor | None],
+        beta: float,
+        lam: float,
+        coupled: bool,
+        backend: Backend,
+    ) -> tuple[torch.Tensor, bool]:
+        """Stages 1-2 of a chunk: ``N`` (``[C, m, n]``, state dtype) and whether it is the step's own tensor (not
+        the momentum buffer itself). ``G`` is gathered in the state dtype, ``lambda W`` added (coupled decay),
+        zeroed for skipped matrices, whose buffer then stays unchanged bit for bit."""
+        a, b = w.chunk.start, w.chunk.stop
+        buf = w.store.momentum[a:b]
+        g = gather(self._grad_pieces(w.chunk, grads, views), buf.dtype)
+        if coupled:
+            targets = self._pieces(w.chunk, views)
+            torch._foreach_add_(list(torch.split(g, [t.shape[0] for t in targets])), targets, alpha=lam)
+        if w.skip is not None:
+            g.masked_fill_(w.skip.skip, 0.0)
+        if w.skip is None and self.spec.momentum_form != "optax" and route(backend, buf.device, buf.dtype):
+            from .kernels import elementwise
+
+            n = elementwise.fused_momentum(buf, g, beta=beta, form=self.spec.momentum_form, nesterov=self.spec.nesterov)
+        else:
+            steps = w.store.steps.view(-1, 1, 1)[a:b] if self.spec.momentum_form == "optax" else None
+            weight = None if w.skip is None else w.skip.momentum
+            n = momentum_(buf, g, self.spec.momentum_form, beta, self.spec.nesterov, steps=steps, weight=weight)
+        return n, n is not buf
+
+    def _exchange(
+        self,
+        unit: list[_Work],
+        ns: list[torch.Tensor],
+        states: Sequence[State],
+        grads: Sequence[torch.Tensor | None],
+        keep: torch.Tensor | None,
+        backend: Backend,
+    ) -> list[torch.Tensor]:
+        """Stages 3-4 of the whole group through `muon_directions`: every parameter's ``N`` in parameter order (the
+        same list on every rank), the results cut back into the unit's stacks."""
+        spec = self.spec
+        parts: list[torch.Tensor | None] = [None] * len(self.shapes)
+        for w, n in zip(unit, ns, strict=True):
+            for pc in w.chunk.pieces:
+                first = pc.slot - w.chunk.start
+                parts[pc.member] = n[first : first + pc.count].view(self.shapes[pc.member])
+        for i in self.loose:
+            parts[i] = states[i]["momentum_buffer"]  # empty: nothing of this parameter is on this rank
+        assert all(p is not None for p in parts)
+        moments = weights = None
+        if spec.normuon:
+            moments = [st["second_moment"] for st in states]
+            weights = [self._second_weight(i, grads, keep) for i in range(len(states))]
+        full = None if self.distributed == "replicated" else self.full_shapes
+        done = muon_directions(
+            [p for p in parts if p is not None],  # all of them (asserted above)
+            spec,
+            mode=self.distributed,
+            second_moments=moments,
+            second_weights=weights,
+            full_shapes=full,
+            group=self.process_group,
+            backend=backend,
+        )
+        outs = []
+        for w in unit:
+            pieces = [
+                done[pc.member].reshape(self.mats[pc.member])[pc.first : pc.first + pc.count] for pc in w.chunk.pieces
+            ]
+            outs.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces))
+        return outs
+
+    def _second_weight(
+        self, i: int, grads: Sequence[torch.Tensor | None], keep: torch.Tensor | None
+    ) -> torch.Tensor | float | None:
+        """NorMuon's ``S`` lerp weight of parameter ``i``: ``1 - beta2``, or 0 when it is skipped."""
+        if grads[i] is None:
+            return 0.0
+        if keep is None:
+            return None
+        return keep[i].to(self.dtypes[i]) * (1.0 - self.spec.beta2)
+
+    def _advance_loose(
+        self, states: Sequence[State], grads: Sequence[torch.Tensor | None], keep: torch.Tensor | None
+    ) -> None:
+        """Count the step of members without a stack slot as the stacks count theirs."""
+        for i in self.loose:
+            step = states[i]["step"]
+            if grads[i] is None:
+                continue
+            step.add_(1.0 if keep is None else keep[i].to(step.dtype))
+
+    def _apply(self, w: _Work, views: Sequence[torch.Tensor], o: torch.Tensor) -> None:
+        """Stages 5-8 of a chunk: the update ``O`` applied to its parameters, in place."""
+        targets = self._pieces(w.chunk, views)
+        counts = [pc.count for pc in w.chunk.pieces]
+        if self.spec.sphere == "none":
+            apply_stack_(targets, o, counts, w.coef, self.spec.cautious, w.bucket.dtype)
+            return
+        for target, u, eta, kp in zip(
+            targets,
+            torch.split(o, counts),
+            torch.split(w.coef.lr_update, counts),
+            [None] * len(counts) if w.skip is None else torch.split(w.skip.keep, counts),
+            strict=True,
+        ):
+            wf = target.detach().to(w.bucket.dtype, copy=True)
+            new = sphere_step(wf, -(u.to(w.bucket.dtype) * eta), self.spec, eta)
+            target.copy_(new if kp is None else torch.where(kp, new, wf))
+
+    def _pieces(self, chunk: Chunk, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The chunk's parameter pieces, ``[count, m, n]`` views of the parameters."""
+        return [
+            matrices_of(views[pc.member], self.spec, f"params[{pc.member}]")[pc.first : pc.first + pc.count]
+            for pc in chunk.pieces
+        ]
+
+    def _grad_pieces(
+        self, chunk: Chunk, grads: Sequence[torch.Tensor | None], views: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        out = []
+        for pc in chunk.pieces:
+            g = grads[pc.member]
+            if g is None:
+                _, m, n = self.mats[pc.member]
+                v = views[pc.member]
+                out.append(torch.zeros((pc.count, m, n), dtype=v.dtype, device=v.device))
+            else:
+                mats, _ = as_matrices(g, self.spec, f"grads[{pc.member}]")
+                out.append(mats[pc.first : pc.first + pc.count])
+        return out
