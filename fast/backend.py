@@ -1,6 +1,6 @@
 """Backend selection: the one place that decides whether a Triton kernel or torch ops run.
 
-`route` answers for a device and a dtype; the step calls it once per stack (`muonlab.fast.stack`) and passes
+`route` answers for a device and a dtype; the step calls it once per stack (`muonlab.fast.pipeline`) and passes
 the answer down, so momentum, Newton-Schulz and the apply never decide on their own. The rule:
 
 * ``backend="torch"``: torch ops;

@@ -1,69 +1,43 @@
-"""Weight decay and the update on torch tensors (docs/variants.md sections 4.3, 10, A8; the math of
-`muonlab.reference.decay`, with in-place functions named torch-style with a trailing underscore).
+"""Weight decay and the update on torch tensors (docs/variants.md, stages 5-7; the math of `muonlab.reference.decay`).
 
-``W <- W - eta_d lambda mask (.) W - eta_u O`` on the pre-update ``W`` (stages 6-7): `decay_lr` gives
-``eta_d`` (``"base"`` ``eta``, ``"scaled"`` ``eta_u``, ``"lr2"`` ``eta eta_u``), `cautious_mask` the mask
-(``O (.) W >= 0`` / ``> 0`` / ones); `coupled_decay` is the L2 form ``G + lambda W`` (stage 1).
-`decoupled_decay_` and `apply_update_` write one parameter in place; `apply_stack_` applies one stack of
-updates to many parameters with a handful of multi-tensor ops.
+``W <- W - eta_d lambda mask (.) W - eta_u O`` on the pre-update ``W``: `decay_lr` gives ``eta_d``,
+`CAUTIOUS_TESTS` the mask. `apply_stack_` applies one stack of updates to many parameters with a handful of
+multi-tensor ops; `coefficients` forms its per-matrix scalars so that every caller rounds alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from muonlab.contract.decay import decay_lr
-from muonlab.contract.spec import Cautious
+from muonlab.contract.spec import Cautious, lookup
 
 from .orthogonalize import contiguous_as
-from .state import wide_dtype
 
-__all__ = [
-    "Coefficients",
-    "Scalar",
-    "apply_stack_",
-    "apply_update_",
-    "cautious_mask",
-    "coefficients",
-    "coupled_decay",
-    "decay_lr",
-    "decoupled_decay_",
-]
+__all__ = ["CAUTIOUS_TESTS", "Coefficients", "Scalar", "apply_stack_", "cautious_mask", "coefficients", "decay_lr"]
 
 Scalar = float | torch.Tensor
 """A learning-rate-like scalar: a Python float or a tensor (0-D, or one value per matrix of a stack)."""
 
 
-def _check_cautious(mode: object) -> None:
-    if mode not in ("off", "ge", "gt"):
-        raise ValueError(f"cautious: expected 'off', 'ge' or 'gt', got {mode!r}")
+CAUTIOUS_TESTS: dict[Cautious, Callable[[torch.Tensor], torch.Tensor] | None] = {
+    "off": None,  # every coordinate decays
+    "ge": lambda prod: prod.ge_(0.0),  # in place: the product is the step's own temporary
+    "gt": lambda prod: prod.gt_(0.0),
+}
+"""``spec.cautious`` -> the in-place test on ``O (.) W`` that selects the decayed coordinates (the reference's
+table is `muonlab.reference.decay.CAUTIOUS_TESTS`)."""
 
 
 def cautious_mask(update: torch.Tensor, weight: torch.Tensor, mode: Cautious) -> torch.Tensor:
-    """``1[O (.) W >= 0]`` (``"ge"``), ``1[O (.) W > 0]`` (``"gt"``) or ones (``"off"``), in ``weight.dtype``."""
-    _check_cautious(mode)
-    if mode == "off":
+    """The `CAUTIOUS_TESTS` mask of ``mode`` (ones for ``"off"``), in ``weight.dtype``."""
+    test = lookup(CAUTIOUS_TESTS, mode, "cautious")
+    if test is None:
         return torch.ones_like(weight)
-    prod = update.to(weight.dtype) * weight
-    return (prod >= 0 if mode == "ge" else prod > 0).to(weight.dtype)
-
-
-def coupled_decay(grads: list[torch.Tensor], weights: list[torch.Tensor], weight_decay: float) -> list[torch.Tensor]:
-    """``G + lambda W`` for each pair (new tensors; the gradients are not written)."""
-    return list(
-        torch._foreach_add(grads, [w.to(g.dtype) for g, w in zip(grads, weights, strict=True)], alpha=weight_decay)
-    )
-
-
-def decoupled_decay_(weight: torch.Tensor, update: torch.Tensor, decay_factor: Scalar, mode: Cautious) -> torch.Tensor:
-    """``W <- W - decay_factor mask (.) W`` in place (``decay_factor = eta_d lambda``); returns ``weight``."""
-    _check_cautious(mode)
-    if mode == "off":
-        return weight.sub_(weight * decay_factor)
-    return weight.sub_(weight * cautious_mask(update, weight, mode) * decay_factor)
+    return test(update.to(weight.dtype) * weight).to(weight.dtype)
 
 
 @dataclass(frozen=True)
@@ -106,9 +80,9 @@ def apply_stack_(
     ``W - (eta_d lambda mask (.) W + eta_u O)`` computed in ``dtype`` (one rounding of a bf16 parameter), the
     mask ``O (.) W >= 0`` (or ``> 0``) from the product in ``dtype``.
     """
-    _check_cautious(cautious)
+    test = lookup(CAUTIOUS_TESTS, cautious, "cautious")
     tl = list(targets)
-    if coefs.decay is None or (cautious == "off" and all(t.dtype == dtype for t in tl)):
+    if coefs.decay is None or (test is None and all(t.dtype == dtype for t in tl)):
         if coefs.retain is not None:
             torch._foreach_mul_(tl, _parts(coefs.retain, counts))
         # one contiguous copy in ``dtype`` (a fast cast, unlike a mixed-dtype multiply) unless ``update`` is
@@ -117,29 +91,10 @@ def apply_stack_(
         torch._foreach_sub_(tl, list(torch.split(delta, list(counts))))
         return
     term = torch.cat(tl, out=torch.empty(update.shape, dtype=dtype, device=update.device))  # W, in ``dtype``
-    if cautious != "off":
+    if test is not None:
         # mask (.) W without a third stack-sized tensor: the product's sign in place, then W from the params
-        term.mul_(update)
-        term = term.ge_(0.0) if cautious == "ge" else term.gt_(0.0)
+        term = test(term.mul_(update))
         torch._foreach_mul_(list(torch.split(term, list(counts))), tl)
     term.mul_(coefs.decay)
     term.addcmul_(update, coefs.lr_update)
     torch._foreach_sub_(tl, list(torch.split(term, list(counts))))
-
-
-def apply_update_(
-    param: torch.Tensor,
-    update: torch.Tensor,
-    *,
-    lr_update: Scalar,
-    decay_factor: Scalar | None,
-    cautious: Cautious,
-) -> None:
-    """Stages 6-7 on one parameter, in place: ``W <- W - decay_factor mask (.) W - lr_update O`` (mask on the
-    pre-update ``W``; ``decay_factor`` None skips the decay), with the arithmetic of `apply_stack_` (Python
-    floats are taken as float64)."""
-    dtype = wide_dtype(param.dtype)
-    lr64 = torch.as_tensor(lr_update, dtype=torch.float64, device=param.device)
-    d64 = None if decay_factor is None else torch.as_tensor(decay_factor, dtype=torch.float64, device=param.device)
-    n = param.shape[0] if param.ndim else 1
-    apply_stack_([param], update.reshape(param.shape), [n], coefficients(lr64, d64, dtype), cautious, dtype)

@@ -1,28 +1,21 @@
-"""Momentum forms on torch tensors (docs/variants.md section 0.1; `muonlab.reference.momentum`).
-
-The buffer ``M`` is updated in place; the result ``N`` is the orthogonalizer input. The three forms and their
-equations: docs/variants.md "Momentum (stage 2)". ``"ema"`` runs as ``lerp`` (KellerJordan/Muon, torch).
-
-`momentum_` works on one stack (the optimizer step: per-matrix weights skip matrices on the device, step
-counts are tensors); `apply_momentum_` on lists of tensors (``torch._foreach_*``).
+"""Momentum forms on torch tensors (docs/variants.md "Momentum (stage 2)"; `muonlab.reference.momentum`), on one
+stack: the buffer ``M`` is updated in place and the result ``N`` is the orthogonalizer input. ``"ema"`` runs as
+``lerp`` (KellerJordan/Muon, torch). Per-matrix weights skip matrices on the device and step counts are tensors.
+`MOMENTUM_FORMS` holds each form's step and the weights that skip a matrix.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from muonlab.contract.spec import MomentumForm, MuonSpec
+from muonlab.contract.spec import MomentumForm, lookup
 
-__all__ = ["apply_momentum_", "momentum_", "momentum_weight", "optax_corrections"]
+__all__ = ["MOMENTUM_FORMS", "Form", "momentum_", "momentum_weight", "optax_corrections"]
 
-Tensors = list[torch.Tensor]
-
-
-def _check_form(form: object) -> None:
-    if form not in ("ema", "sum", "optax"):
-        raise ValueError(f"momentum_form: expected 'ema', 'sum' or 'optax', got {form!r}")
+Weight = float | torch.Tensor
 
 
 def optax_corrections(steps: torch.Tensor, beta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,13 +28,58 @@ def optax_corrections(steps: torch.Tensor, beta: float, dtype: torch.dtype) -> t
     return first.to(dtype), second.to(dtype)
 
 
+def _ema_(
+    buf: torch.Tensor, grad: torch.Tensor, beta: float, nesterov: bool, steps: object, weight: Weight
+) -> torch.Tensor:
+    buf.lerp_(grad, weight)
+    return grad.lerp_(buf, beta) if nesterov else buf
+
+
+def _sum_(
+    buf: torch.Tensor, grad: torch.Tensor, beta: float, nesterov: bool, steps: object, weight: Weight
+) -> torch.Tensor:
+    buf.mul_(weight).add_(grad)
+    return grad.add_(buf, alpha=beta) if nesterov else buf
+
+
+def _optax_(
+    buf: torch.Tensor, grad: torch.Tensor, beta: float, nesterov: bool, steps: object, weight: Weight
+) -> torch.Tensor:
+    if not isinstance(steps, torch.Tensor):
+        raise ValueError("steps: the optax momentum needs the 1-based step counts")
+    buf.mul_(weight).add_(grad, alpha=1.0 - beta)
+    if nesterov:
+        first, second = optax_corrections(steps, beta, buf.dtype)
+        return grad.mul_(second).add_(buf * first)
+    t = steps.to(torch.float64).clamp(min=1.0)
+    return buf / (1.0 - torch.pow(beta, t)).to(buf.dtype)
+
+
+@dataclass(frozen=True)
+class Form:
+    """A momentum form on a stack: ``step(M, G, beta, nesterov, steps, weight) -> N``, where ``weight`` is the
+    per-matrix factor `weights` gives (``on`` for a matrix that steps, ``off`` for one skipped: it leaves
+    ``M`` unchanged bit for bit when its ``G`` is zero)."""
+
+    step: Callable[[torch.Tensor, torch.Tensor, float, bool, object, Weight], torch.Tensor]
+    weights: Callable[[float], tuple[float, float]]
+
+
+MOMENTUM_FORMS: dict[MomentumForm, Form] = {
+    "ema": Form(_ema_, lambda beta: (1.0 - beta, 0.0)),  # the lerp weight
+    "sum": Form(_sum_, lambda beta: (beta, 1.0)),  # the decay of M
+    "optax": Form(_optax_, lambda beta: (beta, 1.0)),
+}
+"""``spec.momentum_form`` -> its `Form` (the reference's table is `muonlab.reference.momentum.MOMENTUM_FORMS`)."""
+
+
 def momentum_weight(keep: torch.Tensor, form: MomentumForm, beta: float, dtype: torch.dtype) -> torch.Tensor:
-    """The per-matrix ``weight`` of `momentum_` for the bool mask ``keep``: ``1-beta`` / 0 (``"ema"``) or
-    ``beta`` / 1 (``"sum"``, ``"optax"``) where ``keep`` is True / False, in ``dtype`` (each value exact)."""
-    _check_form(form)
-    if form == "ema":
-        return keep.to(dtype).mul_(1.0 - beta)
-    return torch.ones(keep.shape, dtype=dtype, device=keep.device).masked_fill_(keep, beta)
+    """The per-matrix ``weight`` of `momentum_` for the bool mask ``keep``: the form's ``on`` / ``off`` weight
+    where ``keep`` is True / False, in ``dtype`` (each value exact)."""
+    on, off = lookup(MOMENTUM_FORMS, form, "momentum_form").weights(beta)
+    if off == 0.0:  # one op: 1 * on and 0 * on are exact
+        return keep.to(dtype).mul_(on)
+    return torch.full(keep.shape, off, dtype=dtype, device=keep.device).masked_fill_(keep, on)
 
 
 def momentum_(
@@ -58,56 +96,7 @@ def momentum_(
     overwritten and may be returned; ``N`` may also be ``buf`` itself, so do not write it).
 
     ``steps`` (``"optax"`` only): the 1-based counts after incrementing, broadcastable to ``buf``.
-    ``weight`` (broadcastable, ``buf.dtype``; `momentum_weight`) replaces the ``"ema"`` lerp weight ``1-beta``
-    or the ``"sum"``/``"optax"`` decay factor ``beta`` per matrix: 0 (or 1) where a matrix is skipped, whose
-    ``grad`` must then be zero, so its buffer stays unchanged bit for bit.
-    """
-    _check_form(form)
-    if form == "ema":
-        buf.lerp_(grad, 1.0 - beta if weight is None else weight)
-        return grad.lerp_(buf, beta) if nesterov else buf
-    decay: float | torch.Tensor = beta if weight is None else weight
-    if form == "sum":
-        buf.mul_(decay).add_(grad)
-        return grad.add_(buf, alpha=beta) if nesterov else buf
-    if steps is None:
-        raise ValueError("steps: the optax momentum needs the 1-based step counts")
-    buf.mul_(decay).add_(grad, alpha=1.0 - beta)
-    if nesterov:
-        first, second = optax_corrections(steps, beta, buf.dtype)
-        return grad.mul_(second).add_(buf * first)
-    t = steps.to(torch.float64).clamp(min=1.0)
-    return buf / (1.0 - torch.pow(beta, t)).to(buf.dtype)
-
-
-def apply_momentum_(
-    bufs: Tensors,
-    grads: Tensors,
-    spec: MuonSpec,
-    steps: Sequence[int | torch.Tensor],
-    *,
-    beta: float | None = None,
-    form: MomentumForm | None = None,
-) -> Tensors:
-    """Stage 2 on lists: updates each buffer in place and returns new tensors ``N`` (the gradients are not
-    written). ``beta`` defaults to ``spec.momentum`` (a param group's live ``"momentum"``), ``form`` to
-    ``spec.momentum_form``; ``steps`` are the 1-based counts after incrementing (ints or 0-D tensors)."""
-    kind = spec.momentum_form if form is None else form
-    _check_form(kind)
-    b = spec.momentum if beta is None else float(beta)
-    if not bufs:
-        return []
-    if kind == "ema":
-        torch._foreach_lerp_(bufs, grads, 1.0 - b)
-        return list(torch._foreach_lerp(grads, bufs, b)) if spec.nesterov else [m.clone() for m in bufs]
-    if kind == "sum":
-        torch._foreach_mul_(bufs, b)
-        torch._foreach_add_(bufs, grads)
-        return list(torch._foreach_add(grads, bufs, alpha=b)) if spec.nesterov else [m.clone() for m in bufs]
-    if any(isinstance(t, bool) or (isinstance(t, int) and t < 1) for t in steps):
-        raise ValueError(f"steps: the optax momentum needs 1-based step counts t >= 1, got {list(steps)!r}")
-    out = []
-    for m, g, t in zip(bufs, grads, steps, strict=True):
-        n = momentum_(m, g.clone(), "optax", b, spec.nesterov, steps=torch.as_tensor(t, device=m.device))
-        out.append(n if n is not m else m.clone())
-    return out
+    ``weight`` (broadcastable, ``buf.dtype``; `momentum_weight`) replaces the form's weight per matrix (None:
+    every matrix steps)."""
+    kind = lookup(MOMENTUM_FORMS, form, "momentum_form")
+    return kind.step(buf, grad, beta, nesterov, steps, kind.weights(beta)[0] if weight is None else weight)

@@ -33,11 +33,12 @@ from typing import Any
 import torch
 
 from muonlab.contract import MuonSpec, decay_stages, matrix_view_shape, normuon_state_shape, update_scale
+from muonlab.contract.spec import lookup
 
 from .backend import Backend, route
 from .decay import Coefficients, Scalar, apply_stack_, coefficients, decay_lr
 from .distributed import DistributedMode, Group, muon_directions
-from .momentum import momentum_, momentum_weight
+from .momentum import MOMENTUM_FORMS, momentum_, momentum_weight
 from .normuon import normuon_normalize_
 from .orthogonalize import as_matrices, orthogonalizer
 from .plan import Bucket, Chunk, plan_buckets
@@ -83,10 +84,9 @@ class Skip:
     def of(keep: torch.Tensor, spec: MuonSpec, beta: float, dtype: torch.dtype) -> Skip:
         flags = keep.to(dtype)  # 1 / 0, exact: one cast shared by both weights
         second = flags * (1.0 - spec.beta2) if spec.normuon else None
-        if spec.momentum_form == "ema":  # the `momentum_weight` of "ema", from the shared cast
-            momentum = flags.mul_(1.0 - beta)
-        else:
-            momentum = momentum_weight(keep, spec.momentum_form, beta, dtype)
+        on, off = lookup(MOMENTUM_FORMS, spec.momentum_form, "momentum_form").weights(beta)
+        # `momentum_weight`; with off = 0 ("ema") from the shared cast, one op fewer
+        momentum = flags.mul_(on) if off == 0.0 else momentum_weight(keep, spec.momentum_form, beta, dtype)
         return Skip(keep, ~keep, momentum, second)
 
     def rows(self, a: int, b: int) -> Skip:

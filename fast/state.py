@@ -4,7 +4,7 @@
   parameter's dtype), ``"second_moment"`` (NorMuon ``S`` of shape `normuon_state_shape`, same dtype; only
   with ``spec.normuon``), ``"step"`` (0-D float32 tensor on the parameter's device, as torch's Adam with
   ``capturable=True``: the step reads it without a host sync). In `muonlab.fast.Muon` the Muon entries
-  are views into per-shape stacks (`muonlab.fast.buckets`).
+  are views into per-shape stacks (`muonlab.fast.pipeline`).
 * AdamW: ``"exp_avg"``, ``"exp_avg_sq"`` (same dtype rule) and ``"step"``.
 """
 

@@ -15,14 +15,25 @@ All sources are algebraic variants of ``W <- W - eta_u O - eta_d lambda mask (.)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import numpy.typing as npt
 
 from muonlab.contract.decay import decay_lr
-from muonlab.contract.spec import Cautious, MuonSpec
+from muonlab.contract.spec import Cautious, MuonSpec, lookup
 
 from .array import Array
 
-__all__ = ["cautious_mask", "coupled_decay", "decay_lr", "decoupled_decay"]
+__all__ = ["CAUTIOUS_TESTS", "cautious_mask", "coupled_decay", "decay_lr", "decoupled_decay"]
+
+CAUTIOUS_TESTS: dict[Cautious, Callable[[Array], npt.NDArray[np.bool_]] | None] = {
+    "off": None,  # every coordinate decays
+    "ge": lambda prod: prod >= 0.0,  # CWD arXiv 2510.12402 Alg. 1
+    "gt": lambda prod: prod > 0.0,  # modded-nanogpt: an exact zero is not decayed
+}
+"""``spec.cautious`` -> the test on ``O (.) W`` that selects the decayed coordinates (the fast side's table is
+`muonlab.fast.decay.CAUTIOUS_TESTS`)."""
 
 
 def cautious_mask(update: Array, weight: Array, mode: Cautious) -> Array:
@@ -31,10 +42,10 @@ def cautious_mask(update: Array, weight: Array, mode: Cautious) -> Array:
     ``update`` is the (positively scaled) update direction subtracted from ``W``; the mask is invariant to
     its positive rescaling.
     """
-    if mode == "off":
+    test = lookup(CAUTIOUS_TESTS, mode, "cautious")
+    if test is None:
         return np.ones(np.shape(weight), dtype=np.float64)
-    prod = np.asarray(update, dtype=np.float64) * np.asarray(weight, dtype=np.float64)
-    return (prod >= 0.0 if mode == "ge" else prod > 0.0).astype(np.float64)
+    return test(np.asarray(update, dtype=np.float64) * np.asarray(weight, dtype=np.float64)).astype(np.float64)
 
 
 def decoupled_decay(weight: Array, update: Array, lr: float, lr_update: float, spec: MuonSpec) -> Array:

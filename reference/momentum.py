@@ -15,17 +15,19 @@ With zero initial buffers the EMA form is exactly ``(1-beta)`` times the sum for
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from muonlab.contract.spec import MomentumForm, MuonSpec
+from muonlab.contract.spec import MomentumForm, MuonSpec, lookup
 
 from .array import Array
 
-__all__ = ["apply_momentum", "ema_momentum", "optax_momentum", "sum_momentum"]
+__all__ = ["MOMENTUM_FORMS", "apply_momentum", "ema_momentum", "optax_momentum", "sum_momentum"]
 
 
-def ema_momentum(buf: Array, grad: Array, beta: float, nesterov: bool) -> tuple[Array, Array]:
-    """``M = beta M + (1-beta) G``; ``N = (1-beta) G + beta M`` (Nesterov) or ``M``.
+def ema_momentum(buf: Array, grad: Array, beta: float, nesterov: bool, t: int = 1) -> tuple[Array, Array]:
+    """``M = beta M + (1-beta) G``; ``N = (1-beta) G + beta M`` (Nesterov) or ``M``; ``t`` is unused.
 
     Written as in torch ``lerp``: ``M + (1-beta)(G - M)`` and ``G + beta (M - G)``.
     """
@@ -34,8 +36,8 @@ def ema_momentum(buf: Array, grad: Array, beta: float, nesterov: bool) -> tuple[
     return new, n
 
 
-def sum_momentum(buf: Array, grad: Array, mu: float, nesterov: bool) -> tuple[Array, Array]:
-    """``M = mu M + G``; ``N = G + mu M`` (Nesterov) or ``M`` (Moonlight ``toy_train.py``, dion)."""
+def sum_momentum(buf: Array, grad: Array, mu: float, nesterov: bool, t: int = 1) -> tuple[Array, Array]:
+    """``M = mu M + G``; ``N = G + mu M`` (Nesterov) or ``M`` (Moonlight ``toy_train.py``, dion); ``t`` is unused."""
     new = mu * buf + grad
     n = grad + mu * new if nesterov else new.copy()
     return new, n
@@ -57,18 +59,21 @@ def optax_momentum(buf: Array, grad: Array, beta: float, nesterov: bool, t: int)
     return new, n
 
 
+MOMENTUM_FORMS: dict[MomentumForm, Callable[[Array, Array, float, bool, int], tuple[Array, Array]]] = {
+    "ema": ema_momentum,
+    "sum": sum_momentum,
+    "optax": optax_momentum,
+}
+"""``spec.momentum_form`` -> ``(M, G, beta, nesterov, t) -> (M_new, N)`` (the fast side's table is
+`muonlab.fast.momentum.MOMENTUM_FORMS`)."""
+
+
 def apply_momentum(
     buf: Array, grad: Array, spec: MuonSpec, t: int, form: MomentumForm | None = None
 ) -> tuple[Array, Array]:
-    """Dispatch on ``spec.momentum_form`` (or ``form``) with ``spec.momentum`` and ``spec.nesterov``.
+    """`MOMENTUM_FORMS` of ``spec.momentum_form`` (or ``form``) with ``spec.momentum`` and ``spec.nesterov``.
 
     ``t`` is the 1-based step count after incrementing (only ``"optax"`` reads it).
     """
-    buf = np.asarray(buf, dtype=np.float64)
-    grad = np.asarray(grad, dtype=np.float64)
-    kind = spec.momentum_form if form is None else form
-    if kind == "ema":
-        return ema_momentum(buf, grad, spec.momentum, spec.nesterov)
-    if kind == "sum":
-        return sum_momentum(buf, grad, spec.momentum, spec.nesterov)
-    return optax_momentum(buf, grad, spec.momentum, spec.nesterov, t)
+    step = lookup(MOMENTUM_FORMS, spec.momentum_form if form is None else form, "momentum_form")
+    return step(np.asarray(buf, dtype=np.float64), np.asarray(grad, dtype=np.float64), spec.momentum, spec.nesterov, t)
