@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -92,14 +93,32 @@ def test_imports_run_one_way(folder: str) -> None:
     assert not upward, upward
 
 
-def test_each_side_has_one_orthogonalizer_table_keyed_by_the_spec_values() -> None:
-    """``orthogonalizer`` is looked up in one table per side, keyed by exactly the spec's ``Literal`` values: a new
-    orthogonalizer is one function per side plus its value (the strategies draw it from the type)."""
+# (field, reference table, fast table): each stage choice is looked up in one table per side.
+STAGE_TABLES = [
+    ("orthogonalizer", "muonlab.reference.orthogonalize:ORTHOGONALIZERS", "muonlab.fast.orthogonalize:ORTHOGONALIZERS"),
+    ("momentum_form", "muonlab.reference.momentum:MOMENTUM_FORMS", "muonlab.fast.momentum:MOMENTUM_FORMS"),
+    ("cautious", "muonlab.reference.decay:CAUTIOUS_TESTS", "muonlab.fast.decay:CAUTIOUS_TESTS"),
+    ("decay_placement", "muonlab.contract.decay:DECAY_PLACEMENTS", None),
+    ("decay_lr", "muonlab.contract.decay:DECAY_LRS", None),
+    ("shape_scale", "muonlab.contract.scaling:SHAPE_SCALES", None),
+]
+
+
+def _table(path: str) -> object:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize(("field", "reference", "fast"), STAGE_TABLES, ids=[t[0] for t in STAGE_TABLES])
+def test_each_stage_choice_is_one_table_per_side_keyed_by_the_spec_values(
+    field: str, reference: str, fast: str | None
+) -> None:
+    """A stage choice is looked up in one table per side (the contract's tables serve both), keyed by exactly the
+    spec's ``Literal`` values: a new value is one function per side plus the value (the strategies draw it from
+    the type)."""
     from muonlab.contract import choices
-    from muonlab.reference.orthogonalize import ORTHOGONALIZERS as REFERENCE
 
-    assert set(REFERENCE) == set(choices("orthogonalizer"))
-    pytest.importorskip("torch")
-    from muonlab.fast.orthogonalize import ORTHOGONALIZERS as FAST
-
-    assert set(FAST) == set(choices("orthogonalizer"))
+    assert set(_table(reference)) == set(choices(field))  # type: ignore[call-overload]
+    if fast is not None:
+        pytest.importorskip("torch")
+        assert set(_table(fast)) == set(choices(field))  # type: ignore[call-overload]

@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from muonlab.fast.state import wide_dtype  # the arithmetic dtype: float64 for float64, else float32
+
 from ._common import (
     Family,
     Variant,
@@ -58,11 +60,6 @@ _FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 def supports(dtype: torch.dtype) -> bool:
     """Whether `fused_momentum` takes tensors of ``dtype`` (float32, bfloat16, float16, float64)."""
     return dtype in _FLOATS
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64 tensors, float32 otherwise (the kernel's arithmetic dtype)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 BLOCKS: Mapping[Family, tuple[int, int, int]] = {
@@ -188,7 +185,7 @@ def fused_momentum(
     _check_form(form, nesterov)
     _check_pair(buf, grad, ("buf", "grad"))
     check_launchable(_momentum_kernel, buf, "fused_momentum")
-    cdt = _compute_dtype(buf.dtype)
+    cdt = wide_dtype(buf.dtype)
     beta_ptr, beta_val = scalar_arg(beta, buf.device, "beta", cdt)
     n = torch.empty_like(buf)
     numel = buf.numel()
@@ -221,7 +218,7 @@ def fused_momentum_torch(
     """Torch twin of `fused_momentum` (same arguments, same math, several eager ops)."""
     _check_form(form, nesterov)
     _check_pair(buf, grad, ("buf", "grad"))
-    beta_ptr, beta_val = scalar_arg(beta, buf.device, "beta", _compute_dtype(buf.dtype))
+    beta_ptr, beta_val = scalar_arg(beta, buf.device, "beta", wide_dtype(buf.dtype))
     work = buf if buf.dtype in (torch.float32, torch.float64) else buf.float()
     b: float | torch.Tensor = beta_val if beta_ptr is None else beta_ptr.to(work.dtype)
     g = grad.to(work.dtype)
@@ -242,7 +239,7 @@ def variants(family: Family) -> tuple[Variant, ...]:
     _, warps, stages = BLOCKS[family]
     out: list[Variant] = []
     for (buf, grad), constexprs in momentum_table(family).items():
-        cdt = "*" + triton_type(_compute_dtype(buf))
+        cdt = "*" + triton_type(wide_dtype(buf))
         sig = {
             "buf_ptr": "*" + triton_type(buf),
             "grad_ptr": "*" + triton_type(grad),
