@@ -1,7 +1,7 @@
 """Named Newton-Schulz / Polar Express coefficient sets.
 
-Each set is a tuple of ``(a, b, c)`` triples; iteration ``k`` applies the odd quintic
-``p_k(s) = a s + b s^3 + c s^5`` to every singular value (``X <- a X + (b A + c A^2) X`` with ``A = X X^T``).
+Each set is a tuple of ``(a, b, c)`` triples, one per iteration of docs/variants.md "Orthogonalization
+(stage 3)" (the odd quintic ``a s + b s^3 + c s^5`` on every singular value).
 When a spec asks for more iterations than a set has triples, the last triple repeats (the rule of
 NoahAmsel/PolarExpress ``basic.py``); when it asks for fewer, the first ``ns_steps`` triples are used.
 

@@ -136,10 +136,9 @@ def newton_schulz_stack(
     eps_mode: EpsMode = "add",
     compute: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Odd-polynomial Newton-Schulz / Polar Express iteration (docs/variants.md "Orthogonalization (stage 3)")
-    of the ``[B, m, n]`` stack taken out of ``box``, in ``compute`` (default its dtype), one batched product per
-    step for the whole stack: `normalized_wide`, then per triple ``(a, b, c)`` of ``coefficients`` (one per
-    iteration, `muonlab.contract.coefficients.schedule`) ``A = X X^T``, ``B = b A + c A^2``, ``X' = a X + B X``.
+    """The Newton-Schulz / Polar Express iteration (docs/variants.md "Orthogonalization (stage 3)"; one triple of
+    ``coefficients`` per iteration, `muonlab.contract.coefficients.schedule`) of the ``[B, m, n]`` stack taken
+    out of ``box``, in ``compute`` (default its dtype), one batched product per step for the whole stack.
     ``backend`` (`muonlab.fast.backend.route`) may take the symmetric kernels for ``A`` and ``B``;
     ``overwrite``: the stack may be divided in place. Taking the stack out of a list leaves the caller no
     reference, so the momentum-sized input is freed as soon as its normalized copy exists, and each iterate as
@@ -155,10 +154,10 @@ def newton_schulz_stack(
 
         gram_of, poly_of = symmetric.xxt, symmetric.ba_plus_caa
     for a, b, c in coefficients:
-        gram = gram_of(xm)
-        poly = poly_of(gram, b, c)
+        gram = gram_of(xm)  # A = X X^T
+        poly = poly_of(gram, b, c)  # B = b A + c A^2
         del gram
-        xm = torch.baddbmm(xm, poly, xm, beta=a)
+        xm = torch.baddbmm(xm, poly, xm, beta=a)  # X <- a X + B X
         del poly  # before the next A: at most one iterate and one m x m product alive besides it
     return xm.mT if transpose else xm
 

@@ -44,11 +44,8 @@ def sum_momentum(buf: Array, grad: Array, mu: float, nesterov: bool, t: int = 1)
 
 
 def optax_momentum(buf: Array, grad: Array, beta: float, nesterov: bool, t: int) -> tuple[Array, Array]:
-    """optax ``scale_by_muon``: ``M = beta M + (1-beta) G``, bias-corrected with the step ``t >= 1``.
-
-    Nesterov: ``N = beta M / (1 - beta^{t+1}) + (1-beta) G / (1 - beta^t)``; otherwise ``N = M / (1 - beta^t)``.
-    ``beta = 0`` gives ``N = G``.
-    """
+    """optax ``scale_by_muon`` (the module's ``"optax"`` line), bias-corrected with the step ``t >= 1``;
+    ``beta = 0`` gives ``N = G``."""
     if isinstance(t, bool) or not isinstance(t, int) or t < 1:
         raise ValueError(f"t: the optax momentum needs the 1-based step count t >= 1, got {t!r}")
     new = beta * buf + (1.0 - beta) * grad
