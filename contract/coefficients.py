@@ -16,11 +16,21 @@ Sources (docs/variants.md "Orthogonalization", its table of sets; [S §0.3, §5.
   divided by ``(1.01, 1.01^3, 1.01^5)``; use with norm scale 1.01.
 * ``cubic``: the classical cubic Newton-Schulz iteration ``X <- 1.5 X - 0.5 X X^T X``.
 * ``accurate``: ``(2, -1.5, 0.5)`` (modded-nanogpt track 3 ``train_gpt_simple.py``), typically x12.
+* ``gram_polar_express``: Dao-AILab/gram-newton-schulz ``POLAR_EXPRESS_COEFFICIENTS`` (the default of its Gram
+  Newton-Schulz, and of dion's ``use_gram_newton_schulz``): the first five paper triples, *each* divided by
+  ``(1.05, 1.05^3, 1.05^5)``; norm scale 1.
+* ``turbo_aol``: Turbo-Muon (thib-s/flash-newton-schulz ``newton_schulz_triton_aol`` at cdb03db; dion
+  ``newton_schulz_triton_fast``): 4 steps designed for the ``"aol"`` prescale.
+* ``turbo_aol_b73111d``: the same function's first set (b73111d), which NeMo ships as ``coefficient_type="aol"``
+  (with the Frobenius prescale, cycled).
+* ``deepseekv4``: NS5-Keller x 8 then ``(2, -1.5, 0.5)`` x 2 (NeMo ``"deepseekv4"``, the DeepSeek-V4 schedule).
 """
 
 from __future__ import annotations
 
-from typing import Final
+import warnings
+from collections.abc import Callable
+from typing import Final, Literal
 
 Triple = tuple[float, float, float]
 CoefficientSet = tuple[Triple, ...]
@@ -67,6 +77,27 @@ CUBIC: Final[CoefficientSet] = ((1.5, -0.5, 0.0),)
 
 ACCURATE: Final[CoefficientSet] = ((2.0, -1.5, 0.5),)
 
+GRAM_POLAR_EXPRESS: Final[CoefficientSet] = tuple(
+    (a / 1.05, b / 1.05**3, c / 1.05**5)
+    for a, b, c in _PAPER_RAW[:5]  # the safety factor on all five
+)
+
+TURBO_AOL: Final[CoefficientSet] = (
+    (4.6051, -9.6552, 5.6769),
+    (4.7505, -6.0861, 2.1790),
+    (2.7763, -2.3190, 0.5523),
+    (2.4231, -2.2861, 0.8193),
+)
+
+TURBO_AOL_B73111D: Final[CoefficientSet] = (
+    (4.0098, -7.0585, 2.4635),
+    (3.4585, -5.5479, 2.5959),
+    (2.7573, -3.2939, 1.4254),
+    (2.7215, -3.0494, 1.3169),
+)
+
+DEEPSEEK_V4: Final[CoefficientSet] = KELLER * 8 + ACCURATE * 2
+
 COEFFICIENT_SETS: Final[dict[str, CoefficientSet]] = {
     "keller": KELLER,
     "leloykun": LELOYKUN,
@@ -74,7 +105,23 @@ COEFFICIENT_SETS: Final[dict[str, CoefficientSet]] = {
     "polar_express_paper": POLAR_EXPRESS_PAPER,
     "cubic": CUBIC,
     "accurate": ACCURATE,
+    "gram_polar_express": GRAM_POLAR_EXPRESS,
+    "turbo_aol": TURBO_AOL,
+    "turbo_aol_b73111d": TURBO_AOL_B73111D,
+    "deepseekv4": DEEPSEEK_V4,
 }
+
+DESIGNED_PRESCALE: Final[dict[str, str]] = {"turbo_aol": "aol", "turbo_aol_b73111d": "aol"}
+"""Sets designed for a prescale other than Frobenius (their first triple expects that input band)."""
+
+EXACT_STEPS: Final[dict[str, int]] = {}
+"""Sets that admit exactly this many steps (NeMo raises otherwise)."""
+
+CoefficientPolicy = Literal["repeat_last", "cycle"]
+
+
+class CoefficientScheduleWarning(UserWarning):
+    """A coefficient set used where it was not designed to run: cycled past its end, or after another prescale."""
 
 
 def resolve_coefficients(coefficients: str | CoefficientSet) -> CoefficientSet:
@@ -95,7 +142,42 @@ def resolve_coefficients(coefficients: str | CoefficientSet) -> CoefficientSet:
     return tuple((float(a), float(b), float(c)) for a, b, c in coefficients)
 
 
-def schedule(coefficients: str | CoefficientSet, ns_steps: int) -> CoefficientSet:
-    """The ``ns_steps`` triples actually applied: the first ``ns_steps``, the last one repeating beyond the list."""
+POLICIES: Final[dict[CoefficientPolicy, Callable[[int, int], int]]] = {
+    "repeat_last": lambda k, size: min(k, size - 1),  # PolarExpress basic.py; NeMo polar_express, cans, deepseekv4
+    "cycle": lambda k, size: k % size,  # NeMo simple, quintic, aol: the steps wrap around the list
+}
+"""``ns_policy`` -> the index of the triple applied at iteration ``k`` of a set of ``size`` triples."""
+
+
+def schedule(
+    coefficients: str | CoefficientSet, ns_steps: int, policy: CoefficientPolicy = "repeat_last"
+) -> CoefficientSet:
+    """The ``ns_steps`` triples actually applied: the first ``ns_steps``; beyond the list, by ``policy``."""
     triples = resolve_coefficients(coefficients)
-    return tuple(triples[min(k, len(triples) - 1)] for k in range(ns_steps))
+    if policy not in POLICIES:
+        raise ValueError(f"ns_policy: expected one of {', '.join(map(repr, POLICIES))}, got {policy!r}")
+    return tuple(triples[POLICIES[policy](k, len(triples))] for k in range(ns_steps))
+
+
+def warn_schedule(coefficients: str | CoefficientSet, ns_steps: int, policy: CoefficientPolicy, prescale: str) -> None:
+    """Warn (`CoefficientScheduleWarning`) when a set runs outside its design: cycled back to its first triple (a
+    designed composition restarted on converged singular values knocks them down: NeMo's ``"aol"`` at 5 steps
+    maps them near 0.585), or after a prescale other than the one it was designed for."""
+    triples = resolve_coefficients(coefficients)
+    label = coefficients if isinstance(coefficients, str) else "explicit"
+    if policy == "cycle" and len(triples) > 1 and ns_steps > len(triples):
+        first = triples[0]
+        warnings.warn(
+            f"ns_coefficients {label!r}: {ns_steps} steps cycle past its {len(triples)} triples, so step "
+            f"{len(triples) + 1} applies the first triple again (p(1) = {sum(first):.3f}): use ns_steps <= "
+            f"{len(triples)} or ns_policy='repeat_last'",
+            CoefficientScheduleWarning,
+            stacklevel=6,
+        )
+    designed = DESIGNED_PRESCALE.get(label)
+    if designed is not None and prescale != designed:
+        warnings.warn(
+            f"ns_coefficients {label!r} is designed for prescale={designed!r}, used with prescale={prescale!r}",
+            CoefficientScheduleWarning,
+            stacklevel=6,
+        )

@@ -24,6 +24,8 @@ DECAY_LRS: Final[dict[DecayLr, Callable[[Any, Any], Any]]] = {
     "base": lambda lr, lr_update: lr,
     "scaled": lambda lr, lr_update: lr_update,  # eta_u: the shape-scaled lr
     "lr2": lambda lr, lr_update: lr * lr_update,  # modded-nanogpt: decay proportional to lr^2
+    "base_squared": lambda lr, lr_update: lr * lr,  # NeMo weight_decay_method="palm"
+    "unit": lambda lr, lr_update: lr * 0.0 + 1.0,  # NeMo "independent": lambda alone (kept lr's type)
 }
 """``decay_lr`` -> ``eta_d`` from ``(eta, eta_u)``."""
 
@@ -37,6 +39,6 @@ def decay_stages(spec: MuonSpec, weight_decay: float | None = None) -> tuple[boo
 
 
 def decay_lr(lr: T, lr_update: T, spec: MuonSpec) -> T:
-    """``eta_d``: ``lr`` (``"base"``), ``lr_update`` = ``eta_u`` (``"scaled"``) or ``lr * lr_update`` (``"lr2"``)."""
+    """``eta_d`` from ``lr`` and ``lr_update`` = ``eta_u`` by `DECAY_LRS`."""
     out: T = lookup(DECAY_LRS, spec.decay_lr, "decay_lr")(lr, lr_update)
     return out

@@ -54,6 +54,6 @@ def scale_dims(param_shape: Sequence[int], spec: MuonSpec) -> tuple[int, int]:
 
 
 def update_scale(param_shape: Sequence[int], spec: MuonSpec) -> float:
-    """``shape_scale(*scale_dims(param_shape, spec), spec.shape_scale, spec.rms_scale)``."""
+    """``spec.scale_factor * shape_scale(*scale_dims(param_shape, spec), spec.shape_scale, spec.rms_scale)``."""
     m, n = scale_dims(param_shape, spec)
-    return shape_scale(m, n, spec.shape_scale, spec.rms_scale)
+    return spec.scale_factor * shape_scale(m, n, spec.shape_scale, spec.rms_scale)

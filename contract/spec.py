@@ -20,22 +20,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar, get_args
 
-from .coefficients import CoefficientSet, resolve_coefficients
+from .coefficients import (
+    EXACT_STEPS,
+    CoefficientPolicy,
+    CoefficientSet,
+    resolve_coefficients,
+    schedule,
+    warn_schedule,
+)
 
 GEODESIC_TAU_MIN: Final = 1e-12
 """``tau`` at or below which the geodesic modes ``"exp"``, ``"retract"`` and ``"fixed"`` leave a vector unchanged."""
 
 MomentumForm = Literal["ema", "sum", "optax"]
-Orthogonalizer = Literal["newton_schulz", "svd"]
+Orthogonalizer = Literal["newton_schulz", "gram_newton_schulz", "svd"]
+Prescale = Literal["frobenius", "spectral", "schatten", "aol"]
+Magnitude = Literal["none", "dual_norm"]
 EpsMode = Literal["add", "clamp"]
-ComputeDtype = Literal["bfloat16", "float32", "float64"]
+ComputeDtype = Literal["bfloat16", "float16", "float32", "float64"]
 NdMode = Literal["flatten", "batch"]
 ScaleShape = Literal["matrix", "last2"]
 ShapeScale = Literal["keller", "moonlight", "dion", "none"]
 NorMuonAxis = Literal["row", "col", "longer"]
 NorMuonRescale = Literal["frobenius", "rms"]
 DecayPlacement = Literal["param", "update", "both"]
-DecayLr = Literal["base", "scaled", "lr2"]
+DecayLr = Literal["base", "scaled", "lr2", "base_squared", "unit"]
 Cautious = Literal["off", "ge", "gt"]
 Sphere = Literal["none", "renormalize", "geodesic"]
 SphereAxis = Literal["row", "col", "matrix"]
@@ -46,6 +55,9 @@ NonFinite = Literal["raise", "skip"]
 _LITERAL_FIELDS: Final[dict[str, Any]] = {
     "momentum_form": MomentumForm,
     "orthogonalizer": Orthogonalizer,
+    "prescale": Prescale,
+    "ns_policy": CoefficientPolicy,
+    "magnitude": Magnitude,
     "eps_mode": EpsMode,
     "compute_dtype": ComputeDtype,
     "nd_mode": NdMode,
@@ -90,17 +102,35 @@ class MuonSpec:
     # -- orthogonalization (docs/variants.md "Orthogonalization") -----------------------------------
     orthogonalizer: Orthogonalizer = "newton_schulz"
     """``"newton_schulz"`` iterates the odd quintics of ``ns_coefficients`` (this covers NS5, cubic NS and
-    Polar Express); ``"svd"`` returns the exact polar factor ``U V^T`` of the thin SVD."""
+    Polar Express); ``"gram_newton_schulz"`` runs the same map on ``R = X X^T`` with an accumulated ``Q``
+    (Dao-AILab/gram-newton-schulz; fewer FLOPs on rectangular matrices, equal in exact arithmetic);
+    ``"svd"`` returns the exact polar factor ``U V^T`` of the thin SVD."""
+    gram_restarts: tuple[int, ...] = (2,)
+    """Iterations (0-based, >= 1) at which Gram Newton-Schulz forms ``X <- Q X`` and a fresh ``R`` (the package's
+    and dion's default ``[2]``; ``()`` never restarts)."""
     ns_coefficients: str | CoefficientSet = "keller"
     """A set name from `muonlab.contract.coefficients.COEFFICIENT_SETS` or explicit ``(a, b, c)`` triples."""
     ns_steps: int = 5
+    ns_policy: CoefficientPolicy = "repeat_last"
+    """Past the end of the set: ``"repeat_last"`` (PolarExpress, NeMo ``polar_express``/``cans``/``deepseekv4``)
+    or ``"cycle"`` (NeMo ``simple``/``quintic``/``aol``: the steps wrap around the list)."""
+    prescale: Prescale = "frobenius"
+    """How ``X`` is brought under the iteration's unit band (docs/variants.md "Prescales"; optax
+    ``preconditioning``): ``"frobenius"`` ``X / (s ||X||_F + eps)``; ``"spectral"`` ``X / (s ||X||_2 + eps)``
+    (an SVD); ``"schatten"`` ``X / max(||X X^T||_F, eps)^(1/2)`` and ``"aol"`` the row scaling
+    ``diag(max(sum_j |A_ij|, eps))^(-1/2) X`` (Turbo-Muon), both folded into iteration 0 (its ``A`` reused)
+    and with ``eps`` a clamp whatever ``eps_mode`` says (optax's helpers)."""
     norm_scale: float = 1.0
     """Polar Express safety factor ``s``: ``X / (s ||X||_F + eps)``. 1.02 for modded/dion PE, 1.01 paper."""
     eps: float = 1e-7
     eps_mode: EpsMode = "add"
     """``"add"``: ``X / (s ||X||_F + eps)``; ``"clamp"``: ``X / max(s ||X||_F, eps)`` (torch.optim.Muon)."""
     compute_dtype: ComputeDtype = "bfloat16"
-    """Dtype of the orthogonalizer in `muonlab.fast` (the reference always computes in float64)."""
+    """Dtype of the orthogonalizer in `muonlab.fast` (the reference always computes in float64); ``"float16"``
+    is Gram Newton-Schulz's (its normalization runs in float32 and rounds once)."""
+    magnitude: Magnitude = "none"
+    """After ``Orth``: ``"dual_norm"`` multiplies ``O`` by ``<N, O>`` per matrix, ``N`` the orthogonalizer's
+    input (optax ``adaptive=True``; about the nuclear norm of ``N``)."""
     nd_mode: NdMode = "flatten"
     """Tensors with ``ndim >= 4`` (conv filters ``[out, in, kh, kw]``): ``"flatten"`` views them as
     ``[out, in*kh*kw]`` (Keller); ``"batch"`` treats all leading dims as a batch of ``[kh, kw]`` matrices
@@ -117,6 +147,8 @@ class MuonSpec:
     ``"none"``: 1."""
     rms_scale: float = 0.2
     """Target update RMS of the ``"moonlight"`` rule and of NorMuon's ``"rms"`` rescale."""
+    scale_factor: float = 1.0
+    """Multiplies the shape rule's factor (NeMo ``extra_scale_factor``)."""
 
     # -- NorMuon (docs/variants.md "NorMuon") --------------------------------------------------------
     normuon: bool = False
@@ -176,12 +208,19 @@ class MuonSpec:
     ``"skip"`` that parameter's step (state and weights untouched)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.gram_restarts, list):  # a spec read back from JSON
+            object.__setattr__(self, "gram_restarts", tuple(self.gram_restarts))
         _validate(self)
 
     @property
     def coefficients(self) -> CoefficientSet:
         """The resolved ``(a, b, c)`` triples of ``ns_coefficients``."""
         return resolve_coefficients(self.ns_coefficients)
+
+    @property
+    def schedule(self) -> CoefficientSet:
+        """The triples the iteration applies: ``ns_steps`` of ``ns_coefficients`` under ``ns_policy``."""
+        return schedule(self.ns_coefficients, self.ns_steps, self.ns_policy)
 
     def replace(self, **changes: Any) -> MuonSpec:
         """A copy with ``changes`` applied (validated); unknown field names raise `ValueError`."""
@@ -241,6 +280,20 @@ def _check_positive(name: str, value: object) -> None:
         raise ValueError(f"{name}: must be > 0, got {value!r}")
 
 
+def _check_policy(spec: MuonSpec) -> None:
+    """Gram restarts, and the iteration counts a named coefficient set admits (`EXACT_STEPS`)."""
+    restarts = spec.gram_restarts
+    if not isinstance(restarts, tuple) or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in restarts):
+        raise ValueError(f"gram_restarts: expected a tuple of iteration indices >= 1, got {restarts!r}")
+    name = spec.ns_coefficients if isinstance(spec.ns_coefficients, str) else None
+    if name in EXACT_STEPS and spec.ns_steps != EXACT_STEPS[name]:
+        raise ValueError(
+            f"ns_steps: the {name!r} coefficients are designed for exactly {EXACT_STEPS[name]} steps, got "
+            f"{spec.ns_steps} (NeMo raises too)"
+        )
+    warn_schedule(spec.ns_coefficients, spec.ns_steps, spec.ns_policy, spec.prescale)
+
+
 def _validate(spec: MuonSpec) -> None:
     for name, literal in _LITERAL_FIELDS.items():
         value = getattr(spec, name)
@@ -265,6 +318,8 @@ def _validate(spec: MuonSpec) -> None:
     _check_positive("norm_scale", spec.norm_scale)
     _check_positive("eps", spec.eps)
     _check_positive("rms_scale", spec.rms_scale)
+    _check_positive("scale_factor", spec.scale_factor)
+    _check_policy(spec)
     _check_positive("normuon_eps", spec.normuon_eps)
     _check_real("weight_decay", spec.weight_decay)
     if spec.sphere != "none":

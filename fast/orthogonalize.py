@@ -15,18 +15,21 @@ from functools import partial
 
 import torch
 
-from muonlab.contract import CoefficientSet, MuonSpec, check_ndim, matrix_view_shape, resolve_spec, schedule
-from muonlab.contract.spec import EpsMode, Orthogonalizer, lookup
+from muonlab.contract import CoefficientSet, MuonSpec, check_ndim, matrix_view_shape, resolve_spec
+from muonlab.contract.spec import EpsMode, Magnitude, Orthogonalizer, Prescale, lookup
 
 from .backend import Backend, check_backend, route
 from .state import wide_dtype
 
 __all__ = [
+    "MAGNITUDES",
     "ORTHOGONALIZERS",
+    "PRESCALES",
     "StackFn",
     "as_matrices",
     "compute_dtype",
     "contiguous_as",
+    "gram_newton_schulz_stack",
     "newton_schulz",
     "newton_schulz_stack",
     "normalize_frobenius",
@@ -36,7 +39,7 @@ __all__ = [
     "polar_factor",
 ]
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
 
 def compute_dtype(spec: MuonSpec) -> torch.dtype:
@@ -93,6 +96,16 @@ def normalize_frobenius(
     return torch.div(x, denom, out=torch.empty(x.shape, dtype=out_dtype, device=x.device))
 
 
+def _wide(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``x`` as a contiguous row-major ``[B, m, n]`` stack, viewed transposed when ``m > n`` (strict)."""
+    shape = x.shape
+    transpose = shape[-2] > shape[-1]
+    # Norms sum in memory order: one layout (row-major matrix view) for every route, so a stack, a strided view
+    # and a DDP owner's copy of the same matrix round alike (bitwise equality across routes and ISAs).
+    xm = x.reshape(-1, shape[-2], shape[-1]).contiguous()
+    return (xm.mT if transpose else xm), transpose
+
+
 def normalized_wide(
     x: torch.Tensor, norm_scale: float, eps: float, eps_mode: EpsMode, compute: torch.dtype, *, overwrite: bool = False
 ) -> tuple[torch.Tensor, bool]:
@@ -103,18 +116,61 @@ def normalized_wide(
     shifts every singular value coherently (the first Polar Express quintic amplifies such a shift about 16x).
     ``overwrite``: ``x`` may be divided in place.
     """
-    shape = x.shape
-    transpose = shape[-2] > shape[-1]
-    # The norm sums in memory order: one layout (row-major matrix view) for every route, so a stack, a strided
-    # view and a DDP owner's copy of the same matrix round alike (bitwise equality across routes and ISAs).
-    xm = x.reshape(-1, shape[-2], shape[-1]).contiguous()
-    if transpose:
-        xm = xm.mT
+    xm, transpose = _wide(x)
     if x.dtype.itemsize > compute.itemsize:
         return normalize_frobenius(xm, norm_scale, eps, eps_mode, compute, overwrite=overwrite), transpose
     work = xm.to(compute)
     own = overwrite or work is not xm  # a converted copy is ours to divide in place
     return normalize_frobenius(work, norm_scale, eps, eps_mode, overwrite=own), transpose
+
+
+Prescaled = tuple[torch.Tensor, torch.Tensor | None, bool]
+
+
+def _frobenius(
+    x: torch.Tensor, s: float, eps: float, mode: EpsMode, compute: torch.dtype, overwrite: bool
+) -> Prescaled:
+    xm, transpose = normalized_wide(x, s, eps, mode, compute, overwrite=overwrite)
+    return xm, None, transpose
+
+
+def _working(x: torch.Tensor, compute: torch.dtype) -> tuple[torch.Tensor, bool]:
+    """The wide stack in the widest of ``x.dtype``, ``compute`` and float32 (a norm's SVD needs float32): a
+    prescale runs there and its results are rounded once to ``compute``."""
+    xm, transpose = _wide(x)
+    return xm.to(max((x.dtype, compute, torch.float32), key=lambda d: d.itemsize)), transpose
+
+
+def _spectral(x: torch.Tensor, s: float, eps: float, mode: EpsMode, compute: torch.dtype, overwrite: bool) -> Prescaled:
+    xm, transpose = _working(x, compute)
+    norm = torch.linalg.matrix_norm(xm, ord=2, keepdim=True).mul_(s)  # sigma_max: an SVD per matrix
+    denom = norm.add_(eps) if mode == "add" else norm.clamp_(min=eps)
+    return torch.div(xm, denom).to(compute), None, transpose
+
+
+def _schatten(x: torch.Tensor, s: float, eps: float, mode: EpsMode, compute: torch.dtype, overwrite: bool) -> Prescaled:
+    xm, transpose = _working(x, compute)
+    gram = torch.bmm(xm, xm.mT)
+    k = torch.linalg.matrix_norm(gram, keepdim=True).clamp_(min=eps).rsqrt_()  # 1 / ||X||_S4, clamped (optax)
+    return (xm * k).to(compute), gram.mul_(k * k).to(compute), transpose
+
+
+def _aol(x: torch.Tensor, s: float, eps: float, mode: EpsMode, compute: torch.dtype, overwrite: bool) -> Prescaled:
+    xm, transpose = _working(x, compute)
+    gram = torch.bmm(xm, xm.mT)
+    d = gram.abs().sum(dim=-1, keepdim=True).clamp_(min=eps).rsqrt_()  # row sums bound ||diag(d) X||_2 <= 1
+    return (xm * d).to(compute), gram.mul_(d).mul_(d.mT).to(compute), transpose
+
+
+PRESCALES: dict[Prescale, Callable[[torch.Tensor, float, float, EpsMode, torch.dtype, bool], Prescaled]] = {
+    "frobenius": _frobenius,
+    "spectral": _spectral,
+    "schatten": _schatten,
+    "aol": _aol,
+}
+"""``spec.prescale`` -> ``(x, norm_scale, eps, eps_mode, compute, overwrite) -> (X', A' or None, transposed)``:
+the wide prescaled stack in ``compute`` and, when the prescale formed it, ``A' = X' X'^T`` for iteration 0
+(`muonlab.reference.orthogonalize.PRESCALES` states the math)."""
 
 
 def _gram(x: torch.Tensor) -> torch.Tensor:
@@ -134,18 +190,19 @@ def newton_schulz_stack(
     norm_scale: float = 1.0,
     eps: float = 1e-7,
     eps_mode: EpsMode = "add",
+    prescale: Prescale = "frobenius",
     compute: torch.dtype | None = None,
 ) -> torch.Tensor:
     """The Newton-Schulz / Polar Express iteration (docs/variants.md "Orthogonalization (stage 3)"; one triple of
-    ``coefficients`` per iteration, `muonlab.contract.coefficients.schedule`) of the ``[B, m, n]`` stack taken
-    out of ``box``, in ``compute`` (default its dtype), one batched product per step for the whole stack.
-    ``backend`` (`muonlab.fast.backend.route`) may take the symmetric kernels for ``A`` and ``B``;
-    ``overwrite``: the stack may be divided in place. Taking the stack out of a list leaves the caller no
-    reference, so the momentum-sized input is freed as soon as its normalized copy exists, and each iterate as
+    ``coefficients`` per iteration, `muonlab.contract.MuonSpec.schedule`) of the ``[B, m, n]`` stack taken out of
+    ``box``, after ``prescale`` (`PRESCALES`), in ``compute`` (default its dtype), one batched product per step
+    for the whole stack. ``backend`` (`muonlab.fast.backend.route`) may take the symmetric kernels for ``A`` and
+    ``B``; ``overwrite``: the stack may be divided in place. Taking the stack out of a list leaves the caller no
+    reference, so the momentum-sized input is freed as soon as its prescaled copy exists, and each iterate as
     soon as the next one does."""
     x = box.pop()
     work = x.dtype if compute is None else compute
-    xm, transpose = normalized_wide(x, norm_scale, eps, eps_mode, work, overwrite=overwrite)
+    xm, gram, transpose = lookup(PRESCALES, prescale, "prescale")(x, norm_scale, eps, eps_mode, work, overwrite)
     del x
     gram_of: Callable[[torch.Tensor], torch.Tensor] = _gram
     poly_of: Callable[[torch.Tensor, float, float], torch.Tensor] = _poly
@@ -154,12 +211,67 @@ def newton_schulz_stack(
 
         gram_of, poly_of = symmetric.xxt, symmetric.ba_plus_caa
     for a, b, c in coefficients:
-        gram = gram_of(xm)  # A = X X^T
-        poly = poly_of(gram, b, c)  # B = b A + c A^2
-        del gram
+        poly = poly_of(gram_of(xm) if gram is None else gram, b, c)  # B = b A + c A^2, A = X X^T
+        gram = None  # iteration 0 of "aol" / "schatten" reused the prescale's A
         xm = torch.baddbmm(xm, poly, xm, beta=a)  # X <- a X + B X
         del poly  # before the next A: at most one iterate and one m x m product alive besides it
     return xm.mT if transpose else xm
+
+
+def gram_newton_schulz_stack(
+    box: list[torch.Tensor],
+    backend: Backend = "auto",
+    overwrite: bool = False,
+    *,
+    coefficients: CoefficientSet,
+    restarts: tuple[int, ...] = (2,),
+    norm_scale: float = 1.0,
+    eps: float = 1e-7,
+    eps_mode: EpsMode = "add",
+    prescale: Prescale = "frobenius",
+    compute: torch.dtype | None = None,
+) -> torch.Tensor:
+    """`newton_schulz_stack`'s map computed on ``R = X X^T`` (`muonlab.reference.orthogonalize.gram_newton_schulz`
+    states it): each step's factor ``F = a I + b R + c R^2`` is accumulated into ``Q`` and ``R <- F R F``; at a
+    restart ``X <- Q X`` and ``R`` is formed afresh. Square matrices take `newton_schulz_stack`, as upstream."""
+    shape = box[0].shape
+    if shape[-2] == shape[-1]:
+        return newton_schulz_stack(
+            box,
+            backend,
+            overwrite,
+            coefficients=coefficients,
+            norm_scale=norm_scale,
+            eps=eps,
+            eps_mode=eps_mode,
+            prescale=prescale,
+            compute=compute,
+        )
+    x = box.pop()
+    work = x.dtype if compute is None else compute
+    xm, gram, transpose = lookup(PRESCALES, prescale, "prescale")(x, norm_scale, eps, eps_mode, work, overwrite)
+    del x
+    gram_of: Callable[[torch.Tensor], torch.Tensor] = _gram
+    poly_of: Callable[[torch.Tensor, float, float], torch.Tensor] = _poly
+    if route(backend, xm.device, work):
+        from .kernels import symmetric
+
+        gram_of, poly_of = symmetric.xxt, symmetric.ba_plus_caa
+    r = gram_of(xm) if gram is None else gram
+    acc: torch.Tensor | None = None
+    last = len(coefficients) - 1
+    for t, (a, b, c) in enumerate(coefficients):
+        if t in restarts and acc is not None:
+            xm = torch.bmm(acc, xm)  # X <- Q X, then a fresh R
+            r, acc = gram_of(xm), None
+        factor = poly_of(r, b, c)  # Z = b R + c R^2
+        factor.diagonal(dim1=-2, dim2=-1).add_(a)  # F = a I + Z
+        acc = factor if acc is None else torch.bmm(acc, factor)
+        if t < last and t + 1 not in restarts:
+            r = torch.bmm(factor, torch.bmm(r, factor))  # R <- F R F
+    assert acc is not None  # coefficients hold at least one triple
+    out = torch.bmm(acc, xm)
+    return out.mT if transpose else out
 
 
 def newton_schulz(
@@ -169,6 +281,7 @@ def newton_schulz(
     norm_scale: float = 1.0,
     eps: float = 1e-7,
     eps_mode: EpsMode = "add",
+    prescale: Prescale = "frobenius",
     compute: torch.dtype | None = None,
     backend: Backend = "auto",
 ) -> torch.Tensor:
@@ -177,7 +290,14 @@ def newton_schulz(
     check_ndim(x.shape, "x")
     stack = x.reshape(-1, x.shape[-2], x.shape[-1])
     out = newton_schulz_stack(
-        [stack], backend, coefficients=coefficients, norm_scale=norm_scale, eps=eps, eps_mode=eps_mode, compute=compute
+        [stack],
+        backend,
+        coefficients=coefficients,
+        norm_scale=norm_scale,
+        eps=eps,
+        eps_mode=eps_mode,
+        prescale=prescale,
+        compute=compute,
     )
     return out.reshape(x.shape)
 
@@ -209,10 +329,24 @@ caller's temporary)."""
 def _newton_schulz(spec: MuonSpec) -> StackFn:
     return partial(
         newton_schulz_stack,
-        coefficients=schedule(spec.ns_coefficients, spec.ns_steps),
+        coefficients=spec.schedule,
         norm_scale=spec.norm_scale,
         eps=spec.eps,
         eps_mode=spec.eps_mode,
+        prescale=spec.prescale,
+        compute=compute_dtype(spec),
+    )
+
+
+def _gram_newton_schulz(spec: MuonSpec) -> StackFn:
+    return partial(
+        gram_newton_schulz_stack,
+        coefficients=spec.schedule,
+        restarts=spec.gram_restarts,
+        norm_scale=spec.norm_scale,
+        eps=spec.eps,
+        eps_mode=spec.eps_mode,
+        prescale=spec.prescale,
         compute=compute_dtype(spec),
     )
 
@@ -228,10 +362,24 @@ def _svd(spec: MuonSpec) -> StackFn:
 
 ORTHOGONALIZERS: dict[Orthogonalizer, Callable[[MuonSpec], StackFn]] = {
     "newton_schulz": _newton_schulz,
+    "gram_newton_schulz": _gram_newton_schulz,
     "svd": _svd,
 }
 """``spec.orthogonalizer`` -> the `StackFn` of ``spec`` (the one place the choice is made on this side; the
 reference's table is `muonlab.reference.orthogonalize.ORTHOGONALIZERS`)."""
+
+
+def _dual_norm(n: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    o = o.to(n.dtype)  # <N, O> in N's (the state's) dtype, as optax computes it in the input's
+    return o.mul_((n * o).sum(dim=(-2, -1), keepdim=True))
+
+
+MAGNITUDES: dict[Magnitude, Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None] = {
+    "none": None,
+    "dual_norm": _dual_norm,
+}
+"""``spec.magnitude`` -> ``(N, O) -> O'`` on ``[B, m, n]`` stacks (None: ``O`` unchanged); the math is
+`muonlab.reference.orthogonalize.MAGNITUDES`."""
 
 
 def orthogonalizer(spec: MuonSpec) -> StackFn:

@@ -40,7 +40,7 @@ from .decay import Coefficients, Scalar, apply_stack_, coefficients, decay_lr
 from .distributed import DistributedMode, Group, muon_directions
 from .momentum import MOMENTUM_FORMS, momentum_, momentum_weight
 from .normuon import normuon_normalize_
-from .orthogonalize import as_matrices, orthogonalizer
+from .orthogonalize import MAGNITUDES, as_matrices, orthogonalizer
 from .plan import Bucket, Chunk, plan_buckets
 from .sphere import sphere_step
 from .state import init_muon_state, state_dtype
@@ -167,6 +167,7 @@ class GroupStacks:
     ) -> None:
         self.spec = spec
         self.orth = orthogonalizer(spec)
+        self.magnitude = lookup(MAGNITUDES, spec.magnitude, "magnitude")
         self.distributed: DistributedMode = distributed
         self.process_group = process_group
         self.shapes = [tuple(v.shape) for v in views]
@@ -364,9 +365,13 @@ class GroupStacks:
             if self.distributed == "none":  # stages 3-4 here, on this chunk
                 (w,) = unit
                 n, owned = ns.pop()
+                kept = None if self.magnitude is None else n  # the magnitude rule reads N after Orth
                 box = [n]
                 del n  # handed over whole: the orthogonalizer frees it once it has its own normalized copy
-                o = self.orth(box, backend, owned)
+                o = self.orth(box, backend, owned and kept is None)
+                if kept is not None and self.magnitude is not None:
+                    o = self.magnitude(kept, o)
+                    del kept
                 second = w.store.second
                 if second is not None:
                     a, b = w.chunk.start, w.chunk.stop

@@ -36,6 +36,8 @@ from .momentum import apply_momentum, ema_momentum, optax_momentum, sum_momentum
 from .normuon import normuon_normalize
 from .orthogonalize import (
     as_matrices,
+    gram_newton_schulz,
+    magnitude,
     newton_schulz,
     normalize_frobenius,
     orthogonalize,
@@ -69,9 +71,11 @@ __all__ = [
     "field_names",
     "geodesic_vectors",
     "get_preset",
+    "gram_newton_schulz",
     "init_adam_state",
     "init_muon_state",
     "init_state",
+    "magnitude",
     "matrix_view_shape",
     "muon_step",
     "muon_update",

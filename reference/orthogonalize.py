@@ -1,17 +1,17 @@
-"""The orthogonalization operator ``Orth(X; C, s, eps)`` (docs/variants.md, "Orthogonalization").
+"""The orthogonalization operator ``Orth(X)`` (docs/variants.md, "Orthogonalization (stage 3)").
 
 Pure NumPy, float64. One matrix ``X`` of shape ``[m, n]`` is processed as in KellerJordan/Muon
 ``zeropower_via_newtonschulz5`` ([S §0.2]):
 
 1. if ``m > n`` (strict) transpose, so the iteration runs on the wide side (``p(X^T) = p(X)^T``: this
    changes the FLOPs and the rounding, never the exact result);
-2. normalize ``X <- X / (s ||X||_F + eps)`` (``eps_mode="add"``) or ``X <- X / max(s ||X||_F, eps)``
-   (``eps_mode="clamp"``, torch.optim.Muon);
-3. for each ``(a, b, c)`` of ``schedule(spec.ns_coefficients, spec.ns_steps)``:
-   ``A = X X^T``, ``B = b A + c A^2``, ``X <- a X + B X``;
+2. bring ``X`` under the unit band by ``spec.prescale`` (`PRESCALES`: Frobenius ``X / (s ||X||_F + eps)`` by
+   default; ``"schatten"`` and ``"aol"`` also return the scaled ``A = X X^T``, which iteration 0 reuses);
+3. for each ``(a, b, c)`` of ``spec.schedule``: ``A = X X^T``, ``B = b A + c A^2``, ``X <- a X + B X``;
 4. transpose back.
 
-``orthogonalizer="svd"`` instead returns the exact polar factor ``U V^T`` of the thin SVD.
+``orthogonalizer="gram_newton_schulz"`` runs step 3 on ``R = X X^T`` with an accumulated ``Q`` (`gram_newton_schulz`,
+equal in exact arithmetic); ``"svd"`` returns the exact polar factor ``U V^T`` of the thin SVD.
 
 Leading dims are a batch (one norm per matrix); tensors with ``ndim >= 4`` follow ``spec.nd_mode``
 (`as_matrices`).
@@ -25,15 +25,19 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from muonlab.contract.coefficients import CoefficientSet, schedule
+from muonlab.contract.coefficients import CoefficientSet
 from muonlab.contract.shapes import check_ndim, matrix_view_shape
-from muonlab.contract.spec import EpsMode, MuonSpec, Orthogonalizer, lookup
+from muonlab.contract.spec import EpsMode, Magnitude, MuonSpec, Orthogonalizer, Prescale, lookup
 
 from .array import Array
 
 __all__ = [
+    "MAGNITUDES",
     "ORTHOGONALIZERS",
+    "PRESCALES",
     "as_matrices",
+    "gram_newton_schulz",
+    "magnitude",
     "newton_schulz",
     "normalize_frobenius",
     "orthogonalize",
@@ -71,6 +75,60 @@ def normalize_frobenius(x: Array, norm_scale: float, eps: float, eps_mode: EpsMo
     return out
 
 
+def _t(x: Array) -> Array:
+    return np.swapaxes(x, -2, -1)
+
+
+def _spectral(x: Array, norm_scale: float, eps: float, eps_mode: EpsMode) -> tuple[Array, Array | None]:
+    norm = np.linalg.norm(x, ord=2, axis=(-2, -1), keepdims=True)  # sigma_max, an SVD per matrix
+    denom = norm_scale * norm + eps if eps_mode == "add" else np.maximum(norm_scale * norm, eps)
+    out: Array = x / denom
+    return out, None
+
+
+def _schatten(x: Array, norm_scale: float, eps: float, eps_mode: EpsMode) -> tuple[Array, Array | None]:
+    gram = x @ _t(x)
+    k = np.maximum(np.linalg.norm(gram, axis=(-2, -1), keepdims=True), eps) ** -0.5  # 1 / ||X||_S4, clamped
+    return k * x, (k * k) * gram
+
+
+def _aol(x: Array, norm_scale: float, eps: float, eps_mode: EpsMode) -> tuple[Array, Array | None]:
+    gram = x @ _t(x)
+    s = np.maximum(np.sum(np.abs(gram), axis=-1, keepdims=True), eps) ** -0.5  # row sums bound ||diag(s) X||_2 <= 1
+    return s * x, s * gram * _t(s)
+
+
+PRESCALES: dict[Prescale, Callable[[Array, float, float, EpsMode], tuple[Array, Array | None]]] = {
+    "frobenius": lambda x, s, eps, mode: (normalize_frobenius(x, s, eps, mode), None),
+    "spectral": _spectral,
+    "schatten": _schatten,
+    "aol": _aol,
+}
+"""``spec.prescale`` -> ``(X, s, eps, eps_mode) -> (X', A')``: the prescaled wide ``X`` and, when the prescale
+formed it, ``A' = X' X'^T`` for iteration 0 (optax ``orthogonalize_via_newton_schulz``, Turbo-Muon). ``eps`` is
+additive or a clamp by ``eps_mode`` for the norms, always a clamp for ``"schatten"`` and ``"aol"`` (optax's
+helpers). The fast side's table is `muonlab.fast.orthogonalize.PRESCALES`."""
+
+
+def _wide(x: npt.ArrayLike) -> tuple[Array, bool]:
+    arr = np.array(x, dtype=np.float64, copy=True)
+    check_ndim(arr.shape, "x")
+    transpose = arr.shape[-2] > arr.shape[-1]
+    return (_t(arr) if transpose else arr), transpose
+
+
+def _restore(xm: Array, transpose: bool) -> Array:
+    return np.ascontiguousarray(_t(xm) if transpose else xm)
+
+
+def _iterate(xm: Array, gram: Array | None, coefficients: CoefficientSet) -> Array:
+    for a, b, c in coefficients:
+        gram = xm @ _t(xm) if gram is None else gram
+        xm = a * xm + (b * gram + c * (gram @ gram)) @ xm
+        gram = None
+    return xm
+
+
 def newton_schulz(
     x: npt.ArrayLike,
     coefficients: CoefficientSet,
@@ -78,25 +136,55 @@ def newton_schulz(
     norm_scale: float = 1.0,
     eps: float = 1e-7,
     eps_mode: EpsMode = "add",
+    prescale: Prescale = "frobenius",
 ) -> Array:
     """Odd-polynomial Newton-Schulz / Polar Express iteration on ``[..., m, n]`` (batched over leading dims).
 
-    ``coefficients`` are the triples actually applied, one per iteration (use
-    `muonlab.contract.coefficients.schedule` to expand a set to ``ns_steps``). Each iteration maps every
-    singular value by ``p(s) = a s + b s^3 + c s^5`` (KellerJordan/Muon ``zeropower_via_newtonschulz5``;
+    ``coefficients`` are the triples actually applied, one per iteration (`MuonSpec.schedule`). Each iteration
+    maps every singular value by ``p(s) = a s + b s^3 + c s^5`` (KellerJordan/Muon ``zeropower_via_newtonschulz5``;
     Moonlight Eq. 2; Polar Express arXiv 2505.16932).
     """
-    arr = np.array(x, dtype=np.float64, copy=True)
-    check_ndim(arr.shape, "x")
-    transpose = arr.shape[-2] > arr.shape[-1]
-    xm = np.swapaxes(arr, -2, -1) if transpose else arr
-    xm = normalize_frobenius(xm, norm_scale, eps, eps_mode)
-    for a, b, c in coefficients:
-        gram = xm @ np.swapaxes(xm, -2, -1)
-        poly = b * gram + c * (gram @ gram)
-        xm = a * xm + poly @ xm
-    out = np.swapaxes(xm, -2, -1) if transpose else xm
-    return np.ascontiguousarray(out)
+    xm, transpose = _wide(x)
+    xm, gram = lookup(PRESCALES, prescale, "prescale")(xm, norm_scale, eps, eps_mode)
+    return _restore(_iterate(xm, gram, coefficients), transpose)
+
+
+def gram_newton_schulz(
+    x: npt.ArrayLike,
+    coefficients: CoefficientSet,
+    *,
+    restarts: tuple[int, ...] = (2,),
+    norm_scale: float = 1.0,
+    eps: float = 1e-7,
+    eps_mode: EpsMode = "add",
+    prescale: Prescale = "frobenius",
+) -> Array:
+    """`newton_schulz`'s map computed on ``R = X X^T`` (Dao-AILab/gram-newton-schulz ``GramNewtonSchulz.__call__``
+    at f08f25e; docs/variants.md "Gram Newton-Schulz"). With ``Z_t = b R + c R^2`` every step is
+    ``X <- (a I + Z_t) X``, and all ``Z_t`` are polynomials in the first ``R``, so they commute: ``Q`` accumulates
+    ``prod_t (a_t I + Z_t)`` and ``R <- (a I + Z) R (a I + Z)`` follows the iterate without forming it; at a
+    restart ``X <- Q X`` and ``R`` is formed afresh (it bounds half-precision drift). A square matrix takes the
+    standard iteration, as upstream."""
+    xm, transpose = _wide(x)
+    xm, gram = lookup(PRESCALES, prescale, "prescale")(xm, norm_scale, eps, eps_mode)
+    p, q = xm.shape[-2], xm.shape[-1]
+    if p == q:
+        return _restore(_iterate(xm, gram, coefficients), transpose)
+    r = xm @ _t(xm) if gram is None else gram
+    eye = np.eye(p)
+    acc: Array | None = None
+    last = len(coefficients) - 1
+    for t, (a, b, c) in enumerate(coefficients):
+        if t in restarts and acc is not None:
+            xm = acc @ xm
+            r, acc = xm @ _t(xm), None
+        z = b * r + c * (r @ r)
+        acc = z + a * eye if acc is None else acc @ z + a * acc
+        if t < last and t + 1 not in restarts:
+            rz = r @ z + a * r
+            r = z @ rz + a * rz
+    assert acc is not None  # coefficients hold at least one triple
+    return _restore(acc @ xm, transpose)
 
 
 def polar_factor(x: npt.ArrayLike) -> Array:
@@ -119,9 +207,8 @@ def orthogonalize(x: npt.ArrayLike, spec: MuonSpec) -> Array:
     """``O = Orth(x)`` in float64 per ``spec`` ([S §0.2]); same shape as ``x``.
 
     ``x`` must have at least 2 dims. Leading dims are a batch; ``ndim >= 4`` follows ``spec.nd_mode``.
-    ``orthogonalizer="newton_schulz"`` iterates ``schedule(spec.ns_coefficients, spec.ns_steps)`` after the
-    ``norm_scale`` / ``eps`` / ``eps_mode`` normalization; ``"svd"`` returns the exact polar factor and
-    ignores ``norm_scale``, ``eps`` and the coefficients. Zero input gives zero output exactly.
+    The iterations run ``spec.schedule`` after ``spec.prescale``; ``"svd"`` returns the exact polar factor and
+    ignores the prescale and the coefficients. Zero input gives zero output exactly.
     """
     mats, restore = as_matrices(x, spec, "x")
     if mats.size == 0:
@@ -131,20 +218,45 @@ def orthogonalize(x: npt.ArrayLike, spec: MuonSpec) -> Array:
 
 def _newton_schulz_of(mats: Array, spec: MuonSpec) -> Array:
     return newton_schulz(
+        mats, spec.schedule, norm_scale=spec.norm_scale, eps=spec.eps, eps_mode=spec.eps_mode, prescale=spec.prescale
+    )
+
+
+def _gram_newton_schulz_of(mats: Array, spec: MuonSpec) -> Array:
+    return gram_newton_schulz(
         mats,
-        schedule(spec.ns_coefficients, spec.ns_steps),
+        spec.schedule,
+        restarts=spec.gram_restarts,
         norm_scale=spec.norm_scale,
         eps=spec.eps,
         eps_mode=spec.eps_mode,
+        prescale=spec.prescale,
     )
 
 
 ORTHOGONALIZERS: dict[Orthogonalizer, Callable[[Array, MuonSpec], Array]] = {
     "newton_schulz": _newton_schulz_of,
+    "gram_newton_schulz": _gram_newton_schulz_of,
     "svd": lambda mats, spec: polar_factor(mats),
 }
 """``spec.orthogonalizer`` -> ``Orth`` of a ``[B, m, n]`` float64 stack (the one place the choice is made; the
 fast side's table is `muonlab.fast.orthogonalize.ORTHOGONALIZERS`)."""
+
+
+MAGNITUDES: dict[Magnitude, Callable[[Array, Array], Array] | None] = {
+    "none": None,
+    "dual_norm": lambda n, o: np.sum(n * o, axis=(-2, -1), keepdims=True) * o,  # <N, O> O: optax adaptive=True
+}
+"""``spec.magnitude`` -> ``(N, O) -> O'`` on ``[B, m, n]`` stacks (None: ``O`` unchanged); the fast side's table
+is `muonlab.fast.orthogonalize.MAGNITUDES`."""
+
+
+def magnitude(n: npt.ArrayLike, o: npt.ArrayLike, spec: MuonSpec) -> Array:
+    """``O`` rescaled by ``spec.magnitude`` (`MAGNITUDES`), per matrix of the matrix view; ``N`` is the
+    orthogonalizer's input."""
+    om, restore = as_matrices(o, spec, "o")
+    rule = lookup(MAGNITUDES, spec.magnitude, "magnitude")
+    return restore(om if rule is None else rule(as_matrices(n, spec, "n")[0], om))
 
 
 def scalar_map(sigma: npt.ArrayLike, coefficients: CoefficientSet) -> Array:

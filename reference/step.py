@@ -31,7 +31,7 @@ from .array import Array
 from .decay import coupled_decay, decoupled_decay
 from .momentum import apply_momentum
 from .normuon import normuon_normalize
-from .orthogonalize import as_matrices, orthogonalize
+from .orthogonalize import as_matrices, magnitude, orthogonalize
 from .sphere import sphere_step
 from .state import AdamState, MuonState
 
@@ -119,7 +119,7 @@ def _muon_update(p: Array, g: Array, state: MuonState, spec: MuonSpec) -> tuple[
     if decay_stages(spec)[0]:
         g = coupled_decay(g, p, spec)
     momentum, n = apply_momentum(np.asarray(state.momentum, dtype=np.float64), g, spec, t)
-    o = orthogonalize(n, spec)
+    o = magnitude(n, orthogonalize(n, spec), spec)
     second: Array | None = None
     if spec.normuon:
         assert state.second_moment is not None
