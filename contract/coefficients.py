@@ -24,6 +24,10 @@ Sources (docs/variants.md "Orthogonalization", its table of sets; [S §0.3, §5.
 * ``turbo_aol_b73111d``: the same function's first set (b73111d), which NeMo ships as ``coefficient_type="aol"``
   (with the Frobenius prescale, cycled).
 * ``deepseekv4``: NS5-Keller x 8 then ``(2, -1.5, 0.5)`` x 2 (NeMo ``"deepseekv4"``, the DeepSeek-V4 schedule).
+* ``nemo_polar_express``, ``cans``, ``cubic5``: NVIDIA-NeMo/Emerging-Optimizers ``muon_utils._COEFFICIENT_SETS``
+  (ca0f167): the paper's 8 Polar Express triples divided by ``(1.01, 1.01^3, 1.01^5)`` and rounded to 4 decimals
+  (no x1.01 on the norm); CANS (arXiv 2506.10935); five cubic steps (``c = 0``, arXiv 2606.00371, exactly 5
+  steps). NeMo's ``"simple"`` is ``keller``, ``"quintic"`` is ``leloykun`` and ``"aol"`` is ``turbo_aol_b73111d``.
 """
 
 from __future__ import annotations
@@ -98,6 +102,33 @@ TURBO_AOL_B73111D: Final[CoefficientSet] = (
 
 DEEPSEEK_V4: Final[CoefficientSet] = KELLER * 8 + ACCURATE * 2
 
+NEMO_POLAR_EXPRESS: Final[CoefficientSet] = (
+    (8.2051, -22.9019, 16.4607),
+    (4.0664, -2.8612, 0.5184),
+    (3.9096, -2.8234, 0.5250),
+    (3.2856, -2.4153, 0.4853),
+    (2.2779, -1.6198, 0.3985),
+    (1.8726, -1.2307, 0.3585),
+    (1.8564, -1.2132, 0.3568),
+    (1.8750, -1.2500, 0.3750),
+)
+
+CANS: Final[CoefficientSet] = (
+    (8.4703, -25.1081, 18.6293),
+    (4.1828, -3.1087, 0.5806),
+    (3.9619, -2.9541, 0.5630),
+    (3.2866, -2.4647, 0.5074),
+    (2.2737, -1.6447, 0.4162),
+)
+
+CUBIC5: Final[CoefficientSet] = (
+    (3.3656576, -3.3420992, 0.0),
+    (2.5744352, -1.4957376, 0.0),
+    (2.5368962, -1.4312570, 0.0),
+    (2.4418906, -1.2764040, 0.0),
+    (2.2230472, -0.9630650, 0.0),
+)
+
 COEFFICIENT_SETS: Final[dict[str, CoefficientSet]] = {
     "keller": KELLER,
     "leloykun": LELOYKUN,
@@ -109,12 +140,15 @@ COEFFICIENT_SETS: Final[dict[str, CoefficientSet]] = {
     "turbo_aol": TURBO_AOL,
     "turbo_aol_b73111d": TURBO_AOL_B73111D,
     "deepseekv4": DEEPSEEK_V4,
+    "nemo_polar_express": NEMO_POLAR_EXPRESS,
+    "cans": CANS,
+    "cubic5": CUBIC5,
 }
 
 DESIGNED_PRESCALE: Final[dict[str, str]] = {"turbo_aol": "aol", "turbo_aol_b73111d": "aol"}
 """Sets designed for a prescale other than Frobenius (their first triple expects that input band)."""
 
-EXACT_STEPS: Final[dict[str, int]] = {}
+EXACT_STEPS: Final[dict[str, int]] = {"cubic5": 5}
 """Sets that admit exactly this many steps (NeMo raises otherwise)."""
 
 CoefficientPolicy = Literal["repeat_last", "cycle"]

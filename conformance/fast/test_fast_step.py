@@ -35,11 +35,12 @@ from fasthelpers import (
     ref_direction,
     rel,
 )
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from muonlab import reference as R
 from muonlab.contract import COEFFICIENT_SETS, MuonSpec, choice_fields, choices, decay_stages, field_names
+from muonlab.contract.coefficients import EXACT_STEPS
 from muonlab.fast import Muon
 from muonlab.fast.decay import cautious_mask
 
@@ -83,7 +84,7 @@ def check_one_step(
     whole update ``U``, masks included, is still held to the bf16 tolerance); see docs/conformance.md.
     """
     w0, grads = _data(shape, seed, history)
-    bf16 = spec.compute_dtype == "bfloat16"
+    bf16 = spec.compute_dtype in ("bfloat16", "float16")  # half precision: the bf16 tolerances bound both
     tol = BF16_REL if bf16 else FP32_REL
     os_f, st_f = fast_direction(w0, grads, spec)
     os_r, st_r = ref_direction(np64(w0), [np64(g) for g in grads], spec)
@@ -193,6 +194,8 @@ def specs(draw: st.DrawFn) -> MuonSpec:
         name=draw(st.sampled_from(["drawn", ""])),
         lr=draw(st.sampled_from([0.02, 1e-3])),
         rms_scale=draw(st.sampled_from([0.2, 0.5])),
+        scale_factor=draw(st.sampled_from([1.0, 0.2])),
+        gram_restarts=draw(st.sampled_from([(2,), (), (1, 3)])),
         normuon_eps=draw(st.sampled_from([1e-10, 1e-8])),
         adam_lr=draw(st.sampled_from([None, 3e-4])),
         adam_betas=draw(st.sampled_from([(0.9, 0.95), (0.8, 0.999)])),
@@ -210,6 +213,10 @@ def specs(draw: st.DrawFn) -> MuonSpec:
     if kw["sphere"] == "none":
         kw.update({f: draw(st.sampled_from(choices(f))) for f in DECAY_KNOBS})
         kw["weight_decay"] = draw(st.sampled_from([0.0, 0.1, 0.5, -0.05]))
+    # the combinations the contract refuses: a fixed-length set, Gram Newton-Schulz in bf16
+    kw["ns_steps"] = EXACT_STEPS.get(kw["ns_coefficients"], kw["ns_steps"])
+    if kw["orthogonalizer"] == "gram_newton_schulz" and kw["compute_dtype"] == "bfloat16":
+        kw["compute_dtype"] = "float16"
     return MuonSpec(**kw)
 
 
@@ -251,7 +258,17 @@ def test_random_spec_one_step_bf16(spec: MuonSpec, shape: tuple[int, ...], seed:
     # paper's Polar Express set cut to 4 steps without its safety factor) reach 3-6 % direction error and
     # then up to ~2.2 % mask disagreement on 512-entry matrices. The presets keep the bound
     # (test_preset_one_step_bf16); here U, masks included, is held to the bf16 tolerance.
-    check_one_step(spec.replace(compute_dtype="bfloat16"), shape, seed, mask_rate=False)
+    # A composition cut short of its design, or cycled past it, is not a converged orthogonalizer: its un-finished
+    # or restarted quintics amplify bf16 rounding (PE/1.05 cycled to 6 steps: 12 %), so half precision runs each
+    # named composition at its own length.
+    # CANS (NeMo "cans") is not bf16-stable: its first quintic cancels -25.1 A against 18.6 A^2, and bf16 rounding
+    # there sends the first step's O to 1e0-1e3 relative error on Gaussian 16x32 input (docs/variants.md, "CANS in
+    # bf16"); it is held to fp32 above and skipped here.
+    assume(spec.ns_coefficients != "cans")
+    half = "float16" if spec.orthogonalizer == "gram_newton_schulz" else "bfloat16"  # Gram NS's half precision
+    designed = len(COEFFICIENT_SETS[spec.ns_coefficients]) if isinstance(spec.ns_coefficients, str) else 1
+    steps = spec.ns_steps if designed == 1 else designed  # a composition runs its own length (cycled: warned)
+    check_one_step(spec.replace(compute_dtype=half, ns_steps=steps), shape, seed, mask_rate=False)
 
 
 @FAST

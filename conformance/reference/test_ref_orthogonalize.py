@@ -145,10 +145,15 @@ def test_nd_modes_differ_for_conv_filters() -> None:
 
 @FAST
 @given(
-    shape=tensor_shapes(), orth=st.sampled_from(choices("orthogonalizer")), mode=st.sampled_from(choices("eps_mode"))
+    shape=tensor_shapes(),
+    orth=st.sampled_from(choices("orthogonalizer")),
+    mode=st.sampled_from(choices("eps_mode")),
+    pre=st.sampled_from(choices("prescale")),
 )
-def test_zero_in_zero_out(shape: tuple[int, ...], orth: str, mode: str) -> None:
-    out = orthogonalize(np.zeros(shape), MuonSpec(orthogonalizer=orth, eps_mode=mode))  # type: ignore[arg-type]
+def test_zero_in_zero_out(shape: tuple[int, ...], orth: str, mode: str, pre: str) -> None:
+    """Every orthogonalizer and prescale maps 0 to 0 (optax's clamps give 1e4 * 0 on zero rows, V4)."""
+    spec = MuonSpec(orthogonalizer=orth, eps_mode=mode, prescale=pre, compute_dtype="float32")  # type: ignore[arg-type]
+    out = orthogonalize(np.zeros(shape), spec)
     assert out.shape == shape
     assert np.all(out == 0.0)
 
