@@ -1,8 +1,9 @@
 """muonlab.contract (folder ``contract/``): what the reference and the fast implementation share.
 
-`MuonSpec` (every knob of a variant, validated), the named presets, the Newton-Schulz / Polar Express
-coefficient sets, and the pure shape rules (matrix view, NorMuon state shape, shape scale of the update).
-Pure Python, no array library: `muonlab.fast` imports this package and none of the float64 math.
+`MuonSpec` (every knob of a variant, validated), the named presets, `from_upstream` (the spec of a named upstream
+optimizer from its own keywords), the Newton-Schulz / Polar Express coefficient sets, and the pure shape rules
+(matrix view, NorMuon state shape, shape scale of the update). Pure Python, no array library: `muonlab.fast`
+imports this package and none of the float64 math.
 """
 
 from .adam import adam_hyperparameters
@@ -12,6 +13,7 @@ from .presets import PRESETS, get_preset, resolve_spec
 from .scaling import SHAPE_SCALES, scale_dims, shape_scale, update_scale
 from .shapes import check_ndim, matrix_view_shape, normuon_reduce_axis, normuon_state_shape, second_moment_shape
 from .spec import GEODESIC_TAU_MIN, MuonSpec, choice_fields, choices, field_names
+from .upstream import UPSTREAMS, from_upstream
 
 __all__ = [
     "COEFFICIENT_SETS",
@@ -20,6 +22,7 @@ __all__ = [
     "GEODESIC_TAU_MIN",
     "PRESETS",
     "SHAPE_SCALES",
+    "UPSTREAMS",
     "CoefficientSet",
     "MuonSpec",
     "Triple",
@@ -30,6 +33,7 @@ __all__ = [
     "decay_lr",
     "decay_stages",
     "field_names",
+    "from_upstream",
     "get_preset",
     "matrix_view_shape",
     "normuon_reduce_axis",

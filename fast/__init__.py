@@ -9,7 +9,7 @@
 The math mirrors `muonlab.reference` function for function (same names where a concept exists in both).
 """
 
-from muonlab.contract import PRESETS, MuonSpec, get_preset, resolve_spec
+from muonlab.contract import PRESETS, MuonSpec, from_upstream, get_preset, resolve_spec
 
 from .backend import SlowComputeDtypeWarning
 from .optimizer import Muon
@@ -23,6 +23,7 @@ __all__ = [
     "MuonSpec",
     "ParamPlan",
     "SlowComputeDtypeWarning",
+    "from_upstream",
     "get_preset",
     "orthogonalize",
     "partition_params",
