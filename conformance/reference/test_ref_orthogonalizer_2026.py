@@ -177,6 +177,10 @@ def _bands(spec: MuonSpec) -> tuple[float, float]:
         ("turbo_aol_b73111d", "frobenius", 4, "cycle", (0.987, 1.012)),  # NeMo "aol" at num_ns_steps=4
         ("turbo_aol_b73111d", "frobenius", 5, "cycle", (0.523, 0.641)),  # NeMo's default 5 steps: the pitfall
         ("deepseekv4", "frobenius", 10, "repeat_last", (1.000, 1.001)),
+        ("gram_polar_express", "frobenius", 5, "repeat_last", (0.846, 1.124)),
+        ("nemo_polar_express", "frobenius", 5, "repeat_last", (0.871, 1.124)),
+        ("cans", "frobenius", 5, "repeat_last", (0.887, 1.120)),
+        ("cubic5", "frobenius", 5, "cycle", (0.774, 1.300)),
     ],
 )
 def test_coefficient_set_bands(name: str, prescale: str, steps: int, policy: str, band: tuple[float, float]) -> None:
