@@ -106,32 +106,25 @@ def _wide(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return (xm.mT if transpose else xm), transpose
 
 
+Prescaled = tuple[torch.Tensor, torch.Tensor | None, bool]
+
+
 def normalized_wide(
-    x: torch.Tensor, norm_scale: float, eps: float, eps_mode: EpsMode, compute: torch.dtype, *, overwrite: bool = False
-) -> tuple[torch.Tensor, bool]:
-    """The Newton-Schulz input: ``x`` (``[..., m, n]``) as a contiguous wide ``[B, m', n']`` stack (transposed
-    when ``m > n``, strict), Frobenius-normalized (`normalize_frobenius`) and in ``compute``; and whether it
-    was transposed. When ``x`` is wider than ``compute`` (fp32 momentum, bf16 iteration) the normalization runs
-    in ``x.dtype`` and its result is rounded once: one rounding of each entry instead of a rounded norm that
-    shifts every singular value coherently (the first Polar Express quintic amplifies such a shift about 16x).
+    x: torch.Tensor, norm_scale: float, eps: float, eps_mode: EpsMode, compute: torch.dtype, overwrite: bool = False
+) -> Prescaled:
+    """The Frobenius prescale: ``x`` (``[..., m, n]``) as a contiguous wide ``[B, m', n']`` stack (transposed when
+    ``m > n``, strict), normalized by `normalize_frobenius` and in ``compute``; no ``A``; whether it was
+    transposed. When ``x`` is wider than ``compute`` (fp32 momentum, bf16 iteration) the normalization runs in
+    ``x.dtype`` and its result is rounded once: one rounding of each entry instead of a rounded norm that shifts
+    every singular value coherently (the first Polar Express quintic amplifies such a shift about 16x).
     ``overwrite``: ``x`` may be divided in place.
     """
     xm, transpose = _wide(x)
     if x.dtype.itemsize > compute.itemsize:
-        return normalize_frobenius(xm, norm_scale, eps, eps_mode, compute, overwrite=overwrite), transpose
+        return normalize_frobenius(xm, norm_scale, eps, eps_mode, compute, overwrite=overwrite), None, transpose
     work = xm.to(compute)
     own = overwrite or work is not xm  # a converted copy is ours to divide in place
-    return normalize_frobenius(work, norm_scale, eps, eps_mode, overwrite=own), transpose
-
-
-Prescaled = tuple[torch.Tensor, torch.Tensor | None, bool]
-
-
-def _frobenius(
-    x: torch.Tensor, s: float, eps: float, mode: EpsMode, compute: torch.dtype, overwrite: bool
-) -> Prescaled:
-    xm, transpose = normalized_wide(x, s, eps, mode, compute, overwrite=overwrite)
-    return xm, None, transpose
+    return normalize_frobenius(work, norm_scale, eps, eps_mode, overwrite=own), None, transpose
 
 
 def _working(x: torch.Tensor, compute: torch.dtype) -> tuple[torch.Tensor, bool]:
@@ -163,7 +156,7 @@ def _aol(x: torch.Tensor, s: float, eps: float, mode: EpsMode, compute: torch.dt
 
 
 PRESCALES: dict[Prescale, Callable[[torch.Tensor, float, float, EpsMode, torch.dtype, bool], Prescaled]] = {
-    "frobenius": _frobenius,
+    "frobenius": normalized_wide,
     "spectral": _spectral,
     "schatten": _schatten,
     "aol": _aol,
