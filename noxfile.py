@@ -1,6 +1,6 @@
 """Developer sessions: `nox -s tests` (the README's test command), `lint`, `typecheck`, `docs`,
-`kernels_triton`, `tests_isa` (these six, `hf` and the main job are what CI runs), `conformance`, `bench`, `gpu`,
-`optax`.
+`kernels_triton`, `tests_isa`, `optax` (these seven, `hf` and the main job are what CI runs), `conformance`, `bench`,
+`gpu`.
 
 Every session runs on the Python that launched nox, any of 3.10-3.13; ask for another with
 `nox --force-python 3.12 -s tests`. Installs go through `constraints/ci.txt`, the exact versions CI runs (torch
@@ -240,7 +240,8 @@ def gpu(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def optax(session: nox.Session) -> None:
-    """Peer check against optax.contrib.muon (jax installed in this session only)."""
+    """Peer checks against optax.contrib.muon and its orthogonalize_via_newton_schulz, every preconditioning and
+    adaptive=True (jax and optax, pinned in constraints/ci.txt, installed in this session only)."""
     _install(session, ".[fast,harness,dev]", "jax", "optax")
     session.run("pytest", "conformance/fast", "-m", "peer", "-q", *session.posargs, env=CPU_ENV)
 

@@ -15,7 +15,7 @@ import torch
 from fasthelpers import BF16_COS, BF16_REL, cos, np64, rel
 
 from muonlab import reference as R
-from muonlab.fast import Muon
+from muonlab.fast import Muon, from_upstream
 
 SHAPES = [(16, 32), (32, 16), (24, 24)]
 
@@ -68,6 +68,59 @@ def test_optax_contrib_muon(shape: tuple[int, int]) -> None:
     p = torch.nn.Parameter(w0.clone())
     ours = Muon([p], "optax", backend="torch")
     tx = optax.contrib.muon(learning_rate=spec.lr, beta=spec.momentum, eps=spec.eps, nesterov=spec.nesterov)
+    params = {"w": jnp.asarray(w0.numpy().T)}  # optax stores [in, out]
+    state = tx.init(params)
+    for _ in range(5):
+        g = torch.randn(shape, generator=gen)
+        p.grad = g.clone()
+        ours.step()
+        updates, state = tx.update({"w": jnp.asarray(g.numpy().T)}, state, params)
+        params = optax.apply_updates(params, updates)
+    peer = np.asarray(params["w"], dtype=np.float64).T
+    assert rel(np64(p) - np64(w0), peer - np64(w0)) <= 1e-3
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("x64", [True, False])
+@pytest.mark.parametrize("pre", ["frobenius", "spectral", "schatten", "aol"])
+@pytest.mark.parametrize("shape", [(16, 40), (40, 16), (24, 24)])
+def test_optax_orthogonalize_every_preconditioning(x64: bool, pre: str, shape: tuple[int, int]) -> None:
+    """optax's own ``orthogonalize_via_newton_schulz`` (optax 0.2.8) against ``from_upstream("optax", ...)`` through
+    the float64 reference: 1e-10 with ``jax_enable_x64``, the fp32 tolerance (1e-4) without."""
+    pytest.importorskip("optax")
+    import jax
+    import jax.numpy as jnp
+    from optax.contrib import _muon
+
+    jax.config.update("jax_enable_x64", x64)
+    try:
+        spec = from_upstream("optax", preconditioning=pre, eps=1e-7)
+        x = np.random.default_rng(8).standard_normal(shape)
+        dtype = jnp.float64 if x64 else jnp.float32
+        coeffs = jnp.asarray((3.4445, -4.7750, 2.0315), dtype=dtype)
+        got = np.asarray(_muon.orthogonalize_via_newton_schulz(jnp.asarray(x, dtype=dtype), coeffs, 5, pre, 1e-7))
+        want = R.orthogonalize(x, spec)
+        assert rel(got.astype(np.float64), want) <= (1e-10 if x64 else 1e-4)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize(("pre", "adaptive"), [("aol", True), ("schatten", False), ("frobenius", True)])
+def test_optax_contrib_muon_options(pre: str, adaptive: bool) -> None:
+    """Five steps of ``optax.contrib.muon(preconditioning=..., adaptive=...)`` (float32) against `Muon` with
+    ``from_upstream("optax", ...)`` (float32 compute): the fp32 tolerance on ``W_T - W_0``."""
+    pytest.importorskip("optax")
+    import jax.numpy as jnp
+    import optax
+
+    shape = (16, 32)
+    spec = from_upstream("optax", learning_rate=0.02, preconditioning=pre, adaptive=adaptive)
+    gen = torch.Generator().manual_seed(6)
+    w0 = torch.randn(shape, generator=gen)
+    p = torch.nn.Parameter(w0.clone())
+    ours = Muon([p], spec, backend="torch")
+    tx = optax.contrib.muon(learning_rate=0.02, preconditioning=pre, adaptive=adaptive)
     params = {"w": jnp.asarray(w0.numpy().T)}  # optax stores [in, out]
     state = tx.init(params)
     for _ in range(5):
