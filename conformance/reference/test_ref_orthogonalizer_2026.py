@@ -290,3 +290,49 @@ def test_dion_gram_flag_swaps_the_map() -> None:
     )
     assert from_upstream("deepspeed").orthogonalizer == "gram_newton_schulz"
     assert from_upstream("deepspeed", ns_method="standard").orthogonalizer == "newton_schulz"
+
+
+# -- NeMo's newton_schulz (emerging-optimizers needs Python >= 3.12: an independent transcription instead) ---------
+
+_NEMO_REPEAT_LAST = ("polar_express", "cans", "deepseekv4")
+
+
+def _nemo_newton_schulz(x: Array, steps: int, coefficient_type: str) -> Array:
+    """NVIDIA-NeMo/Emerging-Optimizers ``muon_utils.newton_schulz`` (fd77292; file at ca0f167) in float64, one
+    matrix, ``tp_group=None``, ``normalize_in_double=False``: transpose when ``m > n``, ``F.normalize(x, eps=1e-15)``
+    (``x / max(||x||_F, eps)``), the triples by ``get_coefficient_iterator`` ("repeat_last" for the types above,
+    "cycle" otherwise), the cubic path when ``c == 0``."""
+    from itertools import chain, cycle, islice, repeat
+
+    table = {
+        "simple": COEFFICIENT_SETS["keller"],
+        "quintic": COEFFICIENT_SETS["leloykun"],
+        "polar_express": COEFFICIENT_SETS["nemo_polar_express"],
+        "cans": COEFFICIENT_SETS["cans"],
+        "aol": COEFFICIENT_SETS["turbo_aol_b73111d"],
+        "deepseekv4": COEFFICIENT_SETS["deepseekv4"],
+        "cubic5": COEFFICIENT_SETS["cubic5"],
+    }
+    sets = list(table[coefficient_type])
+    it = chain(sets, repeat(sets[-1])) if coefficient_type in _NEMO_REPEAT_LAST else cycle(sets)
+    transpose = x.shape[0] > x.shape[1]
+    X = x.T if transpose else x
+    X = X / max(np.linalg.norm(X), 1e-15)
+    for a, b, c in islice(it, steps):
+        A = X @ X.T
+        X = a * X + b * A @ X if c == 0 else a * X + (b * A + c * A @ A) @ X
+    return X.T if transpose else X
+
+
+@pytest.mark.parametrize("steps", [4, 5, 8, 10])
+@pytest.mark.parametrize("ctype", ["simple", "quintic", "polar_express", "cans", "aol", "deepseekv4", "cubic5"])
+def test_nemo_newton_schulz(ctype: str, steps: int) -> None:
+    if ctype == "cubic5" and steps != 5:
+        pytest.skip("cubic5 is a fixed 5-step schedule (NeMo raises; test_cubic5_needs_exactly_five_steps)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CoefficientScheduleWarning)  # NeMo cycles some sets past their end
+        spec = from_upstream("emerging_optimizers", coefficient_type=ctype, num_ns_steps=steps)
+    x = _matrix("gaussian", 24, 56, seed=9)
+    for m in (x, x.T, 1e-12 * x):  # wide, tall, and tiny (the 1e-15 clamp keeps NeMo a true orthogonalizer)
+        want = _nemo_newton_schulz(m, steps, ctype)
+        assert np.linalg.norm(R.orthogonalize(m, spec) - want) <= 1e-12 * np.linalg.norm(want)
