@@ -69,41 +69,46 @@ class SlowComputeDtypeWarning(UserWarning):
     """Newton-Schulz is asked to compute in a dtype this device runs many times slower than float32."""
 
 
-@lru_cache(maxsize=1)
-def cpu_bf16_slowdown() -> float:
-    """How many times longer a bf16 matmul takes than a float32 one on this CPU: measured once per process
-    (256 x 256 products, best of 3 each, interleaved; a few ms where bf16 is native, about 0.1 s where not).
-    Timed rather than read from CPU flags because the ISA torch dispatches to can be capped below the
-    hardware's (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``)."""
+def cpu_bf16_slowdown(dtype: torch.dtype = torch.bfloat16) -> float:
+    """How many times longer a ``dtype`` (bf16, or fp16) matmul takes than a float32 one on this CPU: measured once
+    per process and dtype (256 x 256 products, best of 3 each, interleaved; a few ms where the dtype is native,
+    about 0.1 s where not). Timed rather than read from CPU flags because the ISA torch dispatches to can be
+    capped below the hardware's (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``)."""
+    return _slowdown(dtype)  # one cache key per dtype, however it is passed
+
+
+@lru_cache(maxsize=2)
+def _slowdown(dtype: torch.dtype) -> float:
     a32 = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
-    a16 = a32.to(torch.bfloat16)
-    best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
+    a16 = a32.to(dtype)
+    best = {torch.float32: float("inf"), dtype: float("inf")}
     for _ in range(3):
         for x in (a32, a16):
             t0 = time.perf_counter()
             torch.mm(x, x)
             best[x.dtype] = min(best[x.dtype], time.perf_counter() - t0)
-    return best[torch.bfloat16] / max(best[torch.float32], 1e-9)
+    return best[dtype] / max(best[torch.float32], 1e-9)
 
 
 _warned: set[str] = set()
+_HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def warn_if_slow_compute(device: torch.device, compute_dtype: str) -> None:
-    """Warn once per process when ``compute_dtype="bfloat16"`` is asked of a CPU without a native bf16 matmul
-    (`cpu_bf16_slowdown` above `SLOW_BF16_FACTOR`), naming the slowdown and the override. The spec is kept as
-    asked: a preset's numerics change only when the user says so."""
-    if device.type != "cpu" or compute_dtype != "bfloat16" or "cpu" in _warned:
+    """Warn once per process and dtype when a half-precision ``compute_dtype`` (``"bfloat16"``, ``"float16"``) is
+    asked of a CPU without a native matmul for it (`cpu_bf16_slowdown` above `SLOW_BF16_FACTOR`), naming the
+    slowdown and the override. The spec is kept as asked: a preset's numerics change only when the user says so."""
+    if device.type != "cpu" or compute_dtype not in _HALF or compute_dtype in _warned:
         return
-    slowdown = cpu_bf16_slowdown()
+    slowdown = cpu_bf16_slowdown(_HALF[compute_dtype])
     if slowdown <= SLOW_BF16_FACTOR:
         return
-    _warned.add("cpu")
+    _warned.add(compute_dtype)
     warnings.warn(
-        f"muonlab.fast: Newton-Schulz computes in bfloat16 (compute_dtype='bfloat16'), and a bfloat16 matmul "
-        f"runs {slowdown:.1f}x slower than float32 on this CPU (no native bf16 matmul); for CPU runs pass "
-        f"compute_dtype='float32', e.g. Muon(params, preset, compute_dtype='float32') (docs/fast.md, "
-        f"'bf16 on a CPU')",
+        f"muonlab.fast: Newton-Schulz computes in {compute_dtype} (compute_dtype={compute_dtype!r}), and a "
+        f"{compute_dtype} matmul runs {slowdown:.1f}x slower than float32 on this CPU (no native {compute_dtype} "
+        f"matmul); for CPU runs pass compute_dtype='float32', e.g. Muon(params, preset, compute_dtype='float32') "
+        f"(docs/fast.md, 'bf16 on a CPU')",
         SlowComputeDtypeWarning,
         stacklevel=_caller_level(),
     )

@@ -62,17 +62,21 @@ def test_float32_compute_never_warns() -> None:
 
 def test_the_warning_follows_the_measured_slowdown(monkeypatch: pytest.MonkeyPatch) -> None:
     """The rule itself, without timing: warn above `SLOW_BF16_FACTOR`, not at or below it, CPUs only."""
+    import itertools
     import warnings
 
     import torch
 
     from muonlab.fast import backend
 
-    for slowdown, warns in [(SLOW_BF16_FACTOR, False), (0.1, False), (SLOW_BF16_FACTOR * 1.01, True), (40.0, True)]:
-        monkeypatch.setattr(backend, "cpu_bf16_slowdown", lambda s=slowdown: s)
+    cases = [(SLOW_BF16_FACTOR, False), (0.1, False), (SLOW_BF16_FACTOR * 1.01, True), (40.0, True)]
+    for (slowdown, warns), half in itertools.product(cases, ["bfloat16", "float16"]):
+        monkeypatch.setattr(backend, "cpu_bf16_slowdown", lambda dtype=None, s=slowdown: s)
         monkeypatch.setattr(backend, "_warned", set())
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
-            backend.warn_if_slow_compute(torch.device("cpu"), "bfloat16")
-            backend.warn_if_slow_compute(torch.device("meta"), "bfloat16")
-        assert len(seen) == int(warns), (slowdown, [str(w.message) for w in seen])
+            backend.warn_if_slow_compute(torch.device("cpu"), half)
+            backend.warn_if_slow_compute(torch.device("meta"), half)
+            backend.warn_if_slow_compute(torch.device("cpu"), "float32")
+        assert len(seen) == int(warns), (slowdown, half, [str(w.message) for w in seen])
+        assert all(half in str(w.message) for w in seen)
