@@ -240,7 +240,10 @@ def _megatron(kw: Keywords) -> MuonSpec:
 def _deepspeed(kw: Keywords) -> MuonSpec:
     if kw["num_heads"] is not None:
         raise _unsupported(
-            "deepspeed", "num_heads", kw["num_heads"], "per-head orthogonalization is not in muonlab yet"
+            "deepspeed",
+            "num_heads",
+            kw["num_heads"],
+            "per-head Muon is a parameter layout here, the 'heads' group option: {'params': [w], 'heads': [H]}",
         )
     methods = {"gram": "gram_newton_schulz", "standard": "newton_schulz"}
     if kw["ns_method"] not in methods:

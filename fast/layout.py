@@ -13,6 +13,10 @@ whose matrix is ``(0, 1)``) names its matrix dims explicitly, in the spirit of o
 
 The optimizer works on `matrix_view` ``= t.movedim((row_dim, col_dim), (-2, -1))``, a view (no copy), so an
 in-place update of the view lands in the parameter.
+
+Per-head orthogonalization (param-group key ``"heads"``: dion ``num_heads``, DeepSpeed per-head Muon, GLM-5's
+"Muon Split"): ``H`` splits the rows of that matrix into ``H`` equal blocks, ``[..., H, rows/H, cols]`` (still a
+view), each a matrix of its own: orthogonalized, NorMuon-normalized and shape-scaled on its own shape.
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["MatrixDims", "check_group_matrix_dims", "check_matrix_dims", "matrix_shape", "matrix_view"]
+__all__ = [
+    "MatrixDims",
+    "check_group_heads",
+    "check_group_matrix_dims",
+    "check_matrix_dims",
+    "matrix_shape",
+    "matrix_view",
+]
 
 MatrixDims = tuple[int, int] | None
 
@@ -74,19 +85,43 @@ def check_group_matrix_dims(value: object, shapes: Sequence[Sequence[int]], name
     return [check_matrix_dims(s, d, f"{name}[{i}]") for i, (s, d) in enumerate(zip(shapes, entries, strict=True))]
 
 
-def matrix_shape(shape: Sequence[int], dims: MatrixDims) -> tuple[int, ...]:
-    """The shape `matrix_view` gives a tensor of ``shape``: batch dims in stored order, then rows, cols."""
+def check_group_heads(value: object, shapes: Sequence[Sequence[int]], name: str) -> list[int | None]:
+    """A param group's ``"heads"``: a list parallel to its ``"params"`` whose ``shapes`` are the matrix views'
+    (`matrix_shape` without heads), each None or a positive int dividing the rows."""
+    if isinstance(value, (str, bytes, torch.Tensor)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name}: expected a list parallel to 'params' (None or a head count each), got {value!r}")
+    entries: list[Any] = list(value)
+    if len(entries) != len(shapes):
+        raise ValueError(f"{name}: has {len(entries)} entries for {len(shapes)} params (must be parallel to 'params')")
+    out: list[int | None] = []
+    for i, (shape, h) in enumerate(zip(shapes, entries, strict=True)):
+        if h is None or h == 1:
+            out.append(None)
+            continue
+        if isinstance(h, bool) or not isinstance(h, int) or h < 1:
+            raise ValueError(f"{name}[{i}]: expected None or a head count >= 1, got {h!r}")
+        if len(shape) != 2:
+            raise ValueError(f"{name}[{i}]: heads split a single matrix; the matrix view {tuple(shape)} is a batch")
+        if shape[-2] % h:
+            raise ValueError(f"{name}[{i}]: {h} heads do not divide the {shape[-2]} rows of the matrix {tuple(shape)}")
+        out.append(h)
+    return out
+
+
+def matrix_shape(shape: Sequence[int], dims: MatrixDims, heads: int | None = None) -> tuple[int, ...]:
+    """The shape `matrix_view` gives a tensor of ``shape``: batch dims in stored order, then rows, cols (the rows
+    split into ``heads`` blocks when given)."""
     s = tuple(int(d) for d in shape)
-    if dims is None:
-        return s
-    row, col = dims
-    batch = [d for i, d in enumerate(s) if i not in (row, col)]
-    return (*batch, s[row], s[col])
+    if dims is not None:
+        row, col = dims
+        batch = [d for i, d in enumerate(s) if i not in (row, col)]
+        s = (*batch, s[row], s[col])
+    return s if heads is None else (*s[:-2], heads, s[-2] // heads, s[-1])
 
 
-def matrix_view(t: torch.Tensor, dims: MatrixDims) -> torch.Tensor:
-    """``t.movedim((row_dim, col_dim), (-2, -1))`` (a view sharing ``t``'s storage); ``t`` itself for
-    ``None``. ``dims`` must come from `check_matrix_dims`."""
-    if dims is None:
-        return t
-    return t.movedim(dims, (-2, -1))
+def matrix_view(t: torch.Tensor, dims: MatrixDims, heads: int | None = None) -> torch.Tensor:
+    """``t.movedim((row_dim, col_dim), (-2, -1))`` (a view sharing ``t``'s storage; ``t`` itself for ``None``), its
+    rows split into ``heads`` blocks when given (splitting one dim is always a view). ``dims`` and ``heads`` must
+    come from `check_matrix_dims` and `check_group_heads`."""
+    v = t if dims is None else t.movedim(dims, (-2, -1))
+    return v if heads is None else v.view(*v.shape[:-2], heads, v.shape[-2] // heads, v.shape[-1])

@@ -26,7 +26,7 @@ from muonlab.contract import MuonSpec, resolve_spec
 from .adamw import adamw_step_
 from .backend import Backend, check_backend, warn_if_slow_compute
 from .distributed import DistributedMode
-from .layout import MatrixDims, check_group_matrix_dims, matrix_shape, matrix_view
+from .layout import MatrixDims, check_group_heads, check_group_matrix_dims, matrix_shape, matrix_view
 from .peers import from_peer
 from .pipeline import GroupStacks
 from .state import state_dtype
@@ -142,6 +142,12 @@ def _agree(flags: list[torch.Tensor | None], group: Any) -> None:
             flags[i] = next(parts).to(f.device, torch.bool)
 
 
+def _layouts(group: dict[str, Any]) -> list[tuple[MatrixDims, int | None]]:
+    """Each parameter's ``(matrix_dims, heads)`` in a Muon group (`muonlab.fast.layout`)."""
+    n = len(group["params"])
+    return list(zip(group.get("matrix_dims") or [None] * n, group.get("heads") or [None] * n, strict=True))
+
+
 def _spec(group: dict[str, Any]) -> MuonSpec:
     return cast(MuonSpec, group["spec"])
 
@@ -185,7 +191,8 @@ class Muon(Optimizer):
     ``max_stack_bytes`` caps the state bytes of a stack computed at once (None: half the state bytes of all
     Muon parameters), which bounds the step's transient memory. A Muon group may carry ``"matrix_dims"``, a
     list parallel to its params of None or ``(row_dim, col_dim)`` (`muonlab.fast.layout`): the step, its
-    state and its shape rules see ``matrix_view(p, dims)``.
+    state and its shape rules see ``matrix_view(p, dims)``; and ``"heads"``, a list of None or head counts: each
+    matrix's rows are split into that many blocks, each orthogonalized and scaled on its own (per-head Muon).
 
     ``distributed`` (docs/distributed.md) splits orthogonalization and NorMuon over the ranks of
     ``process_group`` (default: the world, or the DTensor mesh's group): ``"replicated"`` under DDP (plain
@@ -287,6 +294,15 @@ class Muon(Optimizer):
                     f"got {dims!r}"
                 )
             group["matrix_dims"] = dims
+        if "heads" in group:
+            name = f"param_groups[{index}]['heads']"
+            if algorithm != "muon":
+                raise ValueError(f"{name}: only Muon groups split matrices into heads (this group is {algorithm!r})")
+            if self.distributed in ("sharded", "gathered"):
+                raise ValueError(f"{name}: heads split the rows, which distributed={self.distributed!r} shards")
+            mdims = group.get("matrix_dims") or [None] * len(plist)
+            views = [matrix_shape(p.shape, d) for p, d in zip(plist, mdims, strict=True)]
+            group["heads"] = check_group_heads(group["heads"], views, name)
         if isinstance(group["lr"], torch.Tensor) and plist and group["lr"].device != _local(plist[0]).device:
             # Once, here: schedulers fill this tensor in place, and the step reads it on the device.
             group["lr"] = group["lr"].to(_local(plist[0]).device)
@@ -456,12 +472,11 @@ class Muon(Optimizer):
         cached = self._stacks.get(index)
         if cached is not None and cached[0] == key:
             return cached[1]
-        dims: list[MatrixDims] = group.get("matrix_dims") or [None] * len(params)
         stacks = GroupStacks(
             views,
             _spec(group),
             self._stack_cap(),
-            full_shapes=[matrix_shape(p.shape, d) for p, d in zip(params, dims, strict=True)],  # a DTensor's: global
+            full_shapes=[matrix_shape(p.shape, *lay) for p, lay in zip(params, _layouts(group), strict=True)],
             distributed=self.distributed,
             process_group=self._group_of(params) if self.distributed != "none" else None,
         )
@@ -498,15 +513,15 @@ class Muon(Optimizer):
             local = [_local(p) for p in params]  # a DTensor's shard: a view, so updates land in the parameter
             grads = [None if p.grad is None else _local(p.grad) for p in params]
             if group["algorithm"] == "muon":
-                dims: list[MatrixDims] = group.get("matrix_dims") or [None] * len(params)
-                views = [matrix_view(x, d) for x, d in zip(local, dims, strict=True)]
+                layouts = _layouts(group)
+                views = [matrix_view(x, *lay) for x, lay in zip(local, layouts, strict=True)]
                 keep = None
                 if finite is not None:
                     # finite covers the params with a gradient; those without are skipped by the stacks
                     keep = finite if all(g is not None for g in grads) else _spread(finite, grads)
                 self._group_stacks(gi, group, views).step(
                     views,
-                    [None if g is None else matrix_view(g, d) for g, d in zip(grads, dims, strict=True)],
+                    [None if g is None else matrix_view(g, *lay) for g, lay in zip(grads, layouts, strict=True)],
                     [self.state[p] for p in params],
                     lr=group["lr"],
                     momentum=float(group["momentum"]),
