@@ -24,6 +24,13 @@ parameter gets a ``matrix_dims`` entry: ``None`` for that layout, ``(1, 0)`` for
 without importing transformers), or what a ``matrix_dims=`` pattern says (``(row_dim, col_dim)``, ``"in_out"``
 = the last two dims swapped, ``"out_in"`` = the default). The plan prints it; `ParamPlan.param_groups` passes
 it to `muonlab.fast.Muon` as the group key ``"matrix_dims"``.
+
+Per-head Muon (``per_head=True``; group key ``"heads"``, docs/fast.md "Per-head Muon"): the attention input
+projections are split into one block per head, with the head counts read from the model's ``config``
+(Hugging Face names and config fields, `_heads_of`): a fused GPT-2 ``c_attn`` (Q, K and V, ``3 n_head`` blocks), a fused
+``qkv_proj`` (``H + 2 KV`` blocks), and ``q_proj`` (``H``) / ``k_proj`` and ``v_proj`` (``KV``) in Llama-style
+models. ``heads=`` patterns override (fnmatch -> head count, or None for the whole matrix). The plan prints
+each choice.
 """
 
 from __future__ import annotations
@@ -62,18 +69,23 @@ class ParamPlan:
     reasons: dict[str, str] = field(default_factory=dict)
     matrix_dims: dict[str, MatrixDims] = field(default_factory=dict)
     """Muon parameter name -> its ``(row_dim, col_dim)``, ``None`` for ``[..., out, in]`` (absent = ``None``)."""
+    heads: dict[str, int] = field(default_factory=dict)
+    """Muon parameter name -> the number of row blocks it is orthogonalized as (absent: the whole matrix)."""
 
     def param_groups(self, **muon_group_kwargs: Any) -> list[dict[str, Any]]:
         """Groups for `muonlab.fast.Muon`: the Muon group (with ``muon_group_kwargs`` and ``"matrix_dims"``, a
         list parallel to its params) and an ``algorithm="adamw"`` group; empty groups are left out."""
-        if "matrix_dims" in muon_group_kwargs or "params" in muon_group_kwargs:
-            raise ValueError("muon_group_kwargs: 'params' and 'matrix_dims' come from the plan (partition_params)")
+        if {"matrix_dims", "params", "heads"} & set(muon_group_kwargs):
+            raise ValueError(
+                "muon_group_kwargs: 'params', 'matrix_dims' and 'heads' come from the plan (partition_params)"
+            )
         groups: list[dict[str, Any]] = []
         if self.muon:
             groups.append(
                 {
                     "params": [p for _, p in self.muon],
                     "matrix_dims": [self.matrix_dims.get(n) for n, _ in self.muon],
+                    **({"heads": [self.heads.get(n) for n, _ in self.muon]} if self.heads else {}),
                     **muon_group_kwargs,
                 }
             )
@@ -88,6 +100,9 @@ class ParamPlan:
         text = "x".join(map(str, view[-2:]))
         if len(view) > 2:
             text = f"{'x'.join(map(str, view[:-2]))} of {text}"
+        heads = self.heads.get(name)
+        if heads is not None:
+            text = f"{text} as {heads} heads of {view[-2] // heads}x{view[-1]}"
         return text if dims is None else f"{text} (rows=dim {dims[0]}, cols=dim {dims[1]})"
 
     def __str__(self) -> str:
@@ -149,6 +164,29 @@ def _rule(name: str, p: torch.Tensor, module: nn.Module | None, embed_ids: set[i
     return "muon", "ndim >= 2 weight"
 
 
+def _config_int(config: object, *names: str) -> int | None:
+    for n in names:
+        value = getattr(config, n, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _heads_of(name: str, model: nn.Module) -> int | None:
+    """The head count of an attention input projection named like Hugging Face's, from ``model.config``
+    (``H = num_attention_heads`` or ``n_head``, ``KV = num_key_value_heads``, default ``H``): ``c_attn`` 3 H,
+    ``qkv_proj`` H + 2 KV, ``q_proj`` H, ``k_proj`` / ``v_proj`` KV; None for any other name or a config without
+    the counts."""
+    config = getattr(model, "config", None)
+    query = _config_int(config, "num_attention_heads", "n_head", "num_heads")
+    if query is None:
+        return None
+    kv = _config_int(config, "num_key_value_heads", "n_kv_heads", "multi_query_group_num") or query
+    module = name.split(".")[-2] if "." in name else ""
+    counts = {"c_attn": 3 * query, "qkv_proj": query + 2 * kv, "q_proj": query, "k_proj": kv, "v_proj": kv}
+    return counts.get(module) if name.endswith(".weight") else None
+
+
 def _explicit_dims(value: object, shape: Sequence[int], name: str) -> MatrixDims:
     """A ``matrix_dims=`` value for one parameter: ``"in_out"``, ``"out_in"``, ``None`` or ``(row, col)``."""
     if value == "in_out":
@@ -166,6 +204,8 @@ def partition_params(
     muon: Sequence[str] = (),
     adamw: Sequence[str] = (),
     matrix_dims: Mapping[str, object] | None = None,
+    per_head: bool = False,
+    heads: Mapping[str, int | None] | None = None,
     verbose: bool = False,
 ) -> ParamPlan:
     """Split ``model``'s trainable parameters between Muon and AdamW (rules in the module docstring).
@@ -175,7 +215,9 @@ def partition_params(
     patterns to a layout for the Muon parameters they match (``(row_dim, col_dim)``: which stored dims are
     fan_out and fan_in, other dims batch; ``"in_out"``; ``"out_in"``), overriding the ``Conv1D`` detection; a
     pattern matching no Muon parameter, a name matched by two patterns, or dims invalid for the parameter's
-    shape raises `ValueError` naming it. ``verbose`` prints the plan.
+    shape raises `ValueError` naming it. ``per_head`` splits the attention input projections into heads
+    (module docstring); ``heads`` maps fnmatch patterns to a head count (or None) for the Muon parameters they
+    match, overriding the detection, with the same errors as ``matrix_dims``. ``verbose`` prints the plan.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -187,6 +229,8 @@ def partition_params(
         if not isinstance(pat, str):
             raise TypeError(f"matrix_dims: keys are fnmatch patterns (str), got {pat!r}")
     layout_used = dict.fromkeys(layouts, False)
+    head_rules = dict(heads or {})
+    heads_used = dict.fromkeys(head_rules, False)
     owner = _module_of(model)
     embed_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -227,6 +271,20 @@ def partition_params(
                 dims = (1, 0) if _is_conv1d(owner.get(name), p) else None
             if dims is not None:
                 plan.matrix_dims[name] = dims
+            hpats = [pat for pat in head_rules if fnmatch.fnmatchcase(name, pat)]
+            if len(hpats) > 1:
+                raise ValueError(f"heads: {name} is matched by several patterns {hpats}")
+            count = head_rules[hpats[0]] if hpats else (_heads_of(name, model) if per_head else None)
+            if hpats:
+                heads_used[hpats[0]] = True
+            if count is not None and count != 1:
+                rows = matrix_shape(p.shape, dims)
+                if len(rows) != 2 or isinstance(count, bool) or not isinstance(count, int) or rows[0] % count:
+                    raise ValueError(f"heads: {count!r} heads cannot split {name}, a {'x'.join(map(str, rows))} matrix")
+                plan.heads[name] = count
+                plan.reasons[name] += (
+                    f"; {count} heads ({f'heads={hpats[0]!r}' if hpats else 'per_head, model.config'})"
+                )
     unused = [k for k, hit in used.items() if not hit]
     if unused:
         label, pat = unused[0].split(":", 1)
@@ -234,6 +292,9 @@ def partition_params(
     unused_layouts = [pat for pat, hit in layout_used.items() if not hit]
     if unused_layouts:
         raise ValueError(f"matrix_dims: pattern {unused_layouts[0]!r} matches no parameter routed to Muon")
+    unused_heads = [pat for pat, hit in heads_used.items() if not hit]
+    if unused_heads:
+        raise ValueError(f"heads: pattern {unused_heads[0]!r} matches no parameter routed to Muon")
     if verbose:
         print(plan)
     return plan

@@ -285,3 +285,58 @@ def test_model_with_conv1d_and_experts_trains() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0]
+
+
+class _Config:
+    def __init__(self, **fields: int) -> None:
+        self.__dict__.update(fields)
+
+
+class FusedAttention(nn.Module):
+    """GPT-2's layout: a fused Q/K/V ``Conv1D`` ``c_attn`` and an output ``c_proj``, under ``model.config``."""
+
+    def __init__(self, d: int, n_head: int) -> None:
+        super().__init__()
+        self.config = _Config(n_head=n_head)
+        self.attn = nn.Module()
+        self.attn.c_attn = Conv1D(3 * d, d)  # weight [d, 3d]: [in, out]
+        self.attn.c_proj = Conv1D(d, d)
+
+
+class GqaAttention(nn.Module):
+    """Llama's layout: separate projections, grouped keys and values (``num_key_value_heads``)."""
+
+    def __init__(self, d: int, heads: int, kv_heads: int) -> None:
+        super().__init__()
+        self.config = _Config(num_attention_heads=heads, num_key_value_heads=kv_heads)
+        head_dim = d // heads
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(d, kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+
+def test_per_head_reads_the_head_counts_from_the_config(capsys: pytest.CaptureFixture[str]) -> None:
+    plan = partition_params(FusedAttention(32, 4), per_head=True, verbose=True)
+    assert plan.heads == {"attn.c_attn.weight": 12}  # Q, K and V: 4 heads each
+    assert "96x32 as 12 heads of 8x32" in capsys.readouterr().out
+    plan = partition_params(GqaAttention(32, 4, 2), per_head=True)
+    assert plan.heads == {"q_proj.weight": 4, "k_proj.weight": 2, "v_proj.weight": 2}
+    groups = plan.param_groups()
+    assert groups[0]["heads"] == [4, 2, 2, None]
+    opt = Muon(groups, "keller", lr=0.02)
+    for _, p in plan.muon:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert partition_params(GqaAttention(32, 4, 2)).heads == {}  # off unless asked
+
+
+def test_heads_patterns_override_and_are_checked() -> None:
+    model = GqaAttention(32, 4, 2)
+    plan = partition_params(model, per_head=True, heads={"q_proj.*": 2, "v_proj.*": None})
+    assert plan.heads == {"q_proj.weight": 2, "k_proj.weight": 2}
+    assert "heads='q_proj.*'" in plan.reasons["q_proj.weight"]
+    with pytest.raises(ValueError, match=r"heads: pattern 'nope\*' matches no parameter"):
+        partition_params(model, heads={"nope*": 2})
+    with pytest.raises(ValueError, match=r"5 heads cannot split q_proj\.weight, a 32x32 matrix"):
+        partition_params(model, heads={"q_proj.*": 5})

@@ -119,6 +119,24 @@ def test_llama_plan() -> None:
     assert "model.norm.weight" in dict(plan.adamw)
 
 
+def test_per_head_plans_read_the_configs() -> None:
+    """``per_head=True`` on the real models: GPT-2's fused ``c_attn`` as 3 x n_head blocks of its [out, in] view,
+    Llama's q_proj by num_attention_heads and k_proj / v_proj by num_key_value_heads; a step runs."""
+    model = gpt2(n_layer=1)
+    plan = partition_params(model, per_head=True)
+    assert plan.heads == {"transformer.h.0.attn.c_attn.weight": 12}
+    assert plan.matrix_text("transformer.h.0.attn.c_attn.weight", (64, 192)).startswith("192x64 as 12 heads of 16x64")
+    plan = partition_params(llama(), per_head=True)
+    assert {n.split(".")[-2]: h for n, h in plan.heads.items() if ".0." in n} == {"q_proj": 4, "k_proj": 2, "v_proj": 2}
+    model = gpt2(n_layer=1)
+    opt = Muon(partition_params(model, per_head=True).param_groups(), "keller", lr=0.02, compute_dtype="float32")
+    x = Counting(4).x
+    model(input_ids=x, labels=x).loss.backward()
+    before = model.transformer.h[0].attn.c_attn.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(before, model.transformer.h[0].attn.c_attn.weight)
+
+
 def _c_attn_step(matrix_dims: dict[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """One keller step (exact SVD polar factor, no decay) on a random GPT-2: ``(dW, G)`` of layer 0's c_attn."""
     model = gpt2(n_layer=1)
