@@ -1,10 +1,11 @@
 """muonlab.fast: drop-in torch optimizers for the Muon family, with Triton kernels on CUDA.
 
 * `Muon` — a ``torch.optim.Optimizer`` for every `muonlab.reference.MuonSpec` / preset;
+* `from_upstream` — the spec of a named upstream optimizer from its own keywords (`muonlab.contract.upstream`);
 * `orthogonalize` — ``Orth(X)`` on tensors (batched over leading dims);
 * `partition_params` / `ParamPlan` — route matrix weights to Muon and the rest to AdamW;
 * `qk_clip_` — MuonClip's post-step QK-Clip, in place, batched over layers;
-* `SlowComputeDtypeWarning` — bf16 Newton-Schulz asked of a CPU without native bf16 (docs/fast.md).
+* `SlowComputeDtypeWarning` — bf16 / fp16 Newton-Schulz asked of a CPU without a native matmul for it.
 
 The math mirrors `muonlab.reference` function for function (same names where a concept exists in both).
 """
