@@ -249,6 +249,49 @@ def dion() -> MuonSpec:
     )
 
 
+def nanochat() -> MuonSpec:
+    """karpathy/nanochat ``nanochat/optim.py`` ``muon_step_fused`` at 92d63d4 (docs/variants.md, "nanochat").
+
+    Lerp-Nesterov; MuonEq-R (rows to the mean row norm, ``||row||`` clamped at 1e-6; always on); Polar Express 5
+    steps with ``X / (1.01 ||X||_F + 1e-6)``; O cast back to the parameter dtype; "Muon+", the Frobenius snap to
+    ``sqrt(min(m, n))``; modded-style NorMuon (longer dim, beta2 0.9, clamp 1e-10); cautious decay (``>=``) with
+    ``eta_adj lambda``, ``eta_adj = eta sqrt(max(1, m/n))``. So ``||eta_adj V_hat||_F = lr sqrt(m)`` on every
+    step. Defaults lr 0.02, weight decay 0 (base_train passes 0.28, scaled and cosine-decayed: a schedule); AdamW
+    as nanochat's lm_head group (betas (0.8, 0.96), eps 1e-10, wd 0.01).
+    """
+    return MuonSpec(
+        name="nanochat",
+        lr=0.02,
+        momentum=0.95,
+        momentum_form="ema",
+        nesterov=True,
+        equilibrate="row_mean",
+        equilibrate_eps=1e-6,
+        ns_coefficients="polar_express",
+        ns_steps=5,
+        norm_scale=1.01,
+        eps=1e-6,
+        eps_mode="add",
+        post_orth="frobenius_snap",
+        shape_scale="keller",
+        normuon=True,
+        beta2=0.9,
+        normuon_axis="longer",
+        normuon_rescale="frobenius",
+        normuon_eps=1e-10,
+        normuon_eps_mode="clamp",
+        weight_decay=0.0,
+        decay_placement="param",
+        decay_lr="scaled",
+        cautious="ge",
+        adam_lr=0.004,
+        adam_betas=(0.8, 0.96),
+        adam_eps=1e-10,
+        adam_weight_decay=0.01,
+        adam_eps_mode="corrected",
+    )
+
+
 def ngpt() -> MuonSpec:
     """Keller Muon on nGPT's hypersphere (arXiv 2410.01131; NVIDIA/ngpt ``train.py`` ``normalize_matrices``).
 
@@ -270,6 +313,7 @@ PRESETS: Final[dict[str, Callable[[], MuonSpec]]] = {
     "optax": optax,
     "dion": dion,
     "ngpt": ngpt,
+    "nanochat": nanochat,
 }
 
 

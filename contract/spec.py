@@ -36,6 +36,8 @@ MomentumForm = Literal["ema", "sum", "optax"]
 Orthogonalizer = Literal["newton_schulz", "gram_newton_schulz", "svd"]
 Prescale = Literal["frobenius", "spectral", "schatten", "aol"]
 Magnitude = Literal["none", "dual_norm"]
+Equilibrate = Literal["none", "row", "col", "rowcol", "row_mean"]
+PostOrth = Literal["none", "frobenius_snap", "row", "col", "row_col", "col_row"]
 EpsMode = Literal["add", "clamp"]
 ComputeDtype = Literal["bfloat16", "float16", "float32", "float64"]
 NdMode = Literal["flatten", "batch"]
@@ -58,6 +60,8 @@ _LITERAL_FIELDS: Final[dict[str, Any]] = {
     "prescale": Prescale,
     "ns_policy": CoefficientPolicy,
     "magnitude": Magnitude,
+    "equilibrate": Equilibrate,
+    "post_orth": PostOrth,
     "eps_mode": EpsMode,
     "compute_dtype": ComputeDtype,
     "nd_mode": NdMode,
@@ -128,9 +132,20 @@ class MuonSpec:
     compute_dtype: ComputeDtype = "bfloat16"
     """Dtype of the orthogonalizer in `muonlab.fast` (the reference always computes in float64); ``"float16"``
     is Gram Newton-Schulz's (its normalization runs in float32 and rounds once)."""
+    equilibrate: Equilibrate = "none"
+    """Before ``Orth`` (docs/variants.md "Equilibration and post-orthogonalization"): MuonEq's ``"row"``, ``"col"``
+    and ``"rowcol"`` scale rows / columns by ``(||.||^2 + equilibrate_eps)^equilibrate_exponent`` (MaeChd/muon-eq;
+    ``rowcol`` from the same ``N``); ``"row_mean"`` is nanochat's MuonEq-R, rows scaled to the mean row norm with
+    ``||row||`` clamped at ``equilibrate_eps``."""
+    equilibrate_exponent: float = -0.5
+    equilibrate_eps: float = 1e-8
     magnitude: Magnitude = "none"
     """After ``Orth``: ``"dual_norm"`` multiplies ``O`` by ``<N, O>`` per matrix, ``N`` the orthogonalizer's
     input (optax ``adaptive=True``; about the nuclear norm of ``N``)."""
+    post_orth: PostOrth = "none"
+    """After ``Orth`` and the magnitude rule: Muon+'s ``"row"``, ``"col"``, ``"row_col"``, ``"col_row"`` (rows /
+    columns to unit norm, ``+1e-7`` inside the root; K1seki221/MuonPlus) or nanochat's ``"frobenius_snap"``
+    (``||O||_F`` to ``sqrt(min(m, n))``), which nanochat calls Muon+ but is a different operation."""
     nd_mode: NdMode = "flatten"
     """Tensors with ``ndim >= 4`` (conv filters ``[out, in, kh, kw]``): ``"flatten"`` views them as
     ``[out, in*kh*kw]`` (Keller); ``"batch"`` treats all leading dims as a batch of ``[kh, kw]`` matrices
@@ -326,6 +341,8 @@ def _validate(spec: MuonSpec) -> None:
     _check_positive("eps", spec.eps)
     _check_positive("rms_scale", spec.rms_scale)
     _check_positive("scale_factor", spec.scale_factor)
+    _check_real("equilibrate_exponent", spec.equilibrate_exponent)
+    _check_positive("equilibrate_eps", spec.equilibrate_eps)
     _check_policy(spec)
     _check_positive("normuon_eps", spec.normuon_eps)
     _check_real("weight_decay", spec.weight_decay)

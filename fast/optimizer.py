@@ -88,11 +88,12 @@ def _local_state(value: torch.Tensor, p: torch.Tensor, name: str) -> torch.Tenso
 
 
 def _check_sharded_spec(spec: MuonSpec, mode: str, name: str) -> None:
-    if mode != "none" and spec.magnitude != "none":
-        raise ValueError(
-            f"{name}.magnitude: {spec.magnitude!r} is not supported with distributed={mode!r} yet (its <N, O> "
-            f"spans the whole matrix, and NorMuon runs on the owner); use distributed='none'"
-        )
+    for knob in ("magnitude", "equilibrate", "post_orth"):
+        if mode != "none" and getattr(spec, knob) != "none":
+            raise ValueError(
+                f"{name}.{knob}: {getattr(spec, knob)!r} is not supported with distributed={mode!r} yet (it reads "
+                f"whole rows, columns or matrices around Orth, and NorMuon runs on the owner); use distributed='none'"
+            )
     if mode in ("sharded", "gathered") and spec.sphere != "none" and spec.sphere_axis in ("col", "matrix"):
         raise ValueError(
             f"{name}.sphere_axis: {spec.sphere_axis!r} with sphere={spec.sphere!r} needs norms across ranks, "

@@ -44,6 +44,7 @@ from .orthogonalize import MAGNITUDES, as_matrices, orthogonalizer
 from .plan import Bucket, Chunk, plan_buckets
 from .sphere import sphere_step
 from .state import init_muon_state, state_dtype
+from .transforms import EQUILIBRATIONS, POST_ORTHS
 
 __all__ = ["GroupStacks", "Skip", "gather", "matrices_of"]
 
@@ -168,6 +169,8 @@ class GroupStacks:
         self.spec = spec
         self.orth = orthogonalizer(spec)
         self.magnitude = lookup(MAGNITUDES, spec.magnitude, "magnitude")
+        self.equilibrate = lookup(EQUILIBRATIONS, spec.equilibrate, "equilibrate")
+        self.post_orth = lookup(POST_ORTHS, spec.post_orth, "post_orth")
         self.distributed: DistributedMode = distributed
         self.process_group = process_group
         self.shapes = [tuple(v.shape) for v in views]
@@ -365,6 +368,8 @@ class GroupStacks:
             if self.distributed == "none":  # stages 3-4 here, on this chunk
                 (w,) = unit
                 n, owned = ns.pop()
+                if self.equilibrate is not None:  # a new tensor: N may be the momentum buffer
+                    n, owned = self.equilibrate(n, spec.equilibrate_exponent, spec.equilibrate_eps), True
                 kept = None if self.magnitude is None else n  # the magnitude rule reads N after Orth
                 box = [n]
                 del n  # handed over whole: the orthogonalizer frees it once it has its own normalized copy
@@ -372,6 +377,8 @@ class GroupStacks:
                 if kept is not None and self.magnitude is not None:
                     o = self.magnitude(kept, o)
                     del kept
+                if self.post_orth is not None:  # in the state dtype, as nanochat casts O back first
+                    o = self.post_orth(o.to(w.bucket.dtype))
                 second = w.store.second
                 if second is not None:
                     a, b = w.chunk.start, w.chunk.stop

@@ -50,10 +50,13 @@ from .qk_clip import GQA_RULES, qk_clip, qk_clip_factors
 from .sphere import geodesic_vectors, renormalize_vectors, sphere_step
 from .state import AdamState, MuonState, init_adam_state, init_muon_state, init_state
 from .step import adamw_step, muon_step, muon_update, step
+from .transforms import EQUILIBRATIONS, POST_ORTHS, equilibrate, post_orth
 
 __all__ = [
     "COEFFICIENT_SETS",
+    "EQUILIBRATIONS",
     "GQA_RULES",
+    "POST_ORTHS",
     "PRESETS",
     "AdamState",
     "MuonSpec",
@@ -69,6 +72,7 @@ __all__ = [
     "decay_lr",
     "decoupled_decay",
     "ema_momentum",
+    "equilibrate",
     "field_names",
     "from_upstream",
     "geodesic_vectors",
@@ -91,6 +95,7 @@ __all__ = [
     "optimal_quintic",
     "orthogonalize",
     "polar_factor",
+    "post_orth",
     "qk_clip",
     "qk_clip_factors",
     "renormalize_vectors",

@@ -34,6 +34,7 @@ from .normuon import normuon_normalize
 from .orthogonalize import as_matrices, magnitude, orthogonalize
 from .sphere import sphere_step
 from .state import AdamState, MuonState
+from .transforms import equilibrate, post_orth
 
 __all__ = ["adamw_step", "muon_step", "muon_update", "step"]
 
@@ -119,7 +120,10 @@ def _muon_update(p: Array, g: Array, state: MuonState, spec: MuonSpec) -> tuple[
     if decay_stages(spec)[0]:
         g = coupled_decay(g, p, spec)
     momentum, n = apply_momentum(np.asarray(state.momentum, dtype=np.float64), g, spec, t)
+    nm, restore = as_matrices(n, spec, "n")
+    n = restore(equilibrate(nm, spec))
     o = magnitude(n, orthogonalize(n, spec), spec)
+    o = restore(post_orth(as_matrices(o, spec, "o")[0], spec))
     second: Array | None = None
     if spec.normuon:
         assert state.second_moment is not None

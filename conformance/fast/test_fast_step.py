@@ -195,6 +195,8 @@ def specs(draw: st.DrawFn) -> MuonSpec:
         lr=draw(st.sampled_from([0.02, 1e-3])),
         rms_scale=draw(st.sampled_from([0.2, 0.5])),
         scale_factor=draw(st.sampled_from([1.0, 0.2])),
+        equilibrate_exponent=draw(st.sampled_from([-0.5, -0.25])),
+        equilibrate_eps=draw(st.sampled_from([1e-8, 1e-6])),
         gram_restarts=draw(st.sampled_from([(2,), (), (1, 3)])),
         normuon_eps=draw(st.sampled_from([1e-10, 1e-8])),
         adam_lr=draw(st.sampled_from([None, 3e-4])),
