@@ -215,12 +215,21 @@ class OptimizerSection(_Strict):
 
 
 class ScheduleSection(_Strict):
-    """Warmup (linear from 0), constant, then a linear or cosine cooldown to ``final_lr_frac``."""
+    """Warmup (linear from 0), constant, then a cooldown to ``final_lr_frac``; and Muon's momentum and weight decay
+    per step (`muonlab.harness.optim`, the tables ``COOLDOWNS``, ``MOMENTUM_SCHEDULES``, ``DECAY_SCHEDULES``)."""
 
     warmup_frac: float = Field(default=0.0, ge=0, le=1)
+    warmup_steps: int | None = Field(default=None, ge=0)
+    """Warmup length in steps (nanochat: 40); overrides ``warmup_frac``."""
     cooldown_frac: float = Field(default=0.0, ge=0, le=1)
-    cooldown: Literal["linear", "cosine"] = "linear"
+    cooldown: Literal["linear", "cosine", "nanochat"] = "linear"
+    """``"nanochat"``: base_train's ``get_lr_multiplier`` warmdown (1 up to and including its first step)."""
     final_lr_frac: float = Field(default=0.0, ge=0, le=1)
+    momentum: Literal["constant", "nanochat"] = "constant"
+    """Muon's momentum per step: the group's, or nanochat's ``get_muon_momentum`` (0.85 -> 0.97 over 400 steps,
+    0.97, then -> 0.90 over the cooldown)."""
+    weight_decay: Literal["constant", "cosine"] = "constant"
+    """Muon's weight decay per step: the group's, or nanochat's ``get_weight_decay``, ``lambda (1 + cos(pi t/T))/2``."""
 
     @model_validator(mode="after")
     def _fits(self) -> ScheduleSection:

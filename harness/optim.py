@@ -8,9 +8,10 @@
 * ``name = "adamw"``: `torch.optim.AdamW` (``adam_betas`` / ``adam_eps`` become its ``betas`` / ``eps``); decay on
   >= 2-D parameters only.
 
-Schedule (`lr_lambda`): linear warmup from 0 over ``warmup_frac`` of the steps, constant, then a linear or
-cosine cooldown to ``final_lr_frac`` over the last ``cooldown_frac``; applied by ``LambdaLR`` (it scales
-every group's initial lr, so Muon and its AdamW groups follow the same shape).
+Schedule (`lr_lambda`): linear warmup from 0 over ``warmup_frac`` of the steps (or ``warmup_steps``), constant,
+then a cooldown to ``final_lr_frac`` over the last ``cooldown_frac`` (`COOLDOWNS`: linear, cosine, nanochat's);
+applied by ``LambdaLR`` (it scales every group's initial lr, so Muon and its AdamW groups follow the same shape).
+`apply_muon_schedules` sets the Muon groups' momentum and weight decay per step (nanochat's schedules).
 """
 
 from __future__ import annotations
@@ -29,26 +30,84 @@ if TYPE_CHECKING:
     from muonlab.fast.distributed import DistributedMode
 
 
+def _warmup(schedule: ScheduleSection, total_steps: int) -> int:
+    return schedule.warmup_steps if schedule.warmup_steps is not None else round(schedule.warmup_frac * total_steps)
+
+
+def _cooldown_start(schedule: ScheduleSection, total_steps: int) -> int:
+    return total_steps - round(schedule.cooldown_frac * total_steps)
+
+
+COOLDOWNS: dict[str, Callable[[int, int, int, float], float]] = {
+    # (t, cooldown start, cooldown length, final fraction) -> multiplier, for t >= the start
+    "linear": lambda t, start, n, final: 1.0 - min(1.0, (t - start + 1) / n) * (1.0 - final),
+    "cosine": lambda t, start, n, final: (
+        final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (t - start + 1) / n)))
+    ),
+    # nanochat base_train get_lr_multiplier: 1.0 while it <= T - W, then progress = (T - it) / W
+    "nanochat": lambda t, start, n, final: (
+        (start + n - t) / n + (1.0 - (start + n - t) / n) * final if t > start else 1.0
+    ),
+}
+
+
 def lr_lambda(schedule: ScheduleSection, total_steps: int) -> Callable[[int], float]:
     """The multiplier of the base lr at optimizer step ``t`` (0-based) of ``total_steps``."""
     if total_steps <= 0:
         raise ValueError(f"total_steps: must be positive, got {total_steps}")
-    warmup = round(schedule.warmup_frac * total_steps)
-    cooldown = round(schedule.cooldown_frac * total_steps)
+    warmup = _warmup(schedule, total_steps)
+    cool_start = _cooldown_start(schedule, total_steps)
+    cooldown = total_steps - cool_start
+    rule = COOLDOWNS[schedule.cooldown]
     final = schedule.final_lr_frac
-    cool_start = total_steps - cooldown
 
     def f(t: int) -> float:
         if t < warmup:
             return (t + 1) / warmup
         if cooldown > 0 and t >= cool_start:
-            p = min(1.0, (t - cool_start + 1) / cooldown)
-            if schedule.cooldown == "linear":
-                return 1.0 - p * (1.0 - final)
-            return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * p))
+            return rule(t, cool_start, cooldown, final)
         return 1.0
 
     return f
+
+
+def _nanochat_momentum(base: float, t: int, start: int, total: int) -> float:
+    """nanochat base_train ``get_muon_momentum`` (its constants; the group's momentum is not read)."""
+    if t < 400:
+        return (1 - t / 400) * 0.85 + t / 400 * 0.97
+    if t >= start and total > start:
+        progress = (t - start) / (total - start)
+        return 0.97 * (1 - progress) + 0.90 * progress
+    return 0.97
+
+
+MOMENTUM_SCHEDULES: dict[str, Callable[[float, int, int, int], float]] = {
+    # (group's momentum, step t, cooldown start, total steps) -> the step's momentum
+    "constant": lambda base, t, start, total: base,
+    "nanochat": _nanochat_momentum,
+}
+
+DECAY_SCHEDULES: dict[str, Callable[[float, int, int], float]] = {
+    # (group's weight decay, step t, total steps) -> the step's weight decay
+    "constant": lambda base, t, total: base,
+    "cosine": lambda base, t, total: base * 0.5 * (1.0 + math.cos(math.pi * t / total)),  # nanochat
+}
+
+
+def apply_muon_schedules(optimizer: torch.optim.Optimizer, schedule: ScheduleSection, t: int, total_steps: int) -> None:
+    """Set each Muon group's ``momentum`` and ``weight_decay`` for optimizer step ``t`` (0-based) from the values
+    the group was built with (kept as ``initial_momentum`` / ``initial_weight_decay``, as ``LambdaLR`` keeps
+    ``initial_lr``): pure functions of ``t``, so a resumed run steps exactly as an uninterrupted one."""
+    if schedule.momentum == "constant" and schedule.weight_decay == "constant":
+        return
+    start = _cooldown_start(schedule, total_steps)
+    for group in optimizer.param_groups:
+        if group.get("algorithm") != "muon":
+            continue
+        base_m = group.setdefault("initial_momentum", group["momentum"])
+        base_wd = group.setdefault("initial_weight_decay", group["weight_decay"])
+        group["momentum"] = MOMENTUM_SCHEDULES[schedule.momentum](base_m, t, start, total_steps)
+        group["weight_decay"] = DECAY_SCHEDULES[schedule.weight_decay](base_wd, t, total_steps)
 
 
 def _adamw(model: nn.Module, cfg: OptimizerSection) -> torch.optim.Optimizer:

@@ -42,7 +42,7 @@ from .endpoints import summarize
 from .lock import DirLock, describe_holder
 from .logit_clip import max_logit_hooks
 from .manifold import ManifoldTracker
-from .optim import build_optimizer, build_scheduler, muon_compute_dtype, needs_manual_normalize
+from .optim import apply_muon_schedules, build_optimizer, build_scheduler, muon_compute_dtype, needs_manual_normalize
 from .perf import flops_per_token, mfu, peak_flops
 
 TIMING_FIELDS = ("elapsed_s", "tokens_per_s", "mfu")
@@ -487,6 +487,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, step: int) -> StepRes
         if run.cfg.train.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.train.grad_clip)
         run.tracker.before_update(step + 1)
+        apply_muon_schedules(run.optimizer, run.cfg.schedule, step, run.total_steps)
         run.optimizer.step()
         with torch.no_grad():  # a hook may change the weights in place
             for hook in run.post_step_hooks:

@@ -134,3 +134,34 @@ def test_resume_and_force_exclude_each_other(
     assert exc.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_scheduled_momentum_and_decay_resume_bitwise(
+    tmp_path: Path, text_file: Path, data_dir: Path, micro: Any
+) -> None:
+    """nanochat's schedules (momentum and weight decay per step, its LR warmdown) are functions of the step: a run
+    stopped and resumed equals an uninterrupted one bit for bit, and the schedules did change the step."""
+    sections = {
+        "train": {"steps": 12, "checkpoint_every": 4},
+        "optimizer": {"name": "muon", "preset": "nanochat", "lr": 0.02, "adam_lr": 0.01, "weight_decay": 0.2},
+        "schedule": {
+            "warmup_steps": 2,
+            "cooldown_frac": 0.5,
+            "cooldown": "nanochat",
+            "final_lr_frac": 0.05,
+            "momentum": "nanochat",
+            "weight_decay": "cosine",
+        },
+    }
+    cfg = validate_run(micro(text_file, tmp_path / "cache", **sections))
+    plain = validate_run(micro(text_file, tmp_path / "cache", **{**sections, "schedule": {}}))
+    straight, run, flat = tmp_path / "straight", tmp_path / "run", tmp_path / "flat"
+    train(cfg, straight, data_dir=data_dir, progress=False)
+    train(cfg, run, data_dir=data_dir, progress=False, stop_after=6)
+    train(cfg, run, data_dir=data_dir, progress=False, resume=True)
+    train(plain, flat, data_dir=data_dir, progress=False)
+    a = rd.load_checkpoint(rd.checkpoint_path(straight, 12))
+    b = rd.load_checkpoint(rd.checkpoint_path(run, 12))
+    c = rd.load_checkpoint(rd.checkpoint_path(flat, 12))
+    assert all(torch.equal(t, b["model"][name]) for name, t in a["model"].items())
+    assert not all(torch.equal(t, c["model"][name]) for name, t in a["model"].items())

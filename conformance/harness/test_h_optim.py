@@ -131,3 +131,57 @@ def test_cpu_runs_compute_newton_schulz_in_float32_unless_the_config_says(
     if not overrides:  # on a GPU the preset's numerics stand
         assert muon_compute_dtype(cfg, torch.device("cuda", 0)) == {"compute_dtype": "bfloat16", "source": "preset"}
     assert muon_compute_dtype(OptimizerSection(name="adamw", lr=1e-3), torch.device("cpu")) is None
+
+
+# nanochat scripts/base_train.py (92d63d4 per docs/variants.md "nanochat"; the three schedule functions as written
+# there, with num_iterations T, warmdown_ratio 0.65, warmup_steps 40, final_lr_frac 0.05)
+def _nanochat_lr(it: int, T: int, warmup: int = 40, ratio: float = 0.65, final: float = 0.05) -> float:
+    warmdown = round(ratio * T)
+    if it < warmup:
+        return (it + 1) / warmup
+    if it <= T - warmdown:
+        return 1.0
+    progress = (T - it) / warmdown
+    return progress * 1.0 + (1 - progress) * final
+
+
+def _nanochat_momentum(it: int, T: int, ratio: float = 0.65) -> float:
+    warmdown = round(ratio * T)
+    start = T - warmdown
+    if it < 400:
+        frac = it / 400
+        return (1 - frac) * 0.85 + frac * 0.97
+    if it >= start:
+        progress = (it - start) / warmdown
+        return 0.97 * (1 - progress) + 0.90 * progress
+    return 0.97
+
+
+def test_nanochat_schedules_are_base_trains() -> None:
+    from muonlab.harness.optim import DECAY_SCHEDULES, MOMENTUM_SCHEDULES
+
+    T = 2000
+    sched = ScheduleSection(warmup_steps=40, cooldown_frac=0.65, cooldown="nanochat", final_lr_frac=0.05)
+    f = lr_lambda(sched, T)
+    start = T - round(0.65 * T)
+    for it in [0, 1, 39, 40, 41, 699, 700, 701, 1000, 1999]:
+        assert f(it) == pytest.approx(_nanochat_lr(it, T), rel=0, abs=1e-15), it
+        assert MOMENTUM_SCHEDULES["nanochat"](0.95, it, start, T) == pytest.approx(_nanochat_momentum(it, T), abs=1e-15)
+        wd = 0.28 * 0.5 * (1 + math.cos(math.pi * it / T))
+        assert DECAY_SCHEDULES["cosine"](0.28, it, T) == pytest.approx(wd, abs=1e-15)
+
+
+def test_muon_schedules_set_the_groups_each_step_and_leave_adamw_alone() -> None:
+    from muonlab.harness.optim import apply_muon_schedules
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
+    opt = build_optimizer(model, OptimizerSection(name="muon", preset="keller", lr=0.02, weight_decay=0.1))
+    sched = ScheduleSection(cooldown_frac=0.5, momentum="nanochat", weight_decay="cosine")
+    adam_before = [dict(g) for g in opt.param_groups if g["algorithm"] == "adamw"]
+    for t in (0, 200, 600, 999):
+        apply_muon_schedules(opt, sched, t, 1000)
+        muon = [g for g in opt.param_groups if g["algorithm"] == "muon"]
+        assert muon and all(g["momentum"] == pytest.approx(_nanochat_momentum(t, 1000, 0.5)) for g in muon)
+        assert all(g["weight_decay"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * t / 1000))) for g in muon)
+        assert all(g["initial_weight_decay"] == 0.1 for g in muon)
+    assert [dict(g) for g in opt.param_groups if g["algorithm"] == "adamw"] == adam_before
