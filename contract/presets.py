@@ -292,6 +292,52 @@ def nanochat() -> MuonSpec:
     )
 
 
+def muonh() -> MuonSpec:
+    """MuonH, modded-nanogpt track 3 record #5 (``train_gpt_simple_muonh.py`` at f411b3d).
+
+    Lerp-Nesterov; ``(2, -1.5, 0.5)`` x 12 in bf16, ``/(||X||_F + 1e-7)``; ``scale_invariant_update_``: with
+    ``R = ||W||_F`` (current), ``W' = W - eta R O / max(||O||_F, 1e-10)``, ``W <- R W' / max(||W'||_F, 1e-10)``
+    (sphere ``"hyperball"``). The record's ``sqrt(max(1, m/n))`` on ``O`` cancels in that normalization, so the
+    shape rule is ``"none"``. No weight decay; lr 0.014 (the record: 0.018). AdamW: betas (0.8, 0.95), eps
+    1e-10, no decay, lr 0.01 (the record's 1-D group; its embedding and head groups use 0.3 and 1/320).
+    """
+    return MuonSpec(
+        name="muonh",
+        lr=0.014,
+        momentum=0.95,
+        momentum_form="ema",
+        nesterov=True,
+        ns_coefficients="accurate",
+        ns_steps=12,
+        eps=1e-7,
+        eps_mode="add",
+        shape_scale="none",
+        sphere="hyperball",
+        sphere_axis="matrix",
+        weight_decay=0.0,
+        adam_lr=0.01,
+        adam_betas=(0.8, 0.95),
+        adam_eps=1e-10,
+        adam_weight_decay=0.0,
+        adam_eps_mode="corrected",
+    )
+
+
+def normuonh() -> MuonSpec:
+    """NorMuonH, modded-nanogpt track 3 record #8 (PR #273): MuonH's step after NorMuon per element of the longer
+    dim (``S`` fp32, beta2 0.95, ``rsqrt(max(S, 1e-10))``) without NorMuon's Frobenius rescale; lr 0.018."""
+    return muonh().replace(
+        name="normuonh",
+        lr=0.018,
+        normuon=True,
+        beta2=0.95,
+        normuon_axis="longer",
+        normuon_eps=1e-10,
+        normuon_eps_mode="clamp",
+        normuon_rescale="none",
+    )
+
+
 def ngpt() -> MuonSpec:
     """Keller Muon on nGPT's hypersphere (arXiv 2410.01131; NVIDIA/ngpt ``train.py`` ``normalize_matrices``).
 
@@ -314,6 +360,8 @@ PRESETS: Final[dict[str, Callable[[], MuonSpec]]] = {
     "dion": dion,
     "ngpt": ngpt,
     "nanochat": nanochat,
+    "muonh": muonh,
+    "normuonh": normuonh,
 }
 
 

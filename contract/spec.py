@@ -44,11 +44,11 @@ NdMode = Literal["flatten", "batch"]
 ScaleShape = Literal["matrix", "last2"]
 ShapeScale = Literal["keller", "moonlight", "dion", "none"]
 NorMuonAxis = Literal["row", "col", "longer"]
-NorMuonRescale = Literal["frobenius", "rms"]
+NorMuonRescale = Literal["frobenius", "rms", "none"]
 DecayPlacement = Literal["param", "update", "both"]
 DecayLr = Literal["base", "scaled", "lr2", "base_squared", "unit"]
 Cautious = Literal["off", "ge", "gt"]
-Sphere = Literal["none", "renormalize", "geodesic"]
+Sphere = Literal["none", "renormalize", "geodesic", "hyperball"]
 SphereAxis = Literal["row", "col", "matrix"]
 AngleMode = Literal["exp", "renorm", "retract", "fixed"]
 AdamEpsMode = Literal["corrected", "uncorrected"]
@@ -197,7 +197,11 @@ class MuonSpec:
     # -- hypersphere (docs/variants.md "Hypersphere") -----------------------------------------------
     sphere: Sphere = "none"
     """``"renormalize"``: Euclidean step, then project back to the sphere (nGPT ``normalize_matrices``);
-    ``"geodesic"``: tangent projection and rotation by an angle from ``angle_mode``."""
+    ``"geodesic"``: tangent projection and rotation by an angle from ``angle_mode``; ``"hyperball"`` (MuonH,
+    modded-nanogpt track 3; NeMo ``MuonHyperball``): the step rescaled to length ``eta_u R`` and the matrix
+    renormalized to radius ``R``, on ``sphere_axis="matrix"`` only."""
+    hyperball_radius: float | None = None
+    """``R`` of ``"hyperball"``: None, the matrix's current ``||W||_F`` (modded MuonH); a number, fixed (NeMo)."""
     sphere_axis: SphereAxis = "row"
     """``"row"``: each row of ``[out, in]`` is a unit vector; ``"col"``: each column; ``"matrix"``: the
     whole matrix lives on the Frobenius sphere of its current radius (MuonH)."""
@@ -346,6 +350,10 @@ def _validate(spec: MuonSpec) -> None:
     _check_policy(spec)
     _check_positive("normuon_eps", spec.normuon_eps)
     _check_real("weight_decay", spec.weight_decay)
+    if spec.sphere == "hyperball" and spec.sphere_axis != "matrix":
+        raise ValueError(f"sphere_axis: 'hyperball' is a sphere of matrices, got sphere_axis={spec.sphere_axis!r}")
+    if spec.hyperball_radius is not None:
+        _check_positive("hyperball_radius", spec.hyperball_radius)
     if spec.sphere != "none":
         if spec.weight_decay != 0.0:
             raise ValueError(

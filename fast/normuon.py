@@ -63,6 +63,8 @@ def normuon_normalize_(
     add = spec.normuon_eps_mode == "add"
     o_norm = _frobenius(o) if spec.normuon_rescale == "frobenius" else None
     o.div_(s.sqrt().add_(eps) if add else s.clamp(min=eps).sqrt_())
+    if spec.normuon_rescale == "none":  # NorMuonH: the hyperball step normalizes the update anyway
+        return o
     hat_norm = _frobenius(o)
     if o_norm is not None:
         return o.mul_(o_norm.div_(hat_norm.add_(eps) if add else hat_norm.clamp_(min=eps)))

@@ -19,6 +19,8 @@ from muonlab.contract.spec import GEODESIC_TAU_MIN, AngleMode, MuonSpec, SphereA
 from .decay import Scalar
 from .orthogonalize import as_matrices
 
+HYPERBALL_EPS = 1e-10  # modded scale_invariant_update_: max(||O||_F, 1e-10)
+
 __all__ = ["GEODESIC_TAU_MIN", "geodesic_vectors", "renormalize_vectors", "sphere_step"]
 
 
@@ -98,7 +100,15 @@ def sphere_step(weight: torch.Tensor, step: torch.Tensor, spec: MuonSpec, lr_upd
     wv = _to_vectors(wm, spec.sphere_axis)
     dv = _to_vectors(dm, spec.sphere_axis)
     radius = _norm(wv) if spec.sphere_axis == "matrix" else torch.ones_like(wv[..., :1])
-    if spec.sphere == "renormalize":
+    if spec.sphere == "hyperball":  # the math: muonlab.reference.sphere.sphere_step
+        if spec.hyperball_radius is not None:
+            radius = torch.full_like(radius, spec.hyperball_radius)
+        nd = _norm(dv)
+        eta = torch.as_tensor(lr_update, dtype=dv.dtype, device=dv.device)
+        safe = torch.maximum(nd, eta * HYPERBALL_EPS)
+        dv = torch.where(nd > 0.0, dv * (eta * radius / _safe(safe, safe > 0.0)), 0.0)
+        nv = renormalize_vectors(wv, dv, radius)
+    elif spec.sphere == "renormalize":
         nv = renormalize_vectors(wv, dv, radius)
     else:
         nv = geodesic_vectors(wv, dv, radius, spec.angle_mode, lr_update)

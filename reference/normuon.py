@@ -11,7 +11,7 @@ dims) with a second-moment buffer ``S``:
 * rescale ``"frobenius"``: ``O_hat * ||O||_F / (||O_hat||_F + eps)`` (or ``max(||O_hat||_F, eps)`` under
   ``"clamp"``), per matrix (official ``normuon_update``, modded, dion);
   ``"rms"``: ``O_hat * rms_scale * sqrt(m n) / ||O_hat||_F`` (the paper's ``eta_hat = 0.2 eta sqrt(mn)/||O_hat||_F``),
-  with ``0/0 -> 0``.
+  with ``0/0 -> 0``; ``"none"``: ``O_hat`` as is (modded NorMuonH).
 
 Zero input gives zero output and no NaN ([S §3.7]).
 """
@@ -50,6 +50,8 @@ def normuon_normalize(o: Array, s: Array, spec: MuonSpec) -> tuple[Array, Array]
     s_new = s + (1.0 - spec.beta2) * (vbar - s)
     eps = spec.normuon_eps
     o_hat = o / (np.sqrt(s_new) + eps) if spec.normuon_eps_mode == "add" else o / np.sqrt(np.maximum(s_new, eps))
+    if spec.normuon_rescale == "none":  # NorMuonH: the hyperball step normalizes the update anyway
+        return o_hat, s_new
     hat_norm = _frobenius(o_hat)
     if spec.normuon_rescale == "frobenius":
         denom = hat_norm + eps if spec.normuon_eps_mode == "add" else np.maximum(hat_norm, eps)

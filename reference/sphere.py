@@ -39,7 +39,9 @@ from muonlab.contract.spec import GEODESIC_TAU_MIN, AngleMode, MuonSpec, SphereA
 from .array import Array
 from .orthogonalize import as_matrices
 
-__all__ = ["geodesic_vectors", "renormalize_vectors", "sphere_step"]
+__all__ = ["HYPERBALL_EPS", "geodesic_vectors", "renormalize_vectors", "sphere_step"]
+
+HYPERBALL_EPS = 1e-10  # modded scale_invariant_update_: max(||O||_F, 1e-10)
 
 
 def _norm(x: Array) -> Array:
@@ -125,7 +127,14 @@ def sphere_step(weight: Array, step: Array, spec: MuonSpec, lr_update: float) ->
     wv = _to_vectors(wm, spec.sphere_axis)
     dv = _to_vectors(dm, spec.sphere_axis)
     radius = _norm(wv) if spec.sphere_axis == "matrix" else np.ones((*wv.shape[:-1], 1))
-    if spec.sphere == "renormalize":
+    if spec.sphere == "hyperball":
+        # W' = W - eta_u R U / max(||U||, eps) with D = -eta_u U (so ||U|| = ||D|| / eta_u), then R W' / ||W'||
+        radius = radius if spec.hyperball_radius is None else np.full_like(radius, spec.hyperball_radius)
+        nd = _norm(dv)
+        safe = np.maximum(nd, lr_update * HYPERBALL_EPS)
+        dv = np.where(nd > 0.0, dv * (lr_update * radius / np.where(safe > 0.0, safe, 1.0)), 0.0)
+        nv = renormalize_vectors(wv, dv, radius)
+    elif spec.sphere == "renormalize":
         nv = renormalize_vectors(wv, dv, radius)
     else:
         nv = geodesic_vectors(wv, dv, radius, spec.angle_mode, lr_update)
