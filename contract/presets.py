@@ -292,6 +292,62 @@ def nanochat() -> MuonSpec:
     )
 
 
+def muoneq() -> MuonSpec:
+    """MuonEq (arXiv 2603.28254; MaeChd/muon-eq 99b6c8b ``llm-baselines/src/optim/muoneq.py``), its defaults.
+
+    Sum momentum with Nesterov (``N = G + mu B``); ``normalize_mode="row"``: ``N <- diag((||N_i||^2 + 1e-8)^-1/2) N``;
+    NS5 Keller in bf16, ``/(||X||_F + 1e-7)``; ``W <- W (1 - eta lambda) - eta 0.2 sqrt(max(m, n)) O``; lr 1e-3,
+    lambda 0.1; AdamW betas (0.95, 0.95), eps 1e-8. Not expressed: ``clip``, ``phase`` and ``zeropower_mode="spc"``.
+    """
+    return MuonSpec(
+        name="muoneq",
+        lr=1e-3,
+        momentum=0.95,
+        momentum_form="sum",
+        nesterov=True,
+        equilibrate="row",
+        equilibrate_exponent=-0.5,
+        equilibrate_eps=1e-8,
+        ns_coefficients="keller",
+        ns_steps=5,
+        eps=1e-7,
+        eps_mode="add",
+        shape_scale="moonlight",
+        rms_scale=0.2,
+        weight_decay=0.1,
+        decay_placement="param",
+        decay_lr="base",
+        adam_lr=None,
+        adam_betas=(0.95, 0.95),
+        adam_eps=1e-8,
+        adam_weight_decay=None,
+        adam_eps_mode="corrected",
+    )
+
+
+def muon_plus() -> MuonSpec:
+    """Muon+ (arXiv 2602.21545; K1seki221/MuonPlus 8a9ace1 ``utils/optim/muon_plus.py``) as its shipped configs run
+    it: sum momentum with Nesterov; NS5 Keller; ``norm_mode="col_row"`` (columns, then rows, to unit norm, 1e-7 in
+    the root); ``rms_scaling``: ``eta sqrt(fan_out / fan_in)`` (no max); ``W <- W (1 - eta lambda) - eta_adj u``;
+    lr 0.01, lambda 0.1. Not expressed: ``nuclear_scaling``."""
+    return MuonSpec(
+        name="muon_plus",
+        lr=0.01,
+        momentum=0.95,
+        momentum_form="sum",
+        nesterov=True,
+        ns_coefficients="keller",
+        ns_steps=5,
+        eps=1e-7,
+        eps_mode="add",
+        post_orth="col_row",
+        shape_scale="dion",
+        weight_decay=0.1,
+        decay_placement="param",
+        decay_lr="base",
+    )
+
+
 def muonh() -> MuonSpec:
     """MuonH, modded-nanogpt track 3 record #5 (``train_gpt_simple_muonh.py`` at f411b3d).
 
@@ -360,6 +416,8 @@ PRESETS: Final[dict[str, Callable[[], MuonSpec]]] = {
     "dion": dion,
     "ngpt": ngpt,
     "nanochat": nanochat,
+    "muoneq": muoneq,
+    "muon_plus": muon_plus,
     "muonh": muonh,
     "normuonh": normuonh,
 }

@@ -120,3 +120,25 @@ def test_nanochat_update_norm_is_lr_sqrt_m(shape: tuple[int, int]) -> None:
         assert abs(np.linalg.norm(new - w) - lr * math.sqrt(shape[0])) <= 1e-9 * lr * math.sqrt(shape[0])
         w = new
     assert update_scale(shape, spec) == pytest.approx(math.sqrt(max(1.0, shape[0] / shape[1])))
+
+
+@pytest.mark.parametrize("shape", [(12, 30), (30, 12)])
+def test_muoneq_and_muon_plus_presets_by_hand(shape: tuple[int, int]) -> None:
+    """One step from zero state, by hand from the two sources: sum momentum with Nesterov (``N = G + mu G``),
+    the transform, NS5 Keller, then MuonEq's ``W(1 - eta lambda) - eta 0.2 sqrt(max(m, n)) O`` or Muon+'s
+    ``W(1 - eta lambda) - eta sqrt(m/n) u``."""
+    from muonlab.contract import schedule
+
+    m, n = shape
+    w, g = _x(m, n, seed=7), _x(m, n, seed=8)
+    nesterov = g + 0.95 * g
+    spec = get_preset("muoneq")
+    o = R.newton_schulz(_muoneq(nesterov, "row"), schedule("keller", 5))
+    want = w * (1 - 1e-3 * 0.1) - 1e-3 * 0.2 * math.sqrt(max(m, n)) * o
+    got, _ = R.muon_step(w, g, R.init_muon_state(w, spec), spec, lr=1e-3)
+    assert np.allclose(got, want, rtol=1e-13, atol=1e-15)
+    spec = get_preset("muon_plus")
+    u = _muon_plus(R.newton_schulz(nesterov, schedule("keller", 5)), "col_row")
+    want = w * (1 - 0.01 * 0.1) - 0.01 * math.sqrt(m / n) * u
+    got, _ = R.muon_step(w, g, R.init_muon_state(w, spec), spec, lr=0.01)
+    assert np.allclose(got, want, rtol=1e-13, atol=1e-15)
