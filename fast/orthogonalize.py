@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 
@@ -174,6 +175,19 @@ def _poly(gram: torch.Tensor, b: float, c: float) -> torch.Tensor:
     return torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
 
 
+Products = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor, float, float], torch.Tensor]]
+
+
+def _products(backend: Backend, device: torch.device, dtype: torch.dtype) -> Products:
+    """``(X -> X X^T, (A, b, c) -> b A + c A^2)``: the symmetric kernels when `muonlab.fast.backend.route` says so,
+    else batched torch products."""
+    if route(backend, device, dtype):
+        from .kernels import symmetric
+
+        return symmetric.xxt, symmetric.ba_plus_caa
+    return _gram, _poly
+
+
 def newton_schulz_stack(
     box: list[torch.Tensor],
     backend: Backend = "auto",
@@ -197,12 +211,7 @@ def newton_schulz_stack(
     work = x.dtype if compute is None else compute
     xm, gram, transpose = lookup(PRESCALES, prescale, "prescale")(x, norm_scale, eps, eps_mode, work, overwrite)
     del x
-    gram_of: Callable[[torch.Tensor], torch.Tensor] = _gram
-    poly_of: Callable[[torch.Tensor, float, float], torch.Tensor] = _poly
-    if route(backend, xm.device, work):
-        from .kernels import symmetric
-
-        gram_of, poly_of = symmetric.xxt, symmetric.ba_plus_caa
+    gram_of, poly_of = _products(backend, xm.device, work)
     for a, b, c in coefficients:
         poly = poly_of(gram_of(xm) if gram is None else gram, b, c)  # B = b A + c A^2, A = X X^T
         gram = None  # iteration 0 of "aol" / "schatten" reused the prescale's A
@@ -244,12 +253,7 @@ def gram_newton_schulz_stack(
     work = x.dtype if compute is None else compute
     xm, gram, transpose = lookup(PRESCALES, prescale, "prescale")(x, norm_scale, eps, eps_mode, work, overwrite)
     del x
-    gram_of: Callable[[torch.Tensor], torch.Tensor] = _gram
-    poly_of: Callable[[torch.Tensor, float, float], torch.Tensor] = _poly
-    if route(backend, xm.device, work):
-        from .kernels import symmetric
-
-        gram_of, poly_of = symmetric.xxt, symmetric.ba_plus_caa
+    gram_of, poly_of = _products(backend, xm.device, work)
     r = gram_of(xm) if gram is None else gram
     acc: torch.Tensor | None = None
     last = len(coefficients) - 1
@@ -319,29 +323,24 @@ used), in ``spec.compute_dtype``; arguments: the list, the backend, whether the 
 caller's temporary)."""
 
 
+def _iteration_keywords(spec: MuonSpec) -> dict[str, Any]:
+    """The keywords both Newton-Schulz stack functions take from ``spec``."""
+    return {
+        "coefficients": spec.schedule,
+        "norm_scale": spec.norm_scale,
+        "eps": spec.eps,
+        "eps_mode": spec.eps_mode,
+        "prescale": spec.prescale,
+        "compute": compute_dtype(spec),
+    }
+
+
 def _newton_schulz(spec: MuonSpec) -> StackFn:
-    return partial(
-        newton_schulz_stack,
-        coefficients=spec.schedule,
-        norm_scale=spec.norm_scale,
-        eps=spec.eps,
-        eps_mode=spec.eps_mode,
-        prescale=spec.prescale,
-        compute=compute_dtype(spec),
-    )
+    return partial(newton_schulz_stack, **_iteration_keywords(spec))
 
 
 def _gram_newton_schulz(spec: MuonSpec) -> StackFn:
-    return partial(
-        gram_newton_schulz_stack,
-        coefficients=spec.schedule,
-        restarts=spec.gram_restarts,
-        norm_scale=spec.norm_scale,
-        eps=spec.eps,
-        eps_mode=spec.eps_mode,
-        prescale=spec.prescale,
-        compute=compute_dtype(spec),
-    )
+    return partial(gram_newton_schulz_stack, restarts=spec.gram_restarts, **_iteration_keywords(spec))
 
 
 def _svd(spec: MuonSpec) -> StackFn:

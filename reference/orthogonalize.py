@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -216,22 +217,17 @@ def orthogonalize(x: npt.ArrayLike, spec: MuonSpec) -> Array:
     return restore(lookup(ORTHOGONALIZERS, spec.orthogonalizer, "orthogonalizer")(mats, spec))
 
 
+def _iteration_keywords(spec: MuonSpec) -> dict[str, Any]:
+    """The keywords both Newton-Schulz forms take from ``spec``."""
+    return {"norm_scale": spec.norm_scale, "eps": spec.eps, "eps_mode": spec.eps_mode, "prescale": spec.prescale}
+
+
 def _newton_schulz_of(mats: Array, spec: MuonSpec) -> Array:
-    return newton_schulz(
-        mats, spec.schedule, norm_scale=spec.norm_scale, eps=spec.eps, eps_mode=spec.eps_mode, prescale=spec.prescale
-    )
+    return newton_schulz(mats, spec.schedule, **_iteration_keywords(spec))
 
 
 def _gram_newton_schulz_of(mats: Array, spec: MuonSpec) -> Array:
-    return gram_newton_schulz(
-        mats,
-        spec.schedule,
-        restarts=spec.gram_restarts,
-        norm_scale=spec.norm_scale,
-        eps=spec.eps,
-        eps_mode=spec.eps_mode,
-        prescale=spec.prescale,
-    )
+    return gram_newton_schulz(mats, spec.schedule, restarts=spec.gram_restarts, **_iteration_keywords(spec))
 
 
 ORTHOGONALIZERS: dict[Orthogonalizer, Callable[[Array, MuonSpec], Array]] = {

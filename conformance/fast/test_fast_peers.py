@@ -9,6 +9,8 @@ the net displacement after 5 steps is held to rel 1e-3. optax stores ``[in, out]
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -53,31 +55,39 @@ def test_torch_optim_muon(adjust: str | None, preset: str, shape: tuple[int, int
     )
 
 
-@pytest.mark.peer
-@pytest.mark.parametrize("shape", [(16, 32), (32, 16)])
-def test_optax_contrib_muon(shape: tuple[int, int]) -> None:
-    pytest.importorskip("optax")
-    import jax
+def _optax_gap(tx: Any, spec: Any, shape: tuple[int, int], gen: torch.Generator, steps: int = 5) -> float:
+    """Relative gap between ``W_T - W_0`` of `Muon` with ``spec`` and of the optax transformation ``tx``, both
+    stepped ``steps`` times from the same weights with the same gradients (optax stores ``[in, out]``)."""
     import jax.numpy as jnp
     import optax
 
-    jax.config.update("jax_enable_x64", False)
-    spec = R.get_preset("optax")
-    gen = torch.Generator().manual_seed(4)
     w0 = torch.randn(shape, generator=gen)
     p = torch.nn.Parameter(w0.clone())
-    ours = Muon([p], "optax", backend="torch")
-    tx = optax.contrib.muon(learning_rate=spec.lr, beta=spec.momentum, eps=spec.eps, nesterov=spec.nesterov)
-    params = {"w": jnp.asarray(w0.numpy().T)}  # optax stores [in, out]
+    ours = Muon([p], spec, backend="torch")
+    params = {"w": jnp.asarray(w0.numpy().T)}
     state = tx.init(params)
-    for _ in range(5):
+    for _ in range(steps):
         g = torch.randn(shape, generator=gen)
         p.grad = g.clone()
         ours.step()
         updates, state = tx.update({"w": jnp.asarray(g.numpy().T)}, state, params)
         params = optax.apply_updates(params, updates)
     peer = np.asarray(params["w"], dtype=np.float64).T
-    assert rel(np64(p) - np64(w0), peer - np64(w0)) <= 1e-3
+    return rel(np64(p) - np64(w0), peer - np64(w0))
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("shape", [(16, 32), (32, 16)])
+def test_optax_contrib_muon(shape: tuple[int, int]) -> None:
+    pytest.importorskip("optax")
+    import jax
+    import optax
+
+    jax.config.update("jax_enable_x64", False)
+    spec = R.get_preset("optax")
+    gen = torch.Generator().manual_seed(4)
+    tx = optax.contrib.muon(learning_rate=spec.lr, beta=spec.momentum, eps=spec.eps, nesterov=spec.nesterov)
+    assert _optax_gap(tx, spec, shape, gen) <= 1e-3
 
 
 @pytest.mark.peer
@@ -111,23 +121,9 @@ def test_optax_contrib_muon_options(pre: str, adaptive: bool) -> None:
     """Five steps of ``optax.contrib.muon(preconditioning=..., adaptive=...)`` (float32) against `Muon` with
     ``from_upstream("optax", ...)`` (float32 compute): the fp32 tolerance on ``W_T - W_0``."""
     pytest.importorskip("optax")
-    import jax.numpy as jnp
     import optax
 
     shape = (16, 32)
     spec = from_upstream("optax", learning_rate=0.02, preconditioning=pre, adaptive=adaptive)
-    gen = torch.Generator().manual_seed(6)
-    w0 = torch.randn(shape, generator=gen)
-    p = torch.nn.Parameter(w0.clone())
-    ours = Muon([p], spec, backend="torch")
     tx = optax.contrib.muon(learning_rate=0.02, preconditioning=pre, adaptive=adaptive)
-    params = {"w": jnp.asarray(w0.numpy().T)}  # optax stores [in, out]
-    state = tx.init(params)
-    for _ in range(5):
-        g = torch.randn(shape, generator=gen)
-        p.grad = g.clone()
-        ours.step()
-        updates, state = tx.update({"w": jnp.asarray(g.numpy().T)}, state, params)
-        params = optax.apply_updates(params, updates)
-    peer = np.asarray(params["w"], dtype=np.float64).T
-    assert rel(np64(p) - np64(w0), peer - np64(w0)) <= 1e-3
+    assert _optax_gap(tx, spec, shape, torch.Generator().manual_seed(6)) <= 1e-3
