@@ -39,7 +39,8 @@ Magnitude = Literal["none", "dual_norm"]
 Equilibrate = Literal["none", "row", "col", "rowcol", "row_mean"]
 PostOrth = Literal["none", "frobenius_snap", "row", "col", "row_col", "col_row"]
 EpsMode = Literal["add", "clamp"]
-ComputeDtype = Literal["bfloat16", "float16", "float32", "float64"]
+NsEpsMode = Literal["add", "clamp", "none"]
+ComputeDtype = Literal["bfloat16", "float16", "tfloat32", "float32", "float64"]
 NdMode = Literal["flatten", "batch"]
 ScaleShape = Literal["matrix", "last2"]
 ShapeScale = Literal["keller", "moonlight", "dion", "none"]
@@ -62,7 +63,7 @@ _LITERAL_FIELDS: Final[dict[str, Any]] = {
     "magnitude": Magnitude,
     "equilibrate": Equilibrate,
     "post_orth": PostOrth,
-    "eps_mode": EpsMode,
+    "eps_mode": NsEpsMode,
     "compute_dtype": ComputeDtype,
     "nd_mode": NdMode,
     "scale_shape": ScaleShape,
@@ -127,11 +128,14 @@ class MuonSpec:
     norm_scale: float = 1.0
     """Polar Express safety factor ``s``: ``X / (s ||X||_F + eps)``. 1.02 for modded/dion PE, 1.01 paper."""
     eps: float = 1e-7
-    eps_mode: EpsMode = "add"
-    """``"add"``: ``X / (s ||X||_F + eps)``; ``"clamp"``: ``X / max(s ||X||_F, eps)`` (torch.optim.Muon)."""
+    eps_mode: NsEpsMode = "add"
+    """``"add"``: ``X / (s ||X||_F + eps)``; ``"clamp"``: ``X / max(s ||X||_F, eps)`` (torch.optim.Muon);
+    ``"none"``: ``X / (s ||X||_F)`` with the norm reduced in float64 and no guard, so an all-zero ``X`` gives NaN
+    (NeMo ``newton_schulz(normalize_in_double=True)``, as upstream by design)."""
     compute_dtype: ComputeDtype = "bfloat16"
     """Dtype of the orthogonalizer in `muonlab.fast` (the reference always computes in float64); ``"float16"``
-    is Gram Newton-Schulz's (its normalization runs in float32 and rounds once)."""
+    is Gram Newton-Schulz's (its normalization runs in float32 and rounds once); ``"tfloat32"`` is float32 with
+    every product's operands rounded to TF32's 10-bit mantissa (NeMo's ``fp32_matmul_prec="high"``)."""
     equilibrate: Equilibrate = "none"
     """Before ``Orth`` (docs/variants.md "Equilibration and post-orthogonalization"): MuonEq's ``"row"``, ``"col"``
     and ``"rowcol"`` scale rows / columns by ``(||.||^2 + equilibrate_eps)^equilibrate_exponent`` (MaeChd/muon-eq;

@@ -172,7 +172,13 @@ _NEMO_DECAY: Final[dict[str, tuple[str, str]]] = {
     "l2": ("update", "base"),
     "palm": ("param", "base_squared"),
 }
-_NEMO_PRECISION: Final[dict[str, str]] = {"medium": "bfloat16", "highest": "float32"}
+_NEMO_PRECISION: Final[dict[str, str]] = {
+    # fp32_matmul_prec -> compute_dtype: torch.set_float32_matmul_precision around newton_schulz ("medium": an
+    # explicit bf16 cast; "high": TF32 products; "highest": true fp32)
+    "medium": "bfloat16",
+    "high": "tfloat32",
+    "highest": "float32",
+}
 
 
 def _nemo(kw: Keywords, source: str = "emerging_optimizers") -> MuonSpec:

@@ -12,18 +12,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from muonlab.contract import CoefficientSet, MuonSpec, check_ndim, matrix_view_shape, resolve_spec
-from muonlab.contract.spec import EpsMode, Magnitude, Orthogonalizer, Prescale, lookup
+from muonlab.contract.spec import ComputeDtype, Magnitude, NsEpsMode, Orthogonalizer, Prescale, lookup
 
 from .backend import Backend, check_backend, route
 from .state import wide_dtype
 
 __all__ = [
     "MAGNITUDES",
+    "NORM_GUARDS",
     "ORTHOGONALIZERS",
     "PRESCALES",
     "StackFn",
@@ -40,12 +41,30 @@ __all__ = [
     "polar_factor",
 ]
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
+
+def tf32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (float32) rounded to TF32 (8-bit exponent, 10-bit mantissa), round to nearest with ties away from
+    zero, the conversion (``cvt.rna.tf32.f32``) a TF32 tensor-core product applies to its operands; the
+    products then accumulate in float32. A new tensor, stored as float32; finite inputs only stay finite."""
+    bits = x.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)  # add half an ulp of the 13 dropped bits, drop them
+
+
+Operands = Callable[[torch.Tensor], torch.Tensor] | None
+"""What a product does to its operands first: None (nothing), or `tf32`."""
+
+_DTYPES: dict[ComputeDtype, tuple[torch.dtype, Operands]] = {
+    "bfloat16": (torch.bfloat16, None),
+    "float16": (torch.float16, None),
+    "tfloat32": (torch.float32, tf32),  # stored and accumulated in float32, operands rounded
+    "float32": (torch.float32, None),
+    "float64": (torch.float64, None),
+}
 
 
 def compute_dtype(spec: MuonSpec) -> torch.dtype:
-    """The torch dtype of ``spec.compute_dtype``."""
-    return _DTYPES[spec.compute_dtype]
+    """The torch dtype of ``spec.compute_dtype`` (float32 for ``"tfloat32"``)."""
+    return lookup(_DTYPES, spec.compute_dtype, "compute_dtype")[0]
 
 
 def as_matrices(
@@ -72,23 +91,34 @@ def contiguous_as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x)
 
 
+NORM_GUARDS: dict[NsEpsMode, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "add": lambda norm, eps: norm.add_(eps),
+    "clamp": lambda norm, eps: norm.clamp_(min=eps),
+    "none": lambda norm, eps: norm,  # NeMo normalize_in_double: unguarded, 0 / 0 = NaN by design
+}
+"""``spec.eps_mode`` -> ``(s ||X||, eps) -> denominator`` (in place) of the norm prescales
+(`muonlab.reference.orthogonalize.NORM_GUARDS`)."""
+
+
 def normalize_frobenius(
     x: torch.Tensor,
     norm_scale: float,
     eps: float,
-    eps_mode: EpsMode,
+    eps_mode: NsEpsMode,
     dtype: torch.dtype | None = None,
     *,
     overwrite: bool = False,
 ) -> torch.Tensor:
-    """``X / (s ||X||_F + eps)`` (``"add"``) or ``X / max(s ||X||_F, eps)`` (``"clamp"``), per matrix, computed
-    in ``x.dtype`` and rounded once to ``dtype`` (default ``x.dtype``), returned contiguous. The norm of a bf16
-    tensor is accumulated in fp32 and rounded to bf16, as in every source. ``overwrite`` lets the division run
-    in place in ``x`` (same result; ``x`` is then garbage to the caller)."""
-    norm: torch.Tensor = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
+    """``X / guard(s ||X||_F, eps)`` per matrix (`NORM_GUARDS`), computed in ``x.dtype`` and rounded once to
+    ``dtype`` (default ``x.dtype``), returned contiguous. The norm of a bf16 tensor is accumulated in fp32 and
+    rounded to bf16, as in every source; unguarded (``"none"``) it is reduced in float64 and rounded to
+    ``x.dtype``, as NeMo's ``normalize_in_double`` (a sum of squares below fp32's range stays nonzero).
+    ``overwrite`` lets the division run in place in ``x`` (same result; ``x`` is then garbage to the caller)."""
+    wide = torch.float64 if eps_mode == "none" else None
+    norm: torch.Tensor = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True, dtype=wide).to(x.dtype)
     if norm_scale != 1.0:
         norm = norm.mul_(norm_scale)
-    denom = norm.add_(eps) if eps_mode == "add" else norm.clamp_(min=eps)
+    denom = lookup(NORM_GUARDS, eps_mode, "eps_mode")(norm, eps)
     out_dtype = x.dtype if dtype is None else dtype
     if overwrite and out_dtype == x.dtype and x.is_contiguous():
         return x.div_(denom)
@@ -111,7 +141,7 @@ Prescaled = tuple[torch.Tensor, torch.Tensor | None, bool]
 
 
 def normalized_wide(
-    x: torch.Tensor, norm_scale: float, eps: float, eps_mode: EpsMode, compute: torch.dtype, overwrite: bool = False
+    x: torch.Tensor, norm_scale: float, eps: float, eps_mode: NsEpsMode, compute: torch.dtype, overwrite: bool = False
 ) -> Prescaled:
     """The Frobenius prescale: ``x`` (``[..., m, n]``) as a contiguous wide ``[B, m', n']`` stack (transposed when
     ``m > n``, strict), normalized by `normalize_frobenius` and in ``compute``; no ``A``; whether it was
@@ -135,28 +165,31 @@ def _working(x: torch.Tensor, compute: torch.dtype) -> tuple[torch.Tensor, bool]
     return xm.to(max((x.dtype, compute, torch.float32), key=lambda d: d.itemsize)), transpose
 
 
-def _spectral(x: torch.Tensor, s: float, eps: float, mode: EpsMode, compute: torch.dtype, overwrite: bool) -> Prescaled:
+def _spectral(
+    x: torch.Tensor, s: float, eps: float, mode: NsEpsMode, compute: torch.dtype, overwrite: bool
+) -> Prescaled:
     xm, transpose = _working(x, compute)
     norm = torch.linalg.matrix_norm(xm, ord=2, keepdim=True).mul_(s)  # sigma_max: an SVD per matrix
-    denom = norm.add_(eps) if mode == "add" else norm.clamp_(min=eps)
-    return torch.div(xm, denom).to(compute), None, transpose
+    return torch.div(xm, lookup(NORM_GUARDS, mode, "eps_mode")(norm, eps)).to(compute), None, transpose
 
 
-def _schatten(x: torch.Tensor, s: float, eps: float, mode: EpsMode, compute: torch.dtype, overwrite: bool) -> Prescaled:
+def _schatten(
+    x: torch.Tensor, s: float, eps: float, mode: NsEpsMode, compute: torch.dtype, overwrite: bool
+) -> Prescaled:
     xm, transpose = _working(x, compute)
     gram = torch.bmm(xm, xm.mT)
     k = torch.linalg.matrix_norm(gram, keepdim=True).clamp_(min=eps).rsqrt_()  # 1 / ||X||_S4, clamped (optax)
     return (xm * k).to(compute), gram.mul_(k * k).to(compute), transpose
 
 
-def _aol(x: torch.Tensor, s: float, eps: float, mode: EpsMode, compute: torch.dtype, overwrite: bool) -> Prescaled:
+def _aol(x: torch.Tensor, s: float, eps: float, mode: NsEpsMode, compute: torch.dtype, overwrite: bool) -> Prescaled:
     xm, transpose = _working(x, compute)
     gram = torch.bmm(xm, xm.mT)
     d = gram.abs().sum(dim=-1, keepdim=True).clamp_(min=eps).rsqrt_()  # row sums bound ||diag(d) X||_2 <= 1
     return (xm * d).to(compute), gram.mul_(d).mul_(d.mT).to(compute), transpose
 
 
-PRESCALES: dict[Prescale, Callable[[torch.Tensor, float, float, EpsMode, torch.dtype, bool], Prescaled]] = {
+PRESCALES: dict[Prescale, Callable[[torch.Tensor, float, float, NsEpsMode, torch.dtype, bool], Prescaled]] = {
     "frobenius": normalized_wide,
     "spectral": _spectral,
     "schatten": _schatten,
@@ -167,25 +200,42 @@ the wide prescaled stack in ``compute`` and, when the prescale formed it, ``A' =
 (`muonlab.reference.orthogonalize.PRESCALES` states the math)."""
 
 
-def _gram(x: torch.Tensor) -> torch.Tensor:
-    return torch.bmm(x, x.mT)
+class Products(NamedTuple):
+    """The iteration's products on ``[B, ., .]`` stacks."""
+
+    gram: Callable[[torch.Tensor], torch.Tensor]
+    """``X -> X X^T``"""
+    poly: Callable[[torch.Tensor, float, float], torch.Tensor]
+    """``(A, b, c) -> b A + c A^2``"""
+    step: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    """``(X, B, a) -> a X + B X``"""
+    mm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    """``(P, Q) -> P Q``"""
 
 
-def _poly(gram: torch.Tensor, b: float, c: float) -> torch.Tensor:
-    return torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+def _torch_products(op: Callable[[torch.Tensor], torch.Tensor]) -> Products:
+    """Batched torch products whose operands (never the added term) go through ``op`` first."""
+    return Products(
+        gram=lambda x: torch.bmm(op(x), op(x).mT),
+        poly=lambda g, b, c: torch.baddbmm(g, op(g), op(g), beta=b, alpha=c),
+        step=lambda x, p, a: torch.baddbmm(x, op(p), op(x), beta=a),
+        mm=lambda p, q: torch.bmm(op(p), op(q)),
+    )
 
 
-Products = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor, float, float], torch.Tensor]]
+_EXACT = _torch_products(lambda t: t)
 
 
-def _products(backend: Backend, device: torch.device, dtype: torch.dtype) -> Products:
-    """``(X -> X X^T, (A, b, c) -> b A + c A^2)``: the symmetric kernels when `muonlab.fast.backend.route` says so,
-    else batched torch products."""
+def _products(backend: Backend, device: torch.device, dtype: torch.dtype, operands: Operands = None) -> Products:
+    """The symmetric kernels for ``A`` and ``B`` when `muonlab.fast.backend.route` says so, else batched torch
+    products; with ``operands`` (`tf32`) the torch products on rounded operands."""
+    if operands is not None:
+        return _torch_products(operands)
     if route(backend, device, dtype):
         from .kernels import symmetric
 
-        return symmetric.xxt, symmetric.ba_plus_caa
-    return _gram, _poly
+        return _EXACT._replace(gram=symmetric.xxt, poly=symmetric.ba_plus_caa)
+    return _EXACT
 
 
 def newton_schulz_stack(
@@ -196,26 +246,28 @@ def newton_schulz_stack(
     coefficients: CoefficientSet,
     norm_scale: float = 1.0,
     eps: float = 1e-7,
-    eps_mode: EpsMode = "add",
+    eps_mode: NsEpsMode = "add",
     prescale: Prescale = "frobenius",
     compute: torch.dtype | None = None,
+    operands: Operands = None,
 ) -> torch.Tensor:
     """The Newton-Schulz / Polar Express iteration (docs/variants.md "Orthogonalization (stage 3)"; one triple of
     ``coefficients`` per iteration, `muonlab.contract.MuonSpec.schedule`) of the ``[B, m, n]`` stack taken out of
-    ``box``, after ``prescale`` (`PRESCALES`), in ``compute`` (default its dtype), one batched product per step
-    for the whole stack. ``backend`` (`muonlab.fast.backend.route`) may take the symmetric kernels for ``A`` and
-    ``B``; ``overwrite``: the stack may be divided in place. Taking the stack out of a list leaves the caller no
-    reference, so the momentum-sized input is freed as soon as its prescaled copy exists, and each iterate as
-    soon as the next one does."""
+    ``box``, after ``prescale`` (`PRESCALES`), in ``compute`` (default its dtype; ``operands``: `tf32` for
+    TF32 products), one batched product per step for the whole stack. ``backend``
+    (`muonlab.fast.backend.route`) may take the symmetric kernels for ``A`` and ``B``; ``overwrite``: the stack
+    may be divided in place. Taking the stack out of a list leaves the caller no reference, so the
+    momentum-sized input is freed as soon as its prescaled copy exists, and each iterate as soon as the next one
+    does."""
     x = box.pop()
     work = x.dtype if compute is None else compute
     xm, gram, transpose = lookup(PRESCALES, prescale, "prescale")(x, norm_scale, eps, eps_mode, work, overwrite)
     del x
-    gram_of, poly_of = _products(backend, xm.device, work)
+    pr = _products(backend, xm.device, work, operands)
     for a, b, c in coefficients:
-        poly = poly_of(gram_of(xm) if gram is None else gram, b, c)  # B = b A + c A^2, A = X X^T
+        poly = pr.poly(pr.gram(xm) if gram is None else gram, b, c)  # B = b A + c A^2, A = X X^T
         gram = None  # iteration 0 of "aol" / "schatten" reused the prescale's A
-        xm = torch.baddbmm(xm, poly, xm, beta=a)  # X <- a X + B X
+        xm = pr.step(xm, poly, a)  # X <- a X + B X
         del poly  # before the next A: at most one iterate and one m x m product alive besides it
     return xm.mT if transpose else xm
 
@@ -229,9 +281,10 @@ def gram_newton_schulz_stack(
     restarts: tuple[int, ...] = (2,),
     norm_scale: float = 1.0,
     eps: float = 1e-7,
-    eps_mode: EpsMode = "add",
+    eps_mode: NsEpsMode = "add",
     prescale: Prescale = "frobenius",
     compute: torch.dtype | None = None,
+    operands: Operands = None,
 ) -> torch.Tensor:
     """`newton_schulz_stack`'s map computed on ``R = X X^T`` (`muonlab.reference.orthogonalize.gram_newton_schulz`
     states it): each step's factor ``F = a I + b R + c R^2`` is accumulated into ``Q`` and ``R <- F R F``; at a
@@ -248,26 +301,27 @@ def gram_newton_schulz_stack(
             eps_mode=eps_mode,
             prescale=prescale,
             compute=compute,
+            operands=operands,
         )
     x = box.pop()
     work = x.dtype if compute is None else compute
     xm, gram, transpose = lookup(PRESCALES, prescale, "prescale")(x, norm_scale, eps, eps_mode, work, overwrite)
     del x
-    gram_of, poly_of = _products(backend, xm.device, work)
-    r = gram_of(xm) if gram is None else gram
+    pr = _products(backend, xm.device, work, operands)
+    r = pr.gram(xm) if gram is None else gram
     acc: torch.Tensor | None = None
     last = len(coefficients) - 1
     for t, (a, b, c) in enumerate(coefficients):
         if t in restarts and acc is not None:
-            xm = torch.bmm(acc, xm)  # X <- Q X, then a fresh R
-            r, acc = gram_of(xm), None
-        factor = poly_of(r, b, c)  # Z = b R + c R^2
+            xm = pr.mm(acc, xm)  # X <- Q X, then a fresh R
+            r, acc = pr.gram(xm), None
+        factor = pr.poly(r, b, c)  # Z = b R + c R^2
         factor.diagonal(dim1=-2, dim2=-1).add_(a)  # F = a I + Z
-        acc = factor if acc is None else torch.bmm(acc, factor)
+        acc = factor if acc is None else pr.mm(acc, factor)
         if t < last and t + 1 not in restarts:
-            r = torch.bmm(factor, torch.bmm(r, factor))  # R <- F R F
+            r = pr.mm(factor, pr.mm(r, factor))  # R <- F R F
     assert acc is not None  # coefficients hold at least one triple
-    out = torch.bmm(acc, xm)
+    out = pr.mm(acc, xm)
     return out.mT if transpose else out
 
 
@@ -277,7 +331,7 @@ def newton_schulz(
     *,
     norm_scale: float = 1.0,
     eps: float = 1e-7,
-    eps_mode: EpsMode = "add",
+    eps_mode: NsEpsMode = "add",
     prescale: Prescale = "frobenius",
     compute: torch.dtype | None = None,
     backend: Backend = "auto",
@@ -332,6 +386,7 @@ def _iteration_keywords(spec: MuonSpec) -> dict[str, Any]:
         "eps_mode": spec.eps_mode,
         "prescale": spec.prescale,
         "compute": compute_dtype(spec),
+        "operands": lookup(_DTYPES, spec.compute_dtype, "compute_dtype")[1],
     }
 
 

@@ -28,12 +28,13 @@ import numpy.typing as npt
 
 from muonlab.contract.coefficients import CoefficientSet
 from muonlab.contract.shapes import check_ndim, matrix_view_shape
-from muonlab.contract.spec import EpsMode, Magnitude, MuonSpec, Orthogonalizer, Prescale, lookup
+from muonlab.contract.spec import Magnitude, MuonSpec, NsEpsMode, Orthogonalizer, Prescale, lookup
 
 from .array import Array
 
 __all__ = [
     "MAGNITUDES",
+    "NORM_GUARDS",
     "ORTHOGONALIZERS",
     "PRESCALES",
     "as_matrices",
@@ -65,14 +66,23 @@ def as_matrices(x: npt.ArrayLike, spec: MuonSpec, name: str = "x") -> tuple[Arra
     return np.reshape(arr, (batch, m, n)), restore
 
 
-def normalize_frobenius(x: Array, norm_scale: float, eps: float, eps_mode: EpsMode) -> Array:
-    """``X / (s ||X||_F + eps)`` (``"add"``) or ``X / max(s ||X||_F, eps)`` (``"clamp"``), per matrix.
+NORM_GUARDS: dict[NsEpsMode, Callable[[Array, float], Array]] = {
+    "add": lambda norm, eps: norm + eps,
+    "clamp": lambda norm, eps: np.maximum(norm, eps),
+    "none": lambda norm, eps: norm,  # NeMo normalize_in_double: unguarded, 0 / 0 = NaN by design
+}
+"""``spec.eps_mode`` -> ``(s ||X||, eps) -> denominator`` of the norm prescales."""
 
-    The norm is over the last two dims ([S §0.2], step 3); ``Orth(0) = 0`` exactly.
+
+def normalize_frobenius(x: Array, norm_scale: float, eps: float, eps_mode: NsEpsMode) -> Array:
+    """``X / guard(s ||X||_F, eps)`` per matrix, the guard by ``eps_mode`` (`NORM_GUARDS`): ``s ||X||_F + eps``,
+    ``max(s ||X||_F, eps)`` or none.
+
+    The norm is over the last two dims ([S §0.2], step 3); ``Orth(0) = 0`` exactly when guarded.
     """
     norm = np.sqrt(np.sum(x * x, axis=(-2, -1), keepdims=True))
-    denom = norm_scale * norm + eps if eps_mode == "add" else np.maximum(norm_scale * norm, eps)
-    out: Array = x / denom
+    with np.errstate(invalid="ignore", divide="ignore"):  # "none": 0 / 0 is NaN, as upstream
+        out: Array = x / lookup(NORM_GUARDS, eps_mode, "eps_mode")(norm_scale * norm, eps)
     return out
 
 
@@ -80,26 +90,26 @@ def _t(x: Array) -> Array:
     return np.swapaxes(x, -2, -1)
 
 
-def _spectral(x: Array, norm_scale: float, eps: float, eps_mode: EpsMode) -> tuple[Array, Array | None]:
+def _spectral(x: Array, norm_scale: float, eps: float, eps_mode: NsEpsMode) -> tuple[Array, Array | None]:
     norm = np.linalg.norm(x, ord=2, axis=(-2, -1), keepdims=True)  # sigma_max, an SVD per matrix
-    denom = norm_scale * norm + eps if eps_mode == "add" else np.maximum(norm_scale * norm, eps)
-    out: Array = x / denom
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out: Array = x / lookup(NORM_GUARDS, eps_mode, "eps_mode")(norm_scale * norm, eps)
     return out, None
 
 
-def _schatten(x: Array, norm_scale: float, eps: float, eps_mode: EpsMode) -> tuple[Array, Array | None]:
+def _schatten(x: Array, norm_scale: float, eps: float, eps_mode: NsEpsMode) -> tuple[Array, Array | None]:
     gram = x @ _t(x)
     k = np.maximum(np.linalg.norm(gram, axis=(-2, -1), keepdims=True), eps) ** -0.5  # 1 / ||X||_S4, clamped
     return k * x, (k * k) * gram
 
 
-def _aol(x: Array, norm_scale: float, eps: float, eps_mode: EpsMode) -> tuple[Array, Array | None]:
+def _aol(x: Array, norm_scale: float, eps: float, eps_mode: NsEpsMode) -> tuple[Array, Array | None]:
     gram = x @ _t(x)
     s = np.maximum(np.sum(np.abs(gram), axis=-1, keepdims=True), eps) ** -0.5  # row sums bound ||diag(s) X||_2 <= 1
     return s * x, s * gram * _t(s)
 
 
-PRESCALES: dict[Prescale, Callable[[Array, float, float, EpsMode], tuple[Array, Array | None]]] = {
+PRESCALES: dict[Prescale, Callable[[Array, float, float, NsEpsMode], tuple[Array, Array | None]]] = {
     "frobenius": lambda x, s, eps, mode: (normalize_frobenius(x, s, eps, mode), None),
     "spectral": _spectral,
     "schatten": _schatten,
@@ -136,7 +146,7 @@ def newton_schulz(
     *,
     norm_scale: float = 1.0,
     eps: float = 1e-7,
-    eps_mode: EpsMode = "add",
+    eps_mode: NsEpsMode = "add",
     prescale: Prescale = "frobenius",
 ) -> Array:
     """Odd-polynomial Newton-Schulz / Polar Express iteration on ``[..., m, n]`` (batched over leading dims).
@@ -157,7 +167,7 @@ def gram_newton_schulz(
     restarts: tuple[int, ...] = (2,),
     norm_scale: float = 1.0,
     eps: float = 1e-7,
-    eps_mode: EpsMode = "add",
+    eps_mode: NsEpsMode = "add",
     prescale: Prescale = "frobenius",
 ) -> Array:
     """`newton_schulz`'s map computed on ``R = X X^T`` (Dao-AILab/gram-newton-schulz ``GramNewtonSchulz.__call__``

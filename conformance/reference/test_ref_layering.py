@@ -98,6 +98,7 @@ STAGE_TABLES = [
     ("orthogonalizer", "muonlab.reference.orthogonalize:ORTHOGONALIZERS", "muonlab.fast.orthogonalize:ORTHOGONALIZERS"),
     ("momentum_form", "muonlab.reference.momentum:MOMENTUM_FORMS", "muonlab.fast.momentum:MOMENTUM_FORMS"),
     ("cautious", "muonlab.reference.decay:CAUTIOUS_TESTS", "muonlab.fast.decay:CAUTIOUS_TESTS"),
+    ("eps_mode", "muonlab.reference.orthogonalize:NORM_GUARDS", "muonlab.fast.orthogonalize:NORM_GUARDS"),
     ("decay_placement", "muonlab.contract.decay:DECAY_PLACEMENTS", None),
     ("decay_lr", "muonlab.contract.decay:DECAY_LRS", None),
     ("shape_scale", "muonlab.contract.scaling:SHAPE_SCALES", None),

@@ -238,7 +238,6 @@ def test_from_upstream_refuses_unknown_keywords_and_what_it_cannot_express() -> 
         from_upstream("adamuon")
     for source, kw in [
         ("megatron", {}),  # QKV split on by default
-        ("emerging_optimizers", {"fp32_matmul_prec": "high"}),  # TF32
         ("emerging_optimizers", {"coefficient_type": "custom"}),
         ("optax", {"weight_decay_mask": lambda p: p}),
         ("dion", {"newton_schulz_func": print}),
