@@ -13,6 +13,7 @@ from .presets import PRESETS, get_preset, resolve_spec
 from .scaling import SHAPE_SCALES, scale_dims, shape_scale, update_scale
 from .shapes import check_ndim, matrix_view_shape, normuon_reduce_axis, normuon_state_shape, second_moment_shape
 from .spec import GEODESIC_TAU_MIN, MuonSpec, choice_fields, choices, field_names
+from .split import RowSplit, block_shapes, check_row_split
 from .upstream import UPSTREAMS, from_upstream
 
 __all__ = [
@@ -25,9 +26,12 @@ __all__ = [
     "UPSTREAMS",
     "CoefficientSet",
     "MuonSpec",
+    "RowSplit",
     "Triple",
     "adam_hyperparameters",
+    "block_shapes",
     "check_ndim",
+    "check_row_split",
     "choice_fields",
     "choices",
     "decay_lr",

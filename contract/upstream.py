@@ -216,13 +216,11 @@ def _nemo(kw: Keywords, source: str = "emerging_optimizers") -> MuonSpec:
 
 
 def _megatron(kw: Keywords) -> MuonSpec:
-    if kw["muon_split_qkv"]:
-        raise _unsupported(
-            "megatron",
-            "muon_split_qkv",
-            True,
-            "Q/K/V split orthogonalization is a parameter layout muonlab does not have yet; pass muon_split_qkv=False",
-        )
+    if not isinstance(kw["muon_split_qkv"], bool):
+        raise _unsupported("megatron", "muon_split_qkv", kw["muon_split_qkv"], "expected a bool")
+    # muon_split_qkv is a parameter layout, as in Megatron (which splits only parameters flagged is_qkv): the
+    # spec is the per-matrix rule, and partition_params(model, split_qkv=True) (the "split" group key) cuts the
+    # fused QKV weights into Q, K and V per query group (muonlab.contract.split)
     if kw["muon_tp_mode"] not in ("blockwise", "duplicated", "distributed"):
         raise _unsupported("megatron", "muon_tp_mode", kw["muon_tp_mode"], "unknown")
     # on one tensor-parallel rank every tp mode orthogonalizes the whole matrix

@@ -82,19 +82,26 @@ def apply_stack_(
     """
     test = lookup(CAUTIOUS_TESTS, cautious, "cautious")
     tl = list(targets)
+
+    def parts(t: torch.Tensor) -> list[torch.Tensor]:  # ``t``'s pieces in the targets' shapes (views)
+        return [d.view(x.shape) for d, x in zip(torch.split(t, list(counts)), tl, strict=True)]
+
     if coefs.decay is None or (test is None and all(t.dtype == dtype for t in tl)):
         if coefs.retain is not None:
             torch._foreach_mul_(tl, _parts(coefs.retain, counts))
         # one contiguous copy in ``dtype`` (a fast cast, unlike a mixed-dtype multiply) unless ``update`` is
         # already one; then in place
         delta = contiguous_as(update, dtype).mul_(coefs.lr_update)
-        torch._foreach_sub_(tl, list(torch.split(delta, list(counts))))
+        torch._foreach_sub_(tl, parts(delta))
         return
-    term = torch.cat(tl, out=torch.empty(update.shape, dtype=dtype, device=update.device))  # W, in ``dtype``
+    # W, in ``dtype`` (a strided target, as a Megatron split block, is read by a reshape copy)
+    term = torch.cat(
+        [t.reshape(-1, *update.shape[1:]) for t in tl], out=torch.empty(update.shape, dtype=dtype, device=update.device)
+    )
     if test is not None:
         # mask (.) W without a third stack-sized tensor: the product's sign in place, then W from the params
         term = test(term.mul_(update))
-        torch._foreach_mul_(list(torch.split(term, list(counts))), tl)
+        torch._foreach_mul_(parts(term), tl)
     term.mul_(coefs.decay)
     term.addcmul_(update, coefs.lr_update)
-    torch._foreach_sub_(tl, list(torch.split(term, list(counts))))
+    torch._foreach_sub_(tl, parts(term))

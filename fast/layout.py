@@ -17,6 +17,11 @@ in-place update of the view lands in the parameter.
 Per-head orthogonalization (param-group key ``"heads"``: dion ``num_heads``, DeepSpeed per-head Muon, GLM-5's
 "Muon Split"): ``H`` splits the rows of that matrix into ``H`` equal blocks, ``[..., H, rows/H, cols]`` (still a
 view), each a matrix of its own: orthogonalized, NorMuon-normalized and shape-scaled on its own shape.
+
+Row splits (param-group key ``"split"``, `muonlab.contract.RowSplit`: dion ``split_sizes``, a fused ``[Q; K; V]``,
+Megatron's split QKV per query group) cut the rows into blocks of uneven size, each a matrix of its own
+(`row_blocks`); blocks of a Megatron split are strided views (`row_blocks`), which the step reads and writes in
+place.
 """
 
 from __future__ import annotations
@@ -26,13 +31,17 @@ from typing import Any
 
 import torch
 
+from muonlab.contract.split import RowSplit, check_row_split
+
 __all__ = [
     "MatrixDims",
     "check_group_heads",
     "check_group_matrix_dims",
+    "check_group_split",
     "check_matrix_dims",
     "matrix_shape",
     "matrix_view",
+    "row_blocks",
 ]
 
 MatrixDims = tuple[int, int] | None
@@ -125,3 +134,24 @@ def matrix_view(t: torch.Tensor, dims: MatrixDims, heads: int | None = None) -> 
     come from `check_matrix_dims` and `check_group_heads`."""
     v = t if dims is None else t.movedim(dims, (-2, -1))
     return v if heads is None else v.view(*v.shape[:-2], heads, v.shape[-2] // heads, v.shape[-1])
+
+
+def check_group_split(value: object, shapes: Sequence[Sequence[int]], name: str) -> list[RowSplit | None]:
+    """A param group's ``"split"``: a list parallel to its ``"params"`` whose ``shapes`` are the matrix views', each
+    entry `muonlab.contract.check_row_split`-valid (None, row sizes, a `RowSplit`, or ``{"sizes", "groups"}``)."""
+    if isinstance(value, (str, bytes, torch.Tensor)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name}: expected a list parallel to 'params' (None or row sizes each), got {value!r}")
+    entries: list[Any] = list(value)
+    if len(entries) != len(shapes):
+        raise ValueError(f"{name}: has {len(entries)} entries for {len(shapes)} params (must be parallel to 'params')")
+    return [check_row_split(v, s, f"{name}[{i}]") for i, (s, v) in enumerate(zip(shapes, entries, strict=True))]
+
+
+def row_blocks(v: torch.Tensor, split: RowSplit) -> list[torch.Tensor]:
+    """The blocks of the ``[m, n]`` matrix view ``v`` as views (`muonlab.reference.row_blocks` states the map): a
+    row range ``[s, n]`` for one group, a strided ``[groups, s, n]`` view (the block's matrix read group by group)
+    for several."""
+    if split.groups == 1:
+        return [v[o : o + s] for o, s in zip(split.offsets(), split.sizes, strict=True)]
+    grouped = v.view(split.groups, sum(split.sizes), v.shape[-1])
+    return [grouped[:, o : o + s, :] for o, s in zip(split.offsets(), split.sizes, strict=True)]

@@ -15,18 +15,27 @@ with its dtype, so a resumed run is bit-identical.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 from torch.optim import Optimizer
 
-from muonlab.contract import MuonSpec, resolve_spec
+from muonlab.contract import MuonSpec, RowSplit, block_shapes, resolve_spec
 
 from .adamw import adamw_step_
 from .backend import Backend, check_backend, warn_if_slow_compute
 from .distributed import DistributedMode
-from .layout import MatrixDims, check_group_heads, check_group_matrix_dims, matrix_shape, matrix_view
+from .layout import (
+    MatrixDims,
+    check_group_heads,
+    check_group_matrix_dims,
+    check_group_split,
+    matrix_shape,
+    matrix_view,
+    row_blocks,
+)
 from .peers import from_peer
 from .pipeline import GroupStacks
 from .state import state_dtype
@@ -147,6 +156,66 @@ def _layouts(group: dict[str, Any]) -> list[tuple[MatrixDims, int | None]]:
     """Each parameter's ``(matrix_dims, heads)`` in a Muon group (`muonlab.fast.layout`)."""
     n = len(group["params"])
     return list(zip(group.get("matrix_dims") or [None] * n, group.get("heads") or [None] * n, strict=True))
+
+
+class _BlockState(MutableMapping[str, Any]):
+    """The state of block ``j`` of a row-split parameter: its entries live in the parameter's state dict as
+    ``"<key>.<j>"`` (``"momentum_buffer.1"``), so ``state_dict`` saves them as usual."""
+
+    def __init__(self, parent: dict[str, Any], j: int) -> None:
+        self.parent, self.suffix = parent, f".{j}"
+
+    def __getitem__(self, key: str) -> Any:
+        return self.parent[key + self.suffix]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.parent[key + self.suffix] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.parent[key + self.suffix]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k[: -len(self.suffix)] for k in list(self.parent) if k.endswith(self.suffix))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+@dataclass(frozen=True)
+class _Members:
+    """A Muon group's step members: its parameters' matrix views, each row-split parameter as its blocks."""
+
+    views: list[torch.Tensor]
+    grads: list[torch.Tensor | None]
+    states: list[MutableMapping[str, Any]]
+    shapes: list[tuple[int, ...]]
+    owner: list[int]
+    """The parameter index of each member."""
+
+
+def _members(
+    group: dict[str, Any], views: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None], states: Sequence[Any]
+) -> _Members:
+    splits: list[RowSplit | None] = group.get("split") or [None] * len(views)
+    out = _Members([], [], [], [], [])
+    for i, (v, g, st, split) in enumerate(zip(views, grads, states, splits, strict=True)):
+        if split is None:
+            out.views.append(v)
+            out.grads.append(g)
+            out.states.append(st)
+            out.shapes.append(tuple(v.shape))
+            out.owner.append(i)
+            continue
+        gb = [None] * len(split.sizes) if g is None else row_blocks(g, split)
+        for j, (vb, gj, shape) in enumerate(
+            zip(row_blocks(v, split), gb, block_shapes(split, v.shape[-1]), strict=True)
+        ):
+            out.views.append(vb)
+            out.grads.append(gj)
+            out.states.append(_BlockState(st, j))
+            out.shapes.append(shape)
+            out.owner.append(i)
+    return out
 
 
 def _spec(group: dict[str, Any]) -> MuonSpec:
@@ -304,6 +373,19 @@ class Muon(Optimizer):
             mdims = group.get("matrix_dims") or [None] * len(plist)
             views = [matrix_shape(p.shape, d) for p, d in zip(plist, mdims, strict=True)]
             group["heads"] = check_group_heads(group["heads"], views, name)
+        if "split" in group:
+            name = f"param_groups[{index}]['split']"
+            if algorithm != "muon":
+                raise ValueError(f"{name}: only Muon groups split matrices (this group is {algorithm!r})")
+            if self.distributed in ("sharded", "gathered"):
+                raise ValueError(f"{name}: a split cuts the rows, which distributed={self.distributed!r} shards")
+            mdims = group.get("matrix_dims") or [None] * len(plist)
+            views = [matrix_shape(p.shape, d) for p, d in zip(plist, mdims, strict=True)]
+            group["split"] = check_group_split(group["split"], views, name)
+            heads = group.get("heads") or [None] * len(plist)
+            both = [i for i, (h, sp) in enumerate(zip(heads, group["split"], strict=True)) if h and sp]
+            if both:
+                raise ValueError(f"{name}[{both[0]}]: a parameter takes 'heads' or 'split', not both")
         if isinstance(group["lr"], torch.Tensor) and plist and group["lr"].device != _local(plist[0]).device:
             # Once, here: schedulers fill this tensor in place, and the step reads it on the device.
             group["lr"] = group["lr"].to(_local(plist[0]).device)
@@ -466,18 +548,21 @@ class Muon(Optimizer):
                     f"no parameter or state was changed (set nonfinite='skip' to skip such parameters)"
                 )
 
-    def _group_stacks(self, index: int, group: dict[str, Any], views: list[torch.Tensor]) -> GroupStacks:
+    def _group_stacks(self, index: int, group: dict[str, Any], members: _Members) -> GroupStacks:
         """The group's cached `GroupStacks` (planned on first use, again if its parameters change)."""
         params = group["params"]
         key = tuple(id(p) for p in params)
         cached = self._stacks.get(index)
         if cached is not None and cached[0] == key:
             return cached[1]
+        # the global matrix shapes (a DTensor's view is its shard; splits, refused under shards, are whole)
+        full = [matrix_shape(p.shape, *lay) for p, lay in zip(params, _layouts(group), strict=True)]
         stacks = GroupStacks(
-            views,
+            members.views,
             _spec(group),
             self._stack_cap(),
-            full_shapes=[matrix_shape(p.shape, *lay) for p, lay in zip(params, _layouts(group), strict=True)],
+            shapes=members.shapes,
+            full_shapes=members.shapes if group.get("split") else full,
             distributed=self.distributed,
             process_group=self._group_of(params) if self.distributed != "none" else None,
         )
@@ -515,15 +600,22 @@ class Muon(Optimizer):
             grads = [None if p.grad is None else _local(p.grad) for p in params]
             if group["algorithm"] == "muon":
                 layouts = _layouts(group)
-                views = [matrix_view(x, *lay) for x, lay in zip(local, layouts, strict=True)]
+                members = _members(
+                    group,
+                    [matrix_view(x, *lay) for x, lay in zip(local, layouts, strict=True)],
+                    [None if g is None else matrix_view(g, *lay) for g, lay in zip(grads, layouts, strict=True)],
+                    [self.state[p] for p in params],
+                )
                 keep = None
                 if finite is not None:
                     # finite covers the params with a gradient; those without are skipped by the stacks
                     keep = finite if all(g is not None for g in grads) else _spread(finite, grads)
-                self._group_stacks(gi, group, views).step(
-                    views,
-                    [None if g is None else matrix_view(g, *lay) for g, lay in zip(grads, layouts, strict=True)],
-                    [self.state[p] for p in params],
+                    if len(members.owner) != len(params):  # per block of a split parameter
+                        keep = keep[members.owner]
+                self._group_stacks(gi, group, members).step(
+                    members.views,
+                    members.grads,
+                    members.states,
                     lr=group["lr"],
                     momentum=float(group["momentum"]),
                     weight_decay=float(group["weight_decay"]),

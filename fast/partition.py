@@ -31,6 +31,13 @@ projections are split into one block per head, with the head counts read from th
 ``qkv_proj`` (``H + 2 KV`` blocks), and ``q_proj`` (``H``) / ``k_proj`` and ``v_proj`` (``KV``) in Llama-style
 models. ``heads=`` patterns override (fnmatch -> head count, or None for the whole matrix). The plan prints
 each choice.
+
+Split QKV (``split_qkv=True``; group key ``"split"``, `muonlab.contract.RowSplit`): a fused QKV weight is
+orthogonalized as three matrices, all query heads, all keys, all values (Megatron-core's ``muon_split_qkv``), with
+the layout read from the name and ``config`` (`_split_of`): GPT-2's ``c_attn`` and Phi-3's ``qkv_proj`` store
+``[Q; K; V]``; GPT-NeoX's and BLOOM's ``query_key_value`` store each head's ``q, k, v`` together (``groups = H``);
+Megatron's ``linear_qkv`` each query group's (``groups = num_query_groups``). ``split=`` patterns override
+(fnmatch -> row sizes, ``{"sizes": ..., "groups": ...}``, or None).
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from muonlab.contract.split import RowSplit, check_row_split
 
 from .layout import MatrixDims, check_matrix_dims, matrix_shape
 
@@ -71,13 +80,15 @@ class ParamPlan:
     """Muon parameter name -> its ``(row_dim, col_dim)``, ``None`` for ``[..., out, in]`` (absent = ``None``)."""
     heads: dict[str, int] = field(default_factory=dict)
     """Muon parameter name -> the number of row blocks it is orthogonalized as (absent: the whole matrix)."""
+    split: dict[str, RowSplit] = field(default_factory=dict)
+    """Muon parameter name -> its row split (absent: the whole matrix)."""
 
     def param_groups(self, **muon_group_kwargs: Any) -> list[dict[str, Any]]:
         """Groups for `muonlab.fast.Muon`: the Muon group (with ``muon_group_kwargs`` and ``"matrix_dims"``, a
         list parallel to its params) and an ``algorithm="adamw"`` group; empty groups are left out."""
-        if {"matrix_dims", "params", "heads"} & set(muon_group_kwargs):
+        if {"matrix_dims", "params", "heads", "split"} & set(muon_group_kwargs):
             raise ValueError(
-                "muon_group_kwargs: 'params', 'matrix_dims' and 'heads' come from the plan (partition_params)"
+                "muon_group_kwargs: 'params', 'matrix_dims', 'heads' and 'split' come from the plan (partition_params)"
             )
         groups: list[dict[str, Any]] = []
         if self.muon:
@@ -86,6 +97,7 @@ class ParamPlan:
                     "params": [p for _, p in self.muon],
                     "matrix_dims": [self.matrix_dims.get(n) for n, _ in self.muon],
                     **({"heads": [self.heads.get(n) for n, _ in self.muon]} if self.heads else {}),
+                    **({"split": [self.split.get(n) for n, _ in self.muon]} if self.split else {}),
                     **muon_group_kwargs,
                 }
             )
@@ -103,6 +115,10 @@ class ParamPlan:
         heads = self.heads.get(name)
         if heads is not None:
             text = f"{text} as {heads} heads of {view[-2] // heads}x{view[-1]}"
+        split = self.split.get(name)
+        if split is not None:
+            blocks = " + ".join(f"{split.groups * s}x{view[-1]}" for s in split.sizes)
+            text = f"{text} as {blocks}" + (f" ({split.groups} groups)" if split.groups > 1 else "")
         return text if dims is None else f"{text} (rows=dim {dims[0]}, cols=dim {dims[1]})"
 
     def __str__(self) -> str:
@@ -187,6 +203,34 @@ def _heads_of(name: str, model: nn.Module) -> int | None:
     return counts.get(module) if name.endswith(".weight") else None
 
 
+def _split_of(name: str, model: nn.Module, rows: int) -> RowSplit | None:
+    """The Q / K / V row split of a fused QKV weight with ``rows`` rows named like Hugging Face's or Megatron's,
+    from ``model.config`` (module docstring); None for any other name, a config without the counts, or counts
+    that do not fit ``rows``."""
+    config = getattr(model, "config", None)
+    module = name.split(".")[-2] if "." in name else ""
+    if not name.endswith(".weight"):
+        return None
+    query = _config_int(config, "num_attention_heads", "n_head", "num_heads")
+    kv = _config_int(config, "num_key_value_heads", "n_kv_heads", "multi_query_group_num") or query
+    sizes: tuple[int, ...] = ()
+    groups = 1
+    if module == "c_attn" and rows % 3 == 0:
+        sizes = (rows // 3,) * 3
+    elif module == "qkv_proj" and query and kv and rows % (query + 2 * kv) == 0:
+        d = rows // (query + 2 * kv)
+        sizes = (query * d, kv * d, kv * d)
+    elif module == "query_key_value" and query and getattr(config, "model_type", None) in ("gpt_neox", "bloom"):
+        groups, sizes = query, (rows // (3 * query),) * 3
+    elif module == "linear_qkv" and query:
+        groups = _config_int(config, "num_query_groups") or query
+        d = _config_int(config, "kv_channels") or 0
+        sizes = (query // groups * d, d, d)
+    if not sizes or not all(sizes) or groups * sum(sizes) != rows:
+        return None
+    return RowSplit(sizes, groups)
+
+
 def _explicit_dims(value: object, shape: Sequence[int], name: str) -> MatrixDims:
     """A ``matrix_dims=`` value for one parameter: ``"in_out"``, ``"out_in"``, ``None`` or ``(row, col)``."""
     if value == "in_out":
@@ -206,6 +250,8 @@ def partition_params(
     matrix_dims: Mapping[str, object] | None = None,
     per_head: bool = False,
     heads: Mapping[str, int | None] | None = None,
+    split_qkv: bool = False,
+    split: Mapping[str, object] | None = None,
     verbose: bool = False,
 ) -> ParamPlan:
     """Split ``model``'s trainable parameters between Muon and AdamW (rules in the module docstring).
@@ -217,7 +263,10 @@ def partition_params(
     pattern matching no Muon parameter, a name matched by two patterns, or dims invalid for the parameter's
     shape raises `ValueError` naming it. ``per_head`` splits the attention input projections into heads
     (module docstring); ``heads`` maps fnmatch patterns to a head count (or None) for the Muon parameters they
-    match, overriding the detection, with the same errors as ``matrix_dims``. ``verbose`` prints the plan.
+    match, overriding the detection, with the same errors as ``matrix_dims``. ``split_qkv`` cuts fused QKV weights
+    into Q, K and V (module docstring); ``split`` maps fnmatch patterns to a row split (row sizes,
+    ``{"sizes", "groups"}``, a `RowSplit`, or None), overriding it, with the same errors. A parameter split
+    both ways raises. ``verbose`` prints the plan.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -231,6 +280,8 @@ def partition_params(
     layout_used = dict.fromkeys(layouts, False)
     head_rules = dict(heads or {})
     heads_used = dict.fromkeys(head_rules, False)
+    split_rules = dict(split or {})
+    split_used = dict.fromkeys(split_rules, False)
     owner = _module_of(model)
     embed_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -285,6 +336,20 @@ def partition_params(
                 plan.reasons[name] += (
                     f"; {count} heads ({f'heads={hpats[0]!r}' if hpats else 'per_head, model.config'})"
                 )
+            spats = [pat for pat in split_rules if fnmatch.fnmatchcase(name, pat)]
+            if len(spats) > 1:
+                raise ValueError(f"split: {name} is matched by several patterns {spats}")
+            view = matrix_shape(p.shape, dims)
+            if spats:
+                split_used[spats[0]] = True
+                rule = check_row_split(split_rules[spats[0]], view, f"split[{spats[0]!r}] ({name})")
+            else:
+                rule = _split_of(name, model, view[-2]) if split_qkv and len(view) == 2 else None
+            if rule is not None:
+                if name in plan.heads:
+                    raise ValueError(f"split: {name} is split into heads already; a parameter takes one of the two")
+                plan.split[name] = rule
+                plan.reasons[name] += f"; split Q/K/V ({f'split={spats[0]!r}' if spats else 'split_qkv, model.config'})"
     unused = [k for k, hit in used.items() if not hit]
     if unused:
         label, pat = unused[0].split(":", 1)
@@ -295,6 +360,9 @@ def partition_params(
     unused_heads = [pat for pat, hit in heads_used.items() if not hit]
     if unused_heads:
         raise ValueError(f"heads: pattern {unused_heads[0]!r} matches no parameter routed to Muon")
+    unused_splits = [pat for pat, hit in split_used.items() if not hit]
+    if unused_splits:
+        raise ValueError(f"split: pattern {unused_splits[0]!r} matches no parameter routed to Muon")
     if verbose:
         print(plan)
     return plan

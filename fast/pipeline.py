@@ -26,7 +26,7 @@ their update is exactly 0, so their values and state stay unchanged bit for bit 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,7 @@ from .transforms import EQUILIBRATIONS, POST_ORTHS
 
 __all__ = ["GroupStacks", "Skip", "gather", "matrices_of"]
 
-State = dict[str, Any]
+State = MutableMapping[str, Any]
 
 
 def matrices_of(t: torch.Tensor, spec: MuonSpec, name: str) -> torch.Tensor:
@@ -151,8 +151,12 @@ def _coef_rows(c: Coefficients, a: int, b: int) -> Coefficients:
 class GroupStacks:
     """The plan and stacked state of one Muon group whose parameters (matrix views) are ``views``.
 
-    ``full_shapes`` (default the views' shapes) are the global shapes of the matrix views, which set the shape
-    scale and NorMuon's statistic when ``views`` are dim-0 shards (``distributed="sharded"`` / ``"gathered"``).
+    ``shapes`` (default the views' shapes) are the members' matrix-view shapes, which their state takes; a view of
+    another shape with the same elements in the same row-major order (a strided ``[groups, s, n]`` block of a
+    Megatron row split, `muonlab.fast.layout.row_blocks`, standing for one ``[groups * s, n]`` matrix) is read
+    by copy and written in place. ``full_shapes`` (default ``shapes``) are the global shapes of the matrix
+    views, which set the shape scale and NorMuon's statistic when ``views`` are dim-0 shards
+    (``distributed="sharded"`` / ``"gathered"``).
     ``distributed`` and ``process_group`` choose where stages 3-4 run (`muonlab.fast.distributed`); every rank
     must build the group with the same parameters and call `step` together."""
 
@@ -162,6 +166,7 @@ class GroupStacks:
         spec: MuonSpec,
         max_stack_bytes: int | None,
         *,
+        shapes: Sequence[tuple[int, ...]] | None = None,
         full_shapes: Sequence[tuple[int, ...]] | None = None,
         distributed: DistributedMode = "none",
         process_group: Group = None,
@@ -173,10 +178,14 @@ class GroupStacks:
         self.post_orth = lookup(POST_ORTHS, spec.post_orth, "post_orth")
         self.distributed: DistributedMode = distributed
         self.process_group = process_group
-        self.shapes = [tuple(v.shape) for v in views]
+        self.shapes = [tuple(v.shape) for v in views] if shapes is None else [tuple(s) for s in shapes]
         self.full_shapes = list(self.shapes if full_shapes is None else full_shapes)
-        mats = [matrices_of(v, spec, f"params[{i}]") for i, v in enumerate(views)]
-        self.mats = [(int(m.shape[0]), int(m.shape[1]), int(m.shape[2])) for m in mats]
+        # a member whose view is not its matrix shape: one matrix, read by copy (`_matrix_pieces`)
+        self.strided = [tuple(v.shape) != s for v, s in zip(views, self.shapes, strict=True)]
+        self.mats: list[tuple[int, int, int]] = []
+        for i, (v, s, strided) in enumerate(zip(views, self.shapes, self.strided, strict=True)):
+            k, m, n = (1, math.prod(s[:-1]), s[-1]) if strided else matrices_of(v, spec, f"params[{i}]").shape
+            self.mats.append((int(k), int(m), int(n)))
         # A shard with no matrices (a batch dim split over more ranks than it has entries) has no stack slot: its
         # state is its own and it only takes part in the exchange of stages 3-4.
         self.loose = [i for i, (k, _, _) in enumerate(self.mats) if k == 0]
@@ -418,7 +427,7 @@ class GroupStacks:
         buf = w.store.momentum[a:b]
         g = gather(self._grad_pieces(w.chunk, grads, views), buf.dtype)
         if coupled:
-            targets = self._pieces(w.chunk, views)
+            targets = self._matrix_pieces(w.chunk, views)
             torch._foreach_add_(list(torch.split(g, [t.shape[0] for t in targets])), targets, alpha=lam)
         if w.skip is not None:
             g.masked_fill_(w.skip.skip, 0.0)
@@ -509,15 +518,25 @@ class GroupStacks:
             [None] * len(counts) if w.skip is None else torch.split(w.skip.keep, counts),
             strict=True,
         ):
-            wf = target.detach().to(w.bucket.dtype, copy=True)
+            wf = target.detach().reshape(u.shape).to(w.bucket.dtype, copy=True)
             new = sphere_step(wf, -(u.to(w.bucket.dtype) * eta), self.spec, eta)
-            target.copy_(new if kp is None else torch.where(kp, new, wf))
+            target.copy_((new if kp is None else torch.where(kp, new, wf)).view(target.shape))
 
     def _pieces(self, chunk: Chunk, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """The chunk's parameter pieces, ``[count, m, n]`` views of the parameters."""
+        """The chunk's parameter pieces, views of the parameters to write: ``[count, m, n]``, or a strided member's
+        whole view (its one matrix in its own shape)."""
         return [
-            matrices_of(views[pc.member], self.spec, f"params[{pc.member}]")[pc.first : pc.first + pc.count]
+            views[pc.member]
+            if self.strided[pc.member]
+            else matrices_of(views[pc.member], self.spec, f"params[{pc.member}]")[pc.first : pc.first + pc.count]
             for pc in chunk.pieces
+        ]
+
+    def _matrix_pieces(self, chunk: Chunk, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """`_pieces` as ``[count, m, n]`` to read (a strided member's by copy)."""
+        return [
+            t.reshape(pc.count, *self.mats[pc.member][1:])
+            for t, pc in zip(self._pieces(chunk, views), chunk.pieces, strict=True)
         ]
 
     def _grad_pieces(
@@ -530,6 +549,8 @@ class GroupStacks:
                 _, m, n = self.mats[pc.member]
                 v = views[pc.member]
                 out.append(torch.zeros((pc.count, m, n), dtype=v.dtype, device=v.device))
+            elif self.strided[pc.member]:
+                out.append(g.reshape(self.mats[pc.member]))  # one matrix: a copy, which gather copies once more
             else:
                 mats, _ = as_matrices(g, self.spec, f"grads[{pc.member}]")
                 out.append(mats[pc.first : pc.first + pc.count])

@@ -15,6 +15,7 @@ from muonlab.contract import (
     COEFFICIENT_SETS,
     PRESETS,
     MuonSpec,
+    RowSplit,
     adam_hyperparameters,
     field_names,
     from_upstream,
@@ -33,6 +34,7 @@ from muonlab.contract import (
 
 from .adamw import adam_direction, adam_moments
 from .decay import cautious_mask, coupled_decay, decay_lr, decoupled_decay
+from .layout import from_row_blocks, row_blocks
 from .momentum import apply_momentum, ema_momentum, optax_momentum, sum_momentum
 from .normuon import normuon_normalize
 from .orthogonalize import (
@@ -61,6 +63,7 @@ __all__ = [
     "AdamState",
     "MuonSpec",
     "MuonState",
+    "RowSplit",
     "adam_direction",
     "adam_hyperparameters",
     "adam_moments",
@@ -74,6 +77,7 @@ __all__ = [
     "ema_momentum",
     "equilibrate",
     "field_names",
+    "from_row_blocks",
     "from_upstream",
     "geodesic_vectors",
     "get_preset",
@@ -101,6 +105,7 @@ __all__ = [
     "renormalize_vectors",
     "resolve_coefficients",
     "resolve_spec",
+    "row_blocks",
     "scalar_map",
     "scale_dims",
     "schedule",

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from muonlab.contract import RowSplit
 from muonlab.fast import Muon, ParamPlan, partition_params
 
 
@@ -340,3 +341,66 @@ def test_heads_patterns_override_and_are_checked() -> None:
         partition_params(model, heads={"nope*": 2})
     with pytest.raises(ValueError, match=r"5 heads cannot split q_proj\.weight, a 32x32 matrix"):
         partition_params(model, heads={"q_proj.*": 5})
+
+
+class _Named(nn.Module):
+    """One fused QKV ``nn.Linear`` named ``module`` under ``model.config``."""
+
+    def __init__(self, module: str, rows: int, cols: int, **config: object) -> None:
+        super().__init__()
+        self.config = _Config(**config)  # type: ignore[arg-type]
+        self.attn = nn.Module()
+        setattr(self.attn, module, nn.Linear(cols, rows, bias=False))
+
+
+@pytest.mark.parametrize(
+    ("model", "want", "text"),
+    [
+        (FusedAttention(32, 4), RowSplit((32, 32, 32)), "96x32 as 32x32 + 32x32 + 32x32"),
+        (
+            _Named("qkv_proj", 64, 32, num_attention_heads=4, num_key_value_heads=2),  # Phi-3: [Q; K; V], d = 8
+            RowSplit((32, 16, 16)),
+            "64x32 as 32x32 + 16x32 + 16x32",
+        ),
+        (
+            _Named("query_key_value", 96, 32, num_attention_heads=4, model_type="gpt_neox"),  # per head q, k, v
+            RowSplit((8, 8, 8), groups=4),
+            "96x32 as 32x32 + 32x32 + 32x32 (4 groups)",
+        ),
+        (
+            _Named("linear_qkv", 96, 32, num_attention_heads=8, num_query_groups=2, kv_channels=8),  # Megatron GQA
+            RowSplit((32, 8, 8), groups=2),
+            "96x32 as 64x32 + 16x32 + 16x32 (2 groups)",
+        ),
+    ],
+    ids=["gpt2_c_attn", "phi3_qkv_proj", "neox_query_key_value", "megatron_linear_qkv"],
+)
+def test_split_qkv_reads_the_layout_from_the_config(model: nn.Module, want: RowSplit, text: str) -> None:
+    plan = partition_params(model, split_qkv=True)
+    ((name, p),) = [(n, p) for n, p in plan.muon if "c_proj" not in n]
+    assert plan.split == {name: want}
+    assert text in plan.matrix_text(name, p.shape)
+    assert "split Q/K/V (split_qkv, model.config)" in plan.reasons[name]
+    groups = plan.param_groups()
+    opt = Muon(groups, "keller", lr=0.02, compute_dtype="float32")
+    for _, q in plan.muon:
+        q.grad = torch.randn_like(q)
+    before = p.detach().clone()
+    opt.step()
+    assert not torch.equal(before, p)
+    assert partition_params(model).split == {}  # off unless asked
+
+
+def test_split_patterns_override_and_are_checked() -> None:
+    model = _Named("qkv_proj", 64, 32, num_attention_heads=4, num_key_value_heads=2)
+    plan = partition_params(model, split={"attn.qkv_proj.*": [40, 24]})
+    assert plan.split == {"attn.qkv_proj.weight": RowSplit((40, 24))}
+    assert partition_params(model, split_qkv=True, split={"*qkv*": None}).split == {}
+    with pytest.raises(ValueError, match=r"split: pattern 'nope\*' matches no parameter"):
+        partition_params(model, split={"nope*": [32, 32]})
+    with pytest.raises(ValueError, match=r"cover 60 rows, the matrix \(64, 32\) has 64"):
+        partition_params(model, split={"*qkv*": [30, 30]})
+    with pytest.raises(ValueError, match="split into heads already"):
+        partition_params(model, per_head=True, split_qkv=True)
+    odd = _Named("qkv_proj", 63, 32, num_attention_heads=4, num_key_value_heads=2)  # counts that do not fit
+    assert partition_params(odd, split_qkv=True).split == {}

@@ -25,6 +25,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from muonlab.contract import RowSplit
 from muonlab.fast import Muon, partition_params
 
 pytestmark = pytest.mark.hf
@@ -135,6 +136,23 @@ def test_per_head_plans_read_the_configs() -> None:
     before = model.transformer.h[0].attn.c_attn.weight.detach().clone()
     opt.step()
     assert not torch.equal(before, model.transformer.h[0].attn.c_attn.weight)
+
+
+def test_split_qkv_plan_on_gpt2() -> None:
+    """``split_qkv=True`` on the real GPT-2: ``c_attn`` (stored ``[in, out]``) as Q, K and V, three 64x64 matrices
+    of its ``[out, in]`` view (Megatron's ``muon_split_qkv``); a step runs and moves every block."""
+    model = gpt2(n_layer=1)
+    plan = partition_params(model, split_qkv=True)
+    name = "transformer.h.0.attn.c_attn.weight"
+    assert plan.split == {name: RowSplit((64, 64, 64))}
+    assert plan.matrix_text(name, (64, 192)).startswith("192x64 as 64x64 + 64x64 + 64x64")
+    opt = Muon(plan.param_groups(), "keller", lr=0.02, compute_dtype="float32")
+    x = Counting(4).x
+    model(input_ids=x, labels=x).loss.backward()
+    before = model.transformer.h[0].attn.c_attn.weight.detach().clone()
+    opt.step()
+    after = model.transformer.h[0].attn.c_attn.weight.detach()
+    assert all(not torch.equal(before[:, i : i + 64], after[:, i : i + 64]) for i in (0, 64, 128))
 
 
 def _c_attn_step(matrix_dims: dict[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:

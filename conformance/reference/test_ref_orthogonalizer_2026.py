@@ -237,7 +237,6 @@ def test_from_upstream_refuses_unknown_keywords_and_what_it_cannot_express() -> 
     with pytest.raises(ValueError, match="unknown upstream"):
         from_upstream("adamuon")
     for source, kw in [
-        ("megatron", {}),  # QKV split on by default
         ("emerging_optimizers", {"coefficient_type": "custom"}),
         ("optax", {"weight_decay_mask": lambda p: p}),
         ("dion", {"newton_schulz_func": print}),
