@@ -3,7 +3,8 @@
 ::
 
     muonlab train CONFIG [-o key=value ...] [--out RUN_DIR] [--data-dir DIR] [--resume | --force] [--max-minutes M]
-    muonlab sweep CONFIG [-o key=value ...] [--out SWEEP_DIR] [--data-dir DIR] [--force]
+    muonlab sweep CONFIG [-o key=value ...] [--out SWEEP_DIR] [--data-dir DIR] [--force] [--jobs N]
+                 [--devices I,J] [--max-minutes M]
     muonlab report SWEEP_DIR
     muonlab corpus build [--out FILE] [--work-dir DIR] [--packages-dir DIR] [--verify-only]
 
@@ -63,15 +64,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import run_sweep
+    from .sweep import SweepStopped, run_sweep
+    from .workers import parse_devices
 
     path = resolve_config_path(args.config)
     sweep = load_sweep_config(path, parse_cli_overrides(args.override))
     out = Path(args.out) if args.out else Path("sweeps") / sweep.sweep.name
     command = "muonlab " + " ".join(shlex.quote(a) for a in args.argv)
-    csv_path = run_sweep(
-        sweep, out, data_dir=_data_dir(args.data_dir), progress=not args.no_progress, force=args.force, command=command
-    )
+    try:
+        csv_path = run_sweep(
+            sweep,
+            out,
+            data_dir=_data_dir(args.data_dir),
+            progress=not args.no_progress,
+            force=args.force,
+            command=command,
+            jobs=args.jobs,
+            devices=parse_devices(args.devices) if args.devices is not None else None,
+            max_minutes=args.max_minutes,
+        )
+    except SweepStopped as exc:
+        print(f"muonlab: {exc}", file=sys.stderr)
+        return 0 if exc.reason.startswith("time budget") else 130
     print(f"{csv_path}\n{out / 'RESULTS.md'}")
     return 0
 
@@ -137,6 +151,16 @@ def _positive_minutes(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="muonlab", description="Train and sweep Muon-family optimizers.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
@@ -182,6 +206,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="delete the contents of a sweep dir that holds another sweep or other files, and start over "
         "(default: refused)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        metavar="N",
+        help="runs trained at once, each in its own worker process; the CPU cores are split between them, "
+        "on CUDA each is pinned to a device (default: the config's sweep.jobs, 1 = in this process)",
+    )
+    p.add_argument(
+        "--devices",
+        metavar="I,J,...",
+        help="CUDA devices the workers are pinned to, as indices into the visible ones (default: all visible)",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=_positive_minutes,
+        metavar="M",
+        help="wall-clock budget for the whole sweep: the runs under way stop checkpointed at M minutes and "
+        "the same command resumes them (default: no budget)",
     )
     p.set_defaults(func=cmd_sweep)
 

@@ -364,6 +364,9 @@ class SweepSection(_Strict):
     loss times ``target_factor`` is the frozen target (when ``target_loss`` is not given)."""
     target_factor: float = Field(default=1.0, gt=0)
     winner_metric: str = "val_loss"
+    jobs: int = Field(default=1, gt=0, exclude=True)
+    """Runs trained at once, each in its own process (``--jobs`` overrides). How a sweep runs, not what it
+    computes: excluded from the sweep's dump and sha256, so a sweep resumes under any number of jobs."""
 
     @field_validator("grid")
     @classmethod

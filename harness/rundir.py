@@ -210,12 +210,18 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def truncate_jsonl(path: Path, max_step: int) -> None:
-    """Keep only the records with ``step <= max_step`` (a resumed run rewrites what came after)."""
+def truncate_jsonl(path: Path, max_step: int, *, every: int | None = None) -> None:
+    """Keep only the records with ``step <= max_step`` (a resumed run rewrites what came after). With
+    ``every`` (the log cadence), a record at ``max_step`` off that cadence goes too: it was written only
+    because the run stopped there, and the resumed run must log what an uninterrupted one logs."""
     path = Path(path)
     if not path.is_file():
         return
-    keep = [r for r in read_jsonl(path) if int(r["step"]) <= max_step]
+    keep = [
+        r
+        for r in read_jsonl(path)
+        if int(r["step"]) < max_step or (int(r["step"]) == max_step and (every is None or max_step % every == 0))
+    ]
     atomic_write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in keep))
 
 

@@ -1,4 +1,4 @@
-"""Sweeps: a base run config x variants x grid x seeds, in phases, run sequentially (docs/harness.md "Sweeps").
+"""Sweeps: a base run config x variants x grid x seeds, in phases (docs/harness.md "Sweeps").
 
 * A *point* is one variant with one grid assignment; a *run* is a point with a seed, trained into
   ``SWEEP_DIR/runs/<point>_s<seed>``.
@@ -8,8 +8,10 @@
 * The target loss is frozen before any endpoint is computed: ``sweep.target_loss``, else the ``pilot``
   variant's final smoothed loss (first grid point, first seed) times ``target_factor``; it is stored in
   ``SWEEP_DIR/target.json`` and reused when the sweep is resumed.
+* A phase's runs go to an executor (harness/workers.py): one at a time in this process, up to ``jobs`` at
+  once in worker processes, or as Slurm jobs. Which runs, their order and their results do not depend on it.
 * A finished run (metrics.json status complete/aborted) is skipped; an interrupted one is resumed from its
-  last checkpoint, or restarted when it has none. results.csv is rewritten after every run.
+  last checkpoint, or restarted when it has none. results.csv is rewritten as runs finish.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import rundir as rd
 from .config import (
@@ -38,6 +40,9 @@ from .endpoints import mean_std, summarize
 from .progress import SweepProgress
 from .report import write_report
 from .results import CONFIG_KEYS, ENDPOINT_KEYS, FINISHED, write_results
+
+if TYPE_CHECKING:
+    from .workers import Executor
 
 
 @dataclass
@@ -93,26 +98,64 @@ def is_finished(run_dir: Path) -> bool:
     return s is not None and s.get("status") in FINISHED
 
 
-def run_one(
-    spec: RunSpec, run_dir: Path, *, data_dir: Path | None, progress: bool, tracker: SweepProgress
+def train_run(
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    data_dir: Path | None,
+    progress: bool,
+    max_minutes: float | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) one run unless an earlier invocation finished it; returns its metrics.json summary."""
+    """Train one run of a sweep, resuming it from its last checkpoint when it has one (restarting it when it
+    has files but no checkpoint); returns its metrics.json summary. The one place both the sweep's own
+    process and its workers (harness/workers.py) start a run."""
     from .train import train
 
-    if is_finished(run_dir):
-        summary = rd.read_summary(run_dir)
-        assert summary is not None
-        tracker.skip(spec.name, f"finished by an earlier invocation ({summary.get('status')}), skipped")
-        return summary
     resume = rd.latest_checkpoint(run_dir) is not None
     force = rd.is_nonempty(run_dir) and not resume
-    tracker.start(spec.name, "resuming from its last checkpoint" if resume else "training")
-    summary = train(spec.config, run_dir, data_dir=data_dir, resume=resume, force=force, progress=progress)
-    tracker.finish(
-        spec.name,
-        f"{summary['status']}, val_loss {_loss(summary.get('val_loss'))}, "
-        f"smoothed train loss {_loss(summary.get('final_smoothed_loss'))}",
+    return train(
+        config, run_dir, data_dir=data_dir, resume=resume, force=force, progress=progress, max_minutes=max_minutes
     )
+
+
+def start_action(run_dir: Path) -> str:
+    return "resuming from its last checkpoint" if rd.latest_checkpoint(run_dir) is not None else "training"
+
+
+def finish_detail(summary: dict[str, Any]) -> str:
+    return (
+        f"{summary['status']}, val_loss {_loss(summary.get('val_loss'))}, "
+        f"smoothed train loss {_loss(summary.get('final_smoothed_loss'))}"
+    )
+
+
+def skip_finished(spec: RunSpec, run_dir: Path, tracker: SweepProgress) -> dict[str, Any] | None:
+    """The summary of a run an earlier invocation finished (logged as skipped), else None."""
+    if not is_finished(run_dir):
+        return None
+    summary = rd.read_summary(run_dir)
+    assert summary is not None
+    tracker.skip(spec.name, f"finished by an earlier invocation ({summary.get('status')}), skipped")
+    return summary
+
+
+def run_one(
+    spec: RunSpec,
+    run_dir: Path,
+    *,
+    data_dir: Path | None,
+    progress: bool,
+    tracker: SweepProgress,
+    max_minutes: float | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) one run in this process unless an earlier invocation finished it; returns its
+    metrics.json summary."""
+    summary = skip_finished(spec, run_dir, tracker)
+    if summary is not None:
+        return summary
+    tracker.start(spec.name, start_action(run_dir))
+    summary = train_run(spec.config, run_dir, data_dir=data_dir, progress=progress, max_minutes=max_minutes)
+    tracker.finish(spec.name, finish_detail(summary))
     return summary
 
 
@@ -134,6 +177,16 @@ def _rank_points(rows: list[dict[str, Any]], points: list[Point], metric: str) -
     return [p for _, _, p in scored]
 
 
+class SweepStopped(RuntimeError):
+    """The sweep stopped before its last run (an interrupt or its time budget); running it again resumes."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"sweep stopped: {reason}; the runs so far are checkpointed, run the same command again to resume"
+        )
+        self.reason = reason
+
+
 def run_sweep(sweep: SweepConfig, sweep_dir: str | Path, **kwargs: Any) -> Path:
     """`_run_sweep_locked` while holding the sweep dir's lock (harness/lock.py): a second process on the same
     sweep dir is refused at once (`lock.LockError` naming the holder) before anything is written."""
@@ -152,19 +205,30 @@ def _run_sweep_locked(
     force: bool = False,
     command: str | None = None,
     log: Callable[[str], Any] = print,
+    jobs: int | None = None,
+    devices: list[int] | None = None,
+    max_minutes: float | None = None,
 ) -> Path:
-    """Run (or resume) the sweep into ``sweep_dir``; writes results.csv and RESULTS.md; returns results.csv."""
+    """Run (or resume) the sweep into ``sweep_dir`` with ``jobs`` runs at once (default ``sweep.jobs``);
+    writes results.csv and RESULTS.md; returns results.csv. `SweepStopped` when interrupted (Ctrl-C, SIGTERM)
+    or out of ``max_minutes``, with every run checkpointed."""
+    from .interrupt import stop_on_signals
+    from .workers import make_executor
+
     sweep_dir = Path(sweep_dir)
     data = Path(data_dir) if data_dir is not None else None
+    n_jobs = jobs if jobs is not None else sweep.sweep.jobs
+    executor = make_executor(
+        n_jobs, devices=devices, sweep_dir=sweep_dir, data_dir=data, progress=progress, max_minutes=max_minutes
+    )
     _write_meta(sweep, sweep_dir, force=force, command=command)
     points = expand_points(sweep)
     phases = sweep.sweep.phases
-    tracker = SweepProgress(len(planned_runs(points, phases)), log=log, bar=progress)
-    done: dict[str, dict[str, Any]] = {}
+    tracker = SweepProgress(len(planned_runs(points, phases)), log=log, bar=progress, workers=executor.jobs)
     try:
-        target = _freeze_target(sweep, sweep_dir, points, data, progress, tracker, done)
-        tracker.log(f"target loss: {target}")
-        csv_path = _run_phases(sweep, sweep_dir, points, target, data, progress, tracker, done)
+        with stop_on_signals():
+            executor.describe(tracker)
+            csv_path = _run_phases(sweep, sweep_dir, points, executor, tracker)
     finally:
         tracker.close()
     write_report(sweep_dir)
@@ -210,35 +274,32 @@ def _write_meta(sweep: SweepConfig, sweep_dir: Path, *, force: bool, command: st
     )
 
 
-def _freeze_target(
-    sweep: SweepConfig,
-    sweep_dir: Path,
-    points: list[Point],
-    data_dir: Path | None,
-    progress: bool,
-    tracker: SweepProgress,
-    done: dict[str, dict[str, Any]],
-) -> float | None:
-    """``sweep.target_loss``, else the stored target.json, else the pilot run's final smoothed loss x factor."""
+def _known_target(sweep: SweepConfig, sweep_dir: Path) -> tuple[bool, float | None]:
+    """(known, target): ``sweep.target_loss``, else the stored target.json, else no pilot (None); unknown
+    while a pilot run has yet to set it."""
     target_path = sweep_dir / "target.json"
     if sweep.sweep.target_loss is not None:
         rd.atomic_write_json(target_path, {"target_loss": sweep.sweep.target_loss, "source": "sweep.target_loss"})
-        return sweep.sweep.target_loss
+        return True, sweep.sweep.target_loss
     if target_path.is_file():
-        return float(json.loads(target_path.read_text())["target_loss"])
-    if sweep.sweep.pilot is None:
-        return None
+        return True, float(json.loads(target_path.read_text())["target_loss"])
+    return sweep.sweep.pilot is None, None
+
+
+def pilot_spec(sweep: SweepConfig, points: list[Point]) -> RunSpec:
+    """The pilot variant's first grid point with the first seed of the first phase."""
     pilot_point = next(p for p in points if p.variant == sweep.sweep.pilot)
-    spec = make_run(sweep, pilot_point, sweep.sweep.phases[0].seeds[0])
-    tracker.log(f"pilot run {spec.name} sets the target loss")
-    summary = run_one(spec, sweep_dir / "runs" / spec.name, data_dir=data_dir, progress=progress, tracker=tracker)
-    done[spec.name] = summary
+    return make_run(sweep, pilot_point, sweep.sweep.phases[0].seeds[0])
+
+
+def _target_from_pilot(sweep: SweepConfig, sweep_dir: Path, spec: RunSpec, summary: dict[str, Any]) -> float:
+    """Freeze the pilot's final smoothed loss x ``target_factor`` into target.json."""
     final = summary.get("final_smoothed_loss")
     if summary.get("unstable") or final is None:
         raise RuntimeError(f"pilot run {spec.name} is unstable ({summary.get('abort_reason')}); no target")
     target = float(final) * sweep.sweep.target_factor
     rd.atomic_write_json(
-        target_path,
+        sweep_dir / "target.json",
         {
             "target_loss": target,
             "source": f"pilot {spec.name}",
@@ -250,20 +311,41 @@ def _freeze_target(
 
 
 def _run_phases(
-    sweep: SweepConfig,
-    sweep_dir: Path,
-    points: list[Point],
-    target: float | None,
-    data_dir: Path | None,
-    progress: bool,
-    tracker: SweepProgress,
-    done: dict[str, dict[str, Any]],
+    sweep: SweepConfig, sweep_dir: Path, points: list[Point], executor: Executor, tracker: SweepProgress
 ) -> Path:
-    """Every phase's runs in order (a run met before in this invocation is not run or logged again)."""
+    """Every phase's runs in order, each phase's runs handed to ``executor`` at once (the pilot first); a run
+    shared by two phases is trained once. The target is frozen before any endpoint is computed, so rows are
+    made only once it is known; results.csv is rewritten as runs finish (rows in the phases' run order)."""
     phases = sweep.sweep.phases
     keys = config_keys(points)
     rows: dict[str, dict[str, Any]] = {}
     csv_path = sweep_dir / "results.csv"
+    known, target = _known_target(sweep, sweep_dir)
+    pilot = None if known else pilot_spec(sweep, points)
+    if pilot is not None:
+        tracker.log(f"pilot run {pilot.name} sets the target loss")
+    else:
+        tracker.log(f"target loss: {target}")
+    done: dict[str, dict[str, Any]] = {}
+    phase_specs: list[RunSpec] = []  # the phase under way: its runs in run order, and its name
+    phase_name: list[str] = []
+
+    def add_rows(specs: list[RunSpec]) -> None:
+        for spec in specs:
+            if spec.name in done and spec.name not in rows:
+                rows[spec.name] = _row(spec, phase_name[0], keys, done[spec.name], sweep_dir, target)
+        write_results(csv_path, list(rows.values()))
+
+    def on_done(spec: RunSpec, summary: dict[str, Any]) -> None:
+        nonlocal target, pilot
+        done[spec.name] = summary
+        if pilot is not None and spec.name == pilot.name:
+            target, pilot = _target_from_pilot(sweep, sweep_dir, spec, summary), None
+            tracker.log(f"target loss: {target}")
+        if pilot is None:  # rows in run order: a run's row waits for every run before it in its phase
+            ready = list(itertools.takewhile(lambda s: s.name in done, phase_specs))
+            add_rows(ready)
+
     current = points
     chosen: dict[int, list[Point]] = {}
     for i, phase in enumerate(phases):
@@ -272,6 +354,7 @@ def _run_phases(
             current = chosen[i] = _rank_points(prev, current, phase.metric)[: phase.top_k]
             tracker.set_total(len(planned_runs(points, phases, chosen)))
             tracker.log(f"phase {phase.name}: top {phase.top_k} by {phase.metric}: {[p.name for p in current]}")
+        specs: list[RunSpec] = []
         for point in current:
             for seed in phase.seeds:
                 spec = make_run(sweep, point, seed)
@@ -279,19 +362,29 @@ def _run_phases(
                     row = rows[spec.name]
                     if phase.name not in row["phases"].split("+"):
                         row["phases"] += "+" + phase.name
-                    continue
-                run_dir = sweep_dir / "runs" / spec.name
-                if spec.name not in done:
-                    done[spec.name] = run_one(spec, run_dir, data_dir=data_dir, progress=progress, tracker=tracker)
-                summary = done[spec.name]
-                total_tokens = summary["total_steps"] * rd.read_config(run_dir)["tokens_per_step"]
-                ends = summarize(
-                    run_dir, target=target, auc_fraction=spec.config.endpoints.auc_fraction, total_tokens=total_tokens
-                )
-                rows[spec.name] = result_row(spec, phase.name, keys, summary, ends, target)
-                write_results(csv_path, list(rows.values()))
+                elif all(s.name != spec.name for s in specs):
+                    specs.append(spec)
+        queue = [s for s in specs if s.name not in done]
+        if pilot is not None:
+            first = pilot.name
+            queue.sort(key=lambda s: s.name != first)  # stable: the pilot first, the rest in order
+        phase_specs[:] = specs
+        phase_name[:] = [phase.name]
+        executor.run(queue, tracker, on_done)
+        if executor.stopped is not None:
+            raise SweepStopped(executor.stopped)
+        add_rows(phase_specs)
     write_results(csv_path, list(rows.values()))
     return csv_path
+
+
+def _row(
+    spec: RunSpec, phase: str, keys: list[str], summary: dict[str, Any], sweep_dir: Path, target: float | None
+) -> dict[str, Any]:
+    run_dir = sweep_dir / "runs" / spec.name
+    total_tokens = summary["total_steps"] * rd.read_config(run_dir)["tokens_per_step"]
+    ends = summarize(run_dir, target=target, auc_fraction=spec.config.endpoints.auc_fraction, total_tokens=total_tokens)
+    return result_row(spec, phase, keys, summary, ends, target)
 
 
 def result_row(

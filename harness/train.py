@@ -39,6 +39,7 @@ from . import torchrun as dd
 from .abort import AbortMonitor
 from .config import RunConfig, config_diff, format_config_diff
 from .endpoints import summarize
+from .interrupt import stop_requested
 from .lock import DirLock, describe_holder
 from .logit_clip import max_logit_hooks
 from .manifold import ManifoldTracker
@@ -396,7 +397,7 @@ def restore(run: Run) -> LoopState:
         _note(f"resuming from {path} (step {state.step})")
     dd.barrier(run.env)
     if run.env.is_main:
-        rd.truncate_jsonl(run.run_dir / rd.METRICS, state.step)
+        rd.truncate_jsonl(run.run_dir / rd.METRICS, state.step, every=run.cfg.train.log_every)
         rd.truncate_jsonl(run.run_dir / rd.STATS, state.step)
         (run.run_dir / rd.SUMMARY).unlink(missing_ok=True)  # rewritten at the next checkpoint
     return state
@@ -580,8 +581,9 @@ def _log(run: Run, state: LoopState, result: StepResult, lr: float, metrics_w: r
 def run_loop(
     run: Run, state: LoopState, *, progress: bool, stop_after: int | None = None, deadline: float | None = None
 ) -> str:
-    """Train from ``state`` until the budget, an abort, ``stop_after`` steps or the wall-clock ``deadline``
-    (``time.monotonic()``); returns the status: complete, aborted or stopped. The last step taken always
+    """Train from ``state`` until the budget, an abort, ``stop_after`` steps, the wall-clock ``deadline``
+    (``time.monotonic()``) or a stop request (`interrupt.stop_requested`); returns the status: complete,
+    aborted or stopped. The last step taken always
     gets a metrics line and a checkpoint."""
     cfg, env = run.cfg, run.env
     metrics_w = rd.JsonlWriter(run.run_dir / rd.METRICS) if env.is_main else None
@@ -601,7 +603,9 @@ def run_loop(
             lr = float(run.optimizer.param_groups[0]["lr"])
             result = _advance(run, state, x, y)
             reason = _observe(run, state, result, stats_w)
-            out_of_time = deadline is not None and dd.any_rank(time.monotonic() >= deadline, env, run.device)
+            # a wall-clock budget or a stop request (interrupt.py) ends the run like a budget: checkpointed
+            halt = (deadline is not None and time.monotonic() >= deadline) or stop_requested() is not None
+            out_of_time = dd.any_rank(halt, env, run.device)
             if env.enabled:  # identical inputs give identical decisions; this keeps the ranks in lockstep anyway
                 stop = dd.any_rank(reason is not None, env, run.device)
             final = state.step in (run.total_steps, stop_after) or out_of_time
@@ -629,7 +633,8 @@ def run_loop(
     if state.step >= run.total_steps:
         return "complete"
     if out_of_time and env.is_main:
-        _note(f"{run.run_dir}: time budget spent at step {state.step}/{run.total_steps}; continue with --resume")
+        why = stop_requested() or "time budget spent"
+        _note(f"{run.run_dir}: {why} at step {state.step}/{run.total_steps}; continue with --resume")
     return "stopped"
 
 

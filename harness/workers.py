@@ -1,0 +1,326 @@
+"""Where a sweep's runs train (docs/harness.md "Parallel sweeps"): `InProcess` (``--jobs 1``, one run at a
+time in the sweep's own process) or `LocalWorkers` (``--jobs N``, up to N worker processes at once).
+
+Both take a phase's runs in order, skip those an earlier invocation finished, start the rest and call
+``on_done(spec, summary)`` for each run that ends complete or aborted. A run that ends ``stopped`` (Ctrl-C,
+SIGTERM or the sweep's ``--max-minutes``) sets ``stopped`` and no further run starts; the sweep then stops
+(`sweep.SweepStopped`) and running it again resumes every run from its last checkpoint.
+
+Workers are ``python -m muonlab.harness.worker`` processes, one run each, in their own session (so a
+terminal's Ctrl-C reaches only the sweep, which passes it on once), their output in
+``SWEEP_DIR/logs/<run>.log``. On the CPU the cores are split between the workers (``torch threads = cores //
+jobs``, recorded as ``torch_threads`` in the run's config.json; a config's ``train.threads`` wins); on CUDA
+each worker slot is pinned to one device through ``CUDA_VISIBLE_DEVICES``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from . import rundir as rd
+from .interrupt import request_stop, stop_requested
+from .progress import SweepProgress
+from .results import FINISHED
+from .sweep import RunSpec, finish_detail, run_one, skip_finished, start_action
+
+OnDone = Callable[[RunSpec, dict[str, Any]], None]
+
+STOP_GRACE_S = 120.0
+"""How long a stopping sweep waits for its workers' last step and checkpoint before killing them."""
+
+
+class Executor(Protocol):
+    jobs: int
+    stopped: str | None
+    """Why the sweep must stop (interrupt, time budget), else None."""
+
+    def describe(self, tracker: SweepProgress) -> None: ...
+
+    def run(self, specs: list[RunSpec], tracker: SweepProgress, on_done: OnDone) -> None: ...
+
+
+class Budget:
+    """The sweep's wall-clock budget (``--max-minutes``): what is left of it for the next run."""
+
+    def __init__(self, max_minutes: float | None) -> None:
+        if max_minutes is not None and not (0 < max_minutes < float("inf")):
+            raise ValueError(f"max_minutes: must be a positive number of minutes, got {max_minutes!r}")
+        self.deadline = time.monotonic() + 60.0 * max_minutes if max_minutes is not None else None
+
+    def left_minutes(self) -> float | None:
+        return None if self.deadline is None else (self.deadline - time.monotonic()) / 60.0
+
+    def spent(self) -> bool:
+        left = self.left_minutes()
+        return left is not None and left <= 0
+
+
+def _stop_reason(budget: Budget) -> str:
+    return stop_requested() or "time budget (--max-minutes) spent"
+
+
+class InProcess:
+    """One run at a time in this process (with its own step progress bar)."""
+
+    def __init__(self, *, sweep_dir: Path, data_dir: Path | None, progress: bool, budget: Budget) -> None:
+        self.jobs = 1
+        self.stopped: str | None = None
+        self.sweep_dir = sweep_dir
+        self.data_dir = data_dir
+        self.progress = progress
+        self.budget = budget
+
+    def describe(self, tracker: SweepProgress) -> None:
+        pass
+
+    def run(self, specs: list[RunSpec], tracker: SweepProgress, on_done: OnDone) -> None:
+        for spec in specs:
+            if stop_requested() or self.budget.spent():
+                self.stopped = _stop_reason(self.budget)
+                return
+            summary = run_one(
+                spec,
+                self.sweep_dir / "runs" / spec.name,
+                data_dir=self.data_dir,
+                progress=self.progress,
+                tracker=tracker,
+                max_minutes=self.budget.left_minutes(),
+            )
+            if summary["status"] not in FINISHED:
+                self.stopped = _stop_reason(self.budget)
+                return
+            on_done(spec, summary)
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def visible_devices() -> list[str]:
+    """The CUDA devices this process sees, as CUDA_VISIBLE_DEVICES entries ([] without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    listed = [d.strip() for d in env.split(",") if d.strip()] if env else []
+    return listed[: torch.cuda.device_count()] or [str(i) for i in range(torch.cuda.device_count())]
+
+
+def parse_devices(text: str) -> list[int]:
+    """``"0,1"`` -> ``[0, 1]`` (indices into the visible devices); `ValueError` naming --devices."""
+    try:
+        out = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--devices: expected comma-separated device indices like 0,1, got {text!r}") from None
+    if not out or any(d < 0 for d in out) or len(set(out)) != len(out):
+        raise ValueError(f"--devices: expected distinct non-negative device indices like 0,1, got {text!r}")
+    return out
+
+
+class _Slot:
+    def __init__(self, index: int, spec: RunSpec, proc: subprocess.Popen[bytes], log: IO[bytes]) -> None:
+        self.index = index
+        self.spec = spec
+        self.proc = proc
+        self.log = log
+
+
+class LocalWorkers:
+    """Up to ``jobs`` runs at once, each in a ``python -m muonlab.harness.worker`` process."""
+
+    def __init__(
+        self,
+        jobs: int,
+        *,
+        devices: list[int] | None,
+        sweep_dir: Path,
+        data_dir: Path | None,
+        budget: Budget,
+        poll_s: float = 0.25,
+    ) -> None:
+        self.jobs = jobs
+        self.stopped: str | None = None
+        self.sweep_dir = sweep_dir
+        self.data_dir = data_dir
+        self.budget = budget
+        self.poll_s = poll_s
+        visible = visible_devices()
+        if devices is not None and not visible:
+            raise ValueError("--devices: no CUDA device is visible here (the workers split the CPU cores)")
+        if devices is not None and max(devices) >= len(visible):
+            raise ValueError(f"--devices: {max(devices)} is out of range, {len(visible)} CUDA devices are visible")
+        self.devices = [visible[d] for d in devices] if devices is not None else visible
+        self.threads = max(1, cpu_cores() // jobs)
+
+    def describe(self, tracker: SweepProgress) -> None:
+        where = (
+            f"CUDA devices {','.join(self.devices)} (CUDA_VISIBLE_DEVICES per worker)"
+            if self.devices
+            else f"{self.threads} torch thread(s) each on {cpu_cores()} cores"
+        )
+        tracker.log(f"{self.jobs} workers, {where}; logs in {self.sweep_dir / 'logs'}")
+
+    def _env(self, slot: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
+        if self.devices:
+            env["CUDA_VISIBLE_DEVICES"] = self.devices[slot % len(self.devices)]
+        return env
+
+    def _launch(self, slot: int, spec: RunSpec) -> _Slot:
+        logs = self.sweep_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        log = (logs / f"{spec.name}.log").open("ab")
+        job = {
+            "config": spec.config.model_dump(mode="json"),
+            "run_dir": os.fspath(self.sweep_dir / "runs" / spec.name),
+            "data_dir": os.fspath(self.data_dir) if self.data_dir is not None else None,
+            "threads": self.threads,
+            "max_minutes": self.budget.left_minutes(),
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "muonlab.harness.worker"],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self._env(slot),
+            start_new_session=True,  # a terminal's Ctrl-C reaches the sweep only; it forwards one SIGINT
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(job).encode())
+        proc.stdin.close()
+        return _Slot(slot, spec, proc, log)
+
+    def run(self, specs: list[RunSpec], tracker: SweepProgress, on_done: OnDone) -> None:
+        queue = collections.deque(specs)
+        busy: dict[int, _Slot] = {}
+        forwarded = False
+        try:
+            while busy or (queue and self.stopped is None):
+                while queue and len(busy) < self.jobs and self.stopped is None:
+                    if stop_requested() or self.budget.spent():
+                        self.stopped = _stop_reason(self.budget)
+                        break
+                    spec = queue.popleft()
+                    run_dir = self.sweep_dir / "runs" / spec.name
+                    summary = skip_finished(spec, run_dir, tracker)
+                    if summary is not None:
+                        on_done(spec, summary)
+                        continue
+                    slot = min(set(range(self.jobs)) - set(busy))
+                    action = start_action(run_dir)
+                    busy[slot] = self._launch(slot, spec)
+                    tracker.start(spec.name, f"{action} (worker {slot})")
+                if stop_requested() and not forwarded:
+                    self.stopped = stop_requested()
+                    self._signal(busy.values(), signal.SIGINT)
+                    forwarded = True
+                for slot in [s for s, w in busy.items() if w.proc.poll() is not None]:
+                    self._collect(busy.pop(slot), tracker, on_done)
+                tracker.show_workers({s: self._where(w) for s, w in busy.items()})
+                if busy:
+                    time.sleep(self.poll_s)
+        except BaseException:
+            request_stop("the sweep failed or was interrupted")
+            self._halt(list(busy.values()))
+            raise
+
+    def _collect(self, w: _Slot, tracker: SweepProgress, on_done: OnDone) -> None:
+        w.log.close()
+        run_dir = self.sweep_dir / "runs" / w.spec.name
+        rc = w.proc.returncode
+        summary = rd.read_summary(run_dir) if rc == 0 else None
+        if summary is not None and summary.get("status") in FINISHED:
+            tracker.finish(w.spec.name, finish_detail(summary))
+            on_done(w.spec, summary)
+            return
+        if summary is not None and summary.get("status") == "stopped":
+            tracker.log(f"{w.spec.name}: stopped at step {summary.get('steps')} (checkpointed)")
+            self.stopped = self.stopped or _stop_reason(self.budget)
+            return
+        if self.stopped is not None or stop_requested():
+            tracker.log(f"{w.spec.name}: stopped before its first checkpoint (exit {rc})")
+            return
+        raise RuntimeError(f"run {w.spec.name} failed (worker exit {rc}); its log {w.log.name}:\n{_tail(w.log.name)}")
+
+    def _where(self, w: _Slot) -> str:
+        step = _last_step(self.sweep_dir / "runs" / w.spec.name / rd.METRICS)
+        steps = w.spec.config.train.steps
+        return f"{w.spec.name} {step if step is not None else '-'}/{steps if steps is not None else '?'}"
+
+    @staticmethod
+    def _signal(workers: Any, sig: signal.Signals) -> None:
+        for w in workers:
+            if w.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):  # it has just exited
+                    os.kill(w.proc.pid, sig)
+
+    def _halt(self, workers: list[_Slot]) -> None:
+        """SIGINT every live worker (each checkpoints after its current step), wait, then kill stragglers."""
+        self._signal(workers, signal.SIGINT)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for w in workers:
+            try:
+                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+            w.log.close()
+
+
+def _last_step(path: Path) -> int | None:
+    """The ``step`` of a metrics.jsonl's last complete line (its tail only), or None."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = f.read().split(b"\n")
+    except OSError:
+        return None
+    for line in reversed(lines[:-1]):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def _tail(path: str, n: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def make_executor(
+    jobs: int,
+    *,
+    devices: list[int] | None,
+    sweep_dir: Path,
+    data_dir: Path | None,
+    progress: bool,
+    max_minutes: float | None,
+) -> Executor:
+    """`InProcess` for ``jobs == 1`` (and no ``devices``), else `LocalWorkers`; `ValueError` naming the bad
+    parameter."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs: must be a positive number of runs at once, got {jobs!r}")
+    budget = Budget(max_minutes)
+    if jobs == 1 and devices is None:
+        return InProcess(sweep_dir=sweep_dir, data_dir=data_dir, progress=progress, budget=budget)
+    return LocalWorkers(jobs, devices=devices, sweep_dir=sweep_dir, data_dir=data_dir, budget=budget)
