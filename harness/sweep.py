@@ -105,6 +105,8 @@ def train_run(
     data_dir: Path | None,
     progress: bool,
     max_minutes: float | None = None,
+    track: list[str] | None = None,
+    track_group: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train one run of a sweep, resuming it from its last checkpoint when it has one (restarting it when it
     has files but no checkpoint); returns its metrics.json summary. The one place both the sweep's own
@@ -114,7 +116,15 @@ def train_run(
     resume = rd.latest_checkpoint(run_dir) is not None
     force = rd.is_nonempty(run_dir) and not resume
     return train(
-        config, run_dir, data_dir=data_dir, resume=resume, force=force, progress=progress, max_minutes=max_minutes
+        config,
+        run_dir,
+        data_dir=data_dir,
+        resume=resume,
+        force=force,
+        progress=progress,
+        max_minutes=max_minutes,
+        track=track,
+        track_group=track_group,
     )
 
 
@@ -147,6 +157,8 @@ def run_one(
     progress: bool,
     tracker: SweepProgress,
     max_minutes: float | None = None,
+    track: list[str] | None = None,
+    track_group: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) one run in this process unless an earlier invocation finished it; returns its
     metrics.json summary."""
@@ -154,7 +166,15 @@ def run_one(
     if summary is not None:
         return summary
     tracker.start(spec.name, start_action(run_dir))
-    summary = train_run(spec.config, run_dir, data_dir=data_dir, progress=progress, max_minutes=max_minutes)
+    summary = train_run(
+        spec.config,
+        run_dir,
+        data_dir=data_dir,
+        progress=progress,
+        max_minutes=max_minutes,
+        track=track,
+        track_group=track_group,
+    )
     tracker.finish(spec.name, finish_detail(summary))
     return summary
 
@@ -208,8 +228,10 @@ def _run_sweep_locked(
     jobs: int | None = None,
     devices: list[int] | None = None,
     max_minutes: float | None = None,
+    track: list[str] | None = None,
 ) -> Path:
     """Run (or resume) the sweep into ``sweep_dir`` with ``jobs`` runs at once (default ``sweep.jobs``);
+    ``track`` names the trackers of every run (default ``sweep.track``, else the base's ``train.track``);
     writes results.csv and RESULTS.md; returns results.csv. `SweepStopped` when interrupted (Ctrl-C, SIGTERM)
     or out of ``max_minutes``, with every run checkpointed."""
     from .interrupt import stop_on_signals
@@ -218,8 +240,16 @@ def _run_sweep_locked(
     sweep_dir = Path(sweep_dir)
     data = Path(data_dir) if data_dir is not None else None
     n_jobs = jobs if jobs is not None else sweep.sweep.jobs
+    trackers = track if track is not None else sweep.sweep.track
     executor = make_executor(
-        n_jobs, devices=devices, sweep_dir=sweep_dir, data_dir=data, progress=progress, max_minutes=max_minutes
+        n_jobs,
+        devices=devices,
+        sweep_dir=sweep_dir,
+        data_dir=data,
+        progress=progress,
+        max_minutes=max_minutes,
+        track=list(trackers if trackers is not None else sweep.base.train.track),
+        sweep_name=sweep.sweep.name,
     )
     _write_meta(sweep, sweep_dir, force=force, command=command)
     points = expand_points(sweep)
@@ -228,7 +258,10 @@ def _run_sweep_locked(
     try:
         with stop_on_signals():
             executor.describe(tracker)
-            csv_path = _run_phases(sweep, sweep_dir, points, executor, tracker)
+            try:
+                csv_path = _run_phases(sweep, sweep_dir, points, executor, tracker)
+            finally:
+                executor.close()
     finally:
         tracker.close()
     write_report(sweep_dir)

@@ -6,8 +6,8 @@ Both take a phase's runs in order, skip those an earlier invocation finished, st
 SIGTERM or the sweep's ``--max-minutes``) sets ``stopped`` and no further run starts; the sweep then stops
 (`sweep.SweepStopped`) and running it again resumes every run from its last checkpoint.
 
-Workers are ``python -m muonlab.harness.worker`` processes, one run each, in their own session (so a
-terminal's Ctrl-C reaches only the sweep, which passes it on once), their output in
+Workers are ``python -m muonlab.harness.worker`` processes, one per slot, kept from run to run, in their own
+session (so a terminal's Ctrl-C reaches only the sweep, which passes it on once); each run's output goes to
 ``SWEEP_DIR/logs/<run>.log``. On the CPU the cores are split between the workers (``torch threads = cores //
 jobs``, recorded as ``torch_threads`` in the run's config.json; a config's ``train.threads`` wins); on CUDA
 each worker slot is pinned to one device through ``CUDA_VISIBLE_DEVICES``.
@@ -24,8 +24,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from . import rundir as rd
 from .interrupt import request_stop, stop_requested
@@ -48,6 +49,8 @@ class Executor(Protocol):
 
     def run(self, specs: list[RunSpec], tracker: SweepProgress, on_done: OnDone) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class Budget:
     """The sweep's wall-clock budget (``--max-minutes``): what is left of it for the next run."""
@@ -69,18 +72,36 @@ def _stop_reason(budget: Budget) -> str:
     return stop_requested() or "time budget (--max-minutes) spent"
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """What every run of the sweep gets besides its config."""
+
+    sweep_dir: Path
+    data_dir: Path | None
+    budget: Budget
+    track: list[str]
+    sweep_name: str
+
+    def track_group(self, spec: RunSpec) -> tuple[str, str]:
+        return (self.sweep_name, spec.point.name)
+
+
 class InProcess:
     """One run at a time in this process (with its own step progress bar)."""
 
-    def __init__(self, *, sweep_dir: Path, data_dir: Path | None, progress: bool, budget: Budget) -> None:
+    def __init__(self, opts: RunOptions, *, progress: bool) -> None:
         self.jobs = 1
         self.stopped: str | None = None
-        self.sweep_dir = sweep_dir
-        self.data_dir = data_dir
+        self.opts = opts
+        self.sweep_dir = opts.sweep_dir
+        self.data_dir = opts.data_dir
         self.progress = progress
-        self.budget = budget
+        self.budget = opts.budget
 
     def describe(self, tracker: SweepProgress) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
     def run(self, specs: list[RunSpec], tracker: SweepProgress, on_done: OnDone) -> None:
@@ -95,6 +116,8 @@ class InProcess:
                 progress=self.progress,
                 tracker=tracker,
                 max_minutes=self.budget.left_minutes(),
+                track=self.opts.track,
+                track_group=self.opts.track_group(spec),
             )
             if summary["status"] not in FINISHED:
                 self.stopped = _stop_reason(self.budget)
@@ -132,33 +155,60 @@ def parse_devices(text: str) -> list[int]:
     return out
 
 
-class _Slot:
-    def __init__(self, index: int, spec: RunSpec, proc: subprocess.Popen[bytes], log: IO[bytes]) -> None:
-        self.index = index
-        self.spec = spec
+class _Worker:
+    """A worker process: jobs go in as JSON lines on its stdin, one result line per job comes back on its
+    stdout (the run's own output goes to the run's log; harness/worker.py)."""
+
+    def __init__(self, slot: int, proc: subprocess.Popen[bytes]) -> None:
+        self.slot = slot
         self.proc = proc
-        self.log = log
+        self.spec: RunSpec | None = None
+        self.log = ""
+        self._buf = b""
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+
+    def send(self, job: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(job) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def result(self) -> dict[str, Any] | None:
+        """The finished job's result line, None while it runs; a dead worker's exit as a failure."""
+        assert self.proc.stdout is not None
+        try:
+            chunk = self.proc.stdout.read()
+        except BlockingIOError:
+            chunk = None
+        self._buf += chunk or b""
+        if b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            out: dict[str, Any] = json.loads(line)
+            return out
+        if self.proc.poll() is not None:
+            return {"ok": False, "error": f"the worker process exited with status {self.proc.returncode}"}
+        return None
+
+    def close(self) -> None:
+        """No more jobs: end of input, the worker exits."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
 
 
 class LocalWorkers:
-    """Up to ``jobs`` runs at once, each in a ``python -m muonlab.harness.worker`` process."""
+    """Up to ``jobs`` runs at once in ``python -m muonlab.harness.worker`` processes, one per slot, each kept
+    for the slot's next run (no interpreter and torch start-up per run)."""
 
-    def __init__(
-        self,
-        jobs: int,
-        *,
-        devices: list[int] | None,
-        sweep_dir: Path,
-        data_dir: Path | None,
-        budget: Budget,
-        poll_s: float = 0.25,
-    ) -> None:
+    def __init__(self, jobs: int, opts: RunOptions, *, devices: list[int] | None, poll_s: float = 0.1) -> None:
         self.jobs = jobs
         self.stopped: str | None = None
-        self.sweep_dir = sweep_dir
-        self.data_dir = data_dir
-        self.budget = budget
+        self.opts = opts
+        self.sweep_dir = opts.sweep_dir
+        self.data_dir = opts.data_dir
+        self.budget = opts.budget
         self.poll_s = poll_s
+        self.workers: dict[int, _Worker] = {}
         visible = visible_devices()
         if devices is not None and not visible:
             raise ValueError("--devices: no CUDA device is visible here (the workers split the CPU cores)")
@@ -182,33 +232,41 @@ class LocalWorkers:
             env["CUDA_VISIBLE_DEVICES"] = self.devices[slot % len(self.devices)]
         return env
 
-    def _launch(self, slot: int, spec: RunSpec) -> _Slot:
+    def _worker(self, slot: int) -> _Worker:
+        w = self.workers.get(slot)
+        if w is None or w.proc.poll() is not None:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "muonlab.harness.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=self._env(slot),
+                start_new_session=True,  # a terminal's Ctrl-C reaches the sweep only; it forwards one SIGINT
+            )
+            w = self.workers[slot] = _Worker(slot, proc)
+        return w
+
+    def _launch(self, slot: int, spec: RunSpec) -> _Worker:
         logs = self.sweep_dir / "logs"
         logs.mkdir(exist_ok=True)
-        log = (logs / f"{spec.name}.log").open("ab")
-        job = {
-            "config": spec.config.model_dump(mode="json"),
-            "run_dir": os.fspath(self.sweep_dir / "runs" / spec.name),
-            "data_dir": os.fspath(self.data_dir) if self.data_dir is not None else None,
-            "threads": self.threads,
-            "max_minutes": self.budget.left_minutes(),
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "muonlab.harness.worker"],
-            stdin=subprocess.PIPE,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self._env(slot),
-            start_new_session=True,  # a terminal's Ctrl-C reaches the sweep only; it forwards one SIGINT
+        w = self._worker(slot)
+        w.spec, w.log = spec, os.fspath(logs / f"{spec.name}.log")
+        w.send(
+            {
+                "config": spec.config.model_dump(mode="json"),
+                "run_dir": os.fspath(self.sweep_dir / "runs" / spec.name),
+                "data_dir": os.fspath(self.data_dir) if self.data_dir is not None else None,
+                "log": w.log,
+                "threads": self.threads,
+                "max_minutes": self.budget.left_minutes(),
+                "track": self.opts.track,
+                "track_group": self.opts.track_group(spec),
+            }
         )
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps(job).encode())
-        proc.stdin.close()
-        return _Slot(slot, spec, proc, log)
+        return w
 
     def run(self, specs: list[RunSpec], tracker: SweepProgress, on_done: OnDone) -> None:
         queue = collections.deque(specs)
-        busy: dict[int, _Slot] = {}
+        busy: dict[int, _Worker] = {}
         forwarded = False
         try:
             while busy or (queue and self.stopped is None):
@@ -230,35 +288,39 @@ class LocalWorkers:
                     self.stopped = stop_requested()
                     self._signal(busy.values(), signal.SIGINT)
                     forwarded = True
-                for slot in [s for s, w in busy.items() if w.proc.poll() is not None]:
-                    self._collect(busy.pop(slot), tracker, on_done)
+                for slot, w in list(busy.items()):
+                    result = w.result()
+                    if result is not None:
+                        del busy[slot]
+                        self._collect(w, result, tracker, on_done)
                 tracker.show_workers({s: self._where(w) for s, w in busy.items()})
                 if busy:
                     time.sleep(self.poll_s)
         except BaseException:
             request_stop("the sweep failed or was interrupted")
-            self._halt(list(busy.values()))
+            self._signal(busy.values(), signal.SIGINT)
+            self.close()
             raise
 
-    def _collect(self, w: _Slot, tracker: SweepProgress, on_done: OnDone) -> None:
-        w.log.close()
-        run_dir = self.sweep_dir / "runs" / w.spec.name
-        rc = w.proc.returncode
-        summary = rd.read_summary(run_dir) if rc == 0 else None
+    def _collect(self, w: _Worker, result: dict[str, Any], tracker: SweepProgress, on_done: OnDone) -> None:
+        spec, w.spec = w.spec, None
+        assert spec is not None
+        summary = rd.read_summary(self.sweep_dir / "runs" / spec.name) if result.get("ok") else None
         if summary is not None and summary.get("status") in FINISHED:
-            tracker.finish(w.spec.name, finish_detail(summary))
-            on_done(w.spec, summary)
+            tracker.finish(spec.name, finish_detail(summary))
+            on_done(spec, summary)
             return
         if summary is not None and summary.get("status") == "stopped":
-            tracker.log(f"{w.spec.name}: stopped at step {summary.get('steps')} (checkpointed)")
+            tracker.log(f"{spec.name}: stopped at step {summary.get('steps')} (checkpointed)")
             self.stopped = self.stopped or _stop_reason(self.budget)
             return
         if self.stopped is not None or stop_requested():
-            tracker.log(f"{w.spec.name}: stopped before its first checkpoint (exit {rc})")
+            tracker.log(f"{spec.name}: stopped before its first checkpoint ({result.get('error')})")
             return
-        raise RuntimeError(f"run {w.spec.name} failed (worker exit {rc}); its log {w.log.name}:\n{_tail(w.log.name)}")
+        raise RuntimeError(f"run {spec.name} failed ({result.get('error')}); its log {w.log}:\n{_tail(w.log)}")
 
-    def _where(self, w: _Slot) -> str:
+    def _where(self, w: _Worker) -> str:
+        assert w.spec is not None
         step = _last_step(self.sweep_dir / "runs" / w.spec.name / rd.METRICS)
         steps = w.spec.config.train.steps
         return f"{w.spec.name} {step if step is not None else '-'}/{steps if steps is not None else '?'}"
@@ -270,17 +332,21 @@ class LocalWorkers:
                 with contextlib.suppress(ProcessLookupError):  # it has just exited
                     os.kill(w.proc.pid, sig)
 
-    def _halt(self, workers: list[_Slot]) -> None:
-        """SIGINT every live worker (each checkpoints after its current step), wait, then kill stragglers."""
-        self._signal(workers, signal.SIGINT)
+    def close(self) -> None:
+        """End every worker: no more input, a run under way finishes its step and checkpoints (it was sent
+        SIGINT), then the process exits; one still there after `STOP_GRACE_S` is killed."""
         deadline = time.monotonic() + STOP_GRACE_S
-        for w in workers:
+        for w in self.workers.values():
+            w.close()
+        for w in self.workers.values():
             try:
                 w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 w.proc.kill()
                 w.proc.wait()
-            w.log.close()
+            if w.proc.stdout is not None:
+                w.proc.stdout.close()
+        self.workers.clear()
 
 
 def _last_step(path: Path) -> int | None:
@@ -315,12 +381,14 @@ def make_executor(
     data_dir: Path | None,
     progress: bool,
     max_minutes: float | None,
+    track: list[str],
+    sweep_name: str,
 ) -> Executor:
     """`InProcess` for ``jobs == 1`` (and no ``devices``), else `LocalWorkers`; `ValueError` naming the bad
     parameter."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs: must be a positive number of runs at once, got {jobs!r}")
-    budget = Budget(max_minutes)
+    opts = RunOptions(sweep_dir, data_dir, Budget(max_minutes), track, sweep_name)
     if jobs == 1 and devices is None:
-        return InProcess(sweep_dir=sweep_dir, data_dir=data_dir, progress=progress, budget=budget)
-    return LocalWorkers(jobs, devices=devices, sweep_dir=sweep_dir, data_dir=data_dir, budget=budget)
+        return InProcess(opts, progress=progress)
+    return LocalWorkers(jobs, opts, devices=devices)

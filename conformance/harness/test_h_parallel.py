@@ -80,6 +80,15 @@ def _cli(*args: str, data_dir: Path, **kw: Any) -> subprocess.Popen[str]:
     )
 
 
+def _wait(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The process's output once it exits; killed (and the test failed) if it outlives ``timeout``."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"{proc.args} did not finish in {timeout} s:\n{proc.communicate()[0]}") from None
+
+
 def _results(sweep_dir: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in read_results(sweep_dir / "results.csv")]
 
@@ -104,7 +113,7 @@ def test_jobs_2_equals_jobs_1(sequential: Path, sweep_file: Path, data_dir: Path
     proc = _cli(
         "sweep", os.fspath(sweep_file), "--out", os.fspath(out), "--jobs", "2", "--no-progress", data_dir=data_dir
     )
-    log, _ = proc.communicate(timeout=300)
+    log = _wait(proc, 300)
     assert proc.returncode == 0, log
     assert_same_results(sequential, out)
     assert "2 workers, 1 torch thread(s) each" in log
@@ -143,7 +152,7 @@ def test_sigint_stops_every_worker_and_the_sweep_resumes(
         _wait_for(lambda: all(_steps_logged(r) >= 20 for r in first_two), 120, "both workers to train")
     finally:
         proc.send_signal(signal.SIGINT)  # to the sweep alone: it passes the interrupt on to its workers
-    log, _ = proc.communicate(timeout=120)
+    log = _wait(proc, 120)
     assert proc.returncode == 130, log
     assert "sweep stopped: interrupted (SIGINT)" in log
     stopped = [json.loads((r / "metrics.json").read_text()) for r in first_two]
@@ -153,7 +162,7 @@ def test_sigint_stops_every_worker_and_the_sweep_resumes(
     assert not list(out.rglob(".lock"))  # every worker and the sweep released their locks
 
     proc = _cli(*args, data_dir=data_dir)
-    log, _ = proc.communicate(timeout=300)
+    log = _wait(proc, 300)
     assert proc.returncode == 0, log
     assert "adamw_s0: resuming from its last checkpoint (worker 0)" in log
     assert_same_results(sequential, out)
