@@ -59,8 +59,9 @@ def _packages() -> list[str]:
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Every CPU test: reference, fast (torch path and Triton kernels under TRITON_INTERPRET=1), harness, packaging."""
-    _install(session, ".[fast,harness,dev]")
+    """Every CPU test: reference, fast (torch path and Triton kernels under TRITON_INTERPRET=1), harness (with the
+    trackers and submitit, whose tests skip where those are missing), packaging."""
+    _install(session, ".[fast,harness,dev,track,slurm]")
     session.run(
         "pytest", "conformance", "--ignore=conformance/bench", "-m", "not gpu", "-q", *session.posargs, env=CPU_ENV
     )

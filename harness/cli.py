@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_run_config, load_sweep_config, parse_cli_overrides, shipped_configs_dir
+from .track import TRACKERS
 
 
 def resolve_config_path(name: str) -> Path:
@@ -53,6 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         force=args.force,
         progress=not args.no_progress,
         max_minutes=args.max_minutes,
+        track=args.track,
     )
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns rank 0's summary
         print(
@@ -82,6 +84,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             jobs=args.jobs,
             devices=parse_devices(args.devices) if args.devices is not None else None,
             max_minutes=args.max_minutes,
+            track=args.track,
         )
     except SweepStopped as exc:
         print(f"muonlab: {exc}", file=sys.stderr)
@@ -179,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", metavar="DIR", help=out_help)
         p.add_argument("--data-dir", metavar="DIR", help=f"data dir (default: {data_default})")
         p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
+        p.add_argument(
+            "--track",
+            action="append",
+            choices=TRACKERS,
+            help="mirror metrics.jsonl and the config into a tracker (repeatable; W&B offline unless "
+            "WANDB_MODE says otherwise; default: the config's train.track / sweep.track, none)",
+        )
 
     p = sub.add_parser("train", help="train one run", description="Train one run into a run dir.")
     common(p, "run dir (default: runs/<the config's name>)")

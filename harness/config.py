@@ -277,10 +277,18 @@ class TrainSection(_Strict):
     """The share of the clip on W_q (the rest on W_k), K2's alpha."""
     qk_clip_gqa: Literal["query", "split"] = "query"
     """Rule for a key head shared by several query heads (docs/variants.md "QK-Clip (MuonClip)")."""
+    track: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, exclude=True)
+    """Trackers mirroring metrics.jsonl (harness/track.py); a name or a list. Excluded from the config's
+    dump and sha256 (it changes what is watched, not what is computed), like ``sweep.jobs``."""
     distributed: Literal["replicated", "gathered", "sharded", "none"] = "replicated"
     """Muon's ``distributed`` mode when launched with ``WORLD_SIZE > 1`` (torchrun; ignored by one process):
     ``"replicated"`` (DDP, each rank orthogonalizes a share of the matrices) or ``"none"`` (every rank
     orthogonalizes everything). ``"sharded"`` / ``"gathered"`` need FSDP2 and are refused by the trainer."""
+
+    @field_validator("track", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _length(self) -> TrainSection:
@@ -367,6 +375,14 @@ class SweepSection(_Strict):
     jobs: int = Field(default=1, gt=0, exclude=True)
     """Runs trained at once, each in its own process (``--jobs`` overrides). How a sweep runs, not what it
     computes: excluded from the sweep's dump and sha256, so a sweep resumes under any number of jobs."""
+    track: list[Literal["tensorboard", "wandb"]] | None = Field(default=None, exclude=True)
+    """Trackers for every run of the sweep (``--track`` overrides; default the base's ``train.track``),
+    runs grouped by sweep and arm (harness/track.py). Excluded from the dump and sha256, like ``jobs``."""
+
+    @field_validator("track", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
 
     @field_validator("grid")
     @classmethod

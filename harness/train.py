@@ -45,6 +45,7 @@ from .logit_clip import max_logit_hooks
 from .manifold import ManifoldTracker
 from .optim import apply_muon_schedules, build_optimizer, build_scheduler, muon_compute_dtype, needs_manual_normalize
 from .perf import flops_per_token, mfu, peak_flops
+from .track import Trackers, TrackInfo
 
 TIMING_FIELDS = ("elapsed_s", "tokens_per_s", "mfu")
 """metrics.jsonl fields that depend on the machine (everything else is bit-identical across a resume)."""
@@ -216,6 +217,8 @@ class Run:
     flops_per_token: float
     peak_flops: float | None
     post_step_hooks: list[PostStepHook] = dataclasses.field(default_factory=list)
+    trackers: Trackers | None = None
+    """TensorBoard / W&B (harness/track.py), rank 0 only; mirrors of metrics.jsonl and the statistics."""
 
     @property
     def cfg_sha(self) -> str:
@@ -561,6 +564,8 @@ def _observe(run: Run, state: LoopState, result: StepResult, stats_w: rd.JsonlWr
         for r in records:
             if stats_w is not None:
                 stats_w.write(r)
+        if run.trackers is not None:
+            run.trackers.log_stats(records)
         reason = run.monitor.observe_weight_norms(state.step, {r["layer"]: r["weight_norm"] for r in records})
     return reason
 
@@ -574,6 +579,8 @@ def _log(run: Run, state: LoopState, result: StepResult, lr: float, metrics_w: r
         rec["val_loss"] = evaluate(run.model, run.val_batches, run.device, run.autocast)
     if metrics_w is not None:
         metrics_w.write(rec)
+    if run.trackers is not None:
+        run.trackers.log_metrics(rec)
     if bar is not None:
         bar.set_postfix(loss=f"{smoothed:.3f}", tok_s=f"{rec['tokens_per_s'] or 0:.0f}")
 
@@ -652,6 +659,8 @@ def train(
     stop_after: int | None = None,
     max_minutes: float | None = None,
     post_step_hooks: Sequence[PostStepHook] = (),
+    track: Sequence[str] | None = None,
+    track_group: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train one run into ``run_dir``; returns the metrics.json summary (on every rank).
 
@@ -659,8 +668,9 @@ def train(
     (the two exclude each other). ``stop_after`` ends the loop after that many completed steps, with a
     checkpoint (used to test resume). ``max_minutes`` is a wall-clock budget for this call (data loading
     included): the step that crosses it is the last, checkpointed, and the status is ``"stopped"``.
-    ``post_step_hooks`` run after every optimizer step (`PostStepHook`). A second process on the same
-    ``run_dir`` is refused (`lock.LockError`). With ``WORLD_SIZE > 1`` the run is data-parallel.
+    ``post_step_hooks`` run after every optimizer step (`PostStepHook`). ``track`` names the trackers
+    (harness/track.py; default ``train.track``), ``track_group`` a sweep run's (sweep, arm). A second
+    process on the same ``run_dir`` is refused (`lock.LockError`). With ``WORLD_SIZE > 1`` the run is data-parallel.
     """
     from .data import default_data_dir
 
@@ -696,6 +706,8 @@ def train(
                 stop_after=stop_after,
                 deadline=deadline,
                 post_step_hooks=post_step_hooks,
+                track=list(cfg.train.track if track is None else track),
+                track_group=track_group,
             )
         finally:
             if lock is not None:
@@ -739,10 +751,20 @@ def _train(
     stop_after: int | None,
     deadline: float | None,
     post_step_hooks: Sequence[PostStepHook],
+    track: list[str],
+    track_group: tuple[str, str] | None,
 ) -> dict[str, Any]:
     # everything that can fail on bad input happens before the run dir is written (the lock aside)
     rd.check_run_dir(run_dir, resume=resume, force=force)
     run = build_run(cfg, run_dir, data_dir, env=env, device=device, progress=progress, post_step_hooks=post_step_hooks)
     state = restore(run) if resume else start_fresh(run, force=force)
-    status = run_loop(run, state, progress=progress, stop_after=stop_after, deadline=deadline)
+    if track and env.is_main:
+        group, arm = track_group or (None, None)
+        info = TrackInfo(run_dir, cfg.name, run.config_record, state.step, group=group, arm=arm)
+        run.trackers = Trackers(track, info)
+    try:
+        status = run_loop(run, state, progress=progress, stop_after=stop_after, deadline=deadline)
+    finally:
+        if run.trackers is not None:
+            run.trackers.close()
     return dict(dd.broadcast_object(write_summary(run, state, status), env))
