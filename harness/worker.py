@@ -20,6 +20,13 @@ def _stop(signum: int, frame: object) -> None:
     request_stop(f"interrupted ({signal.Signals(signum).name})")
 
 
+def _minutes_left(deadline: float | None) -> float | None:
+    """What is left of the sweep's budget (a ``time.time()`` deadline); at least one step's worth."""
+    import time
+
+    return None if deadline is None else max((deadline - time.time()) / 60.0, 1e-6)
+
+
 def main() -> int:
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, _stop)
@@ -49,7 +56,7 @@ def main() -> int:
                 Path(job["run_dir"]),
                 data_dir=Path(job["data_dir"]) if job.get("data_dir") else None,
                 progress=False,
-                max_minutes=job.get("max_minutes"),
+                max_minutes=_minutes_left(job.get("deadline")),
                 track=job.get("track"),
                 track_group=tuple(job["track_group"]) if job.get("track_group") else None,
             )

@@ -60,6 +60,10 @@ class Budget:
             raise ValueError(f"max_minutes: must be a positive number of minutes, got {max_minutes!r}")
         self.deadline = time.monotonic() + 60.0 * max_minutes if max_minutes is not None else None
 
+    def wall_deadline(self) -> float | None:
+        """The deadline as a ``time.time()`` value, for a worker process's clock."""
+        return None if self.deadline is None else time.time() + (self.deadline - time.monotonic())
+
     def left_minutes(self) -> float | None:
         return None if self.deadline is None else (self.deadline - time.monotonic()) / 60.0
 
@@ -257,7 +261,7 @@ class LocalWorkers:
                 "data_dir": os.fspath(self.data_dir) if self.data_dir is not None else None,
                 "log": w.log,
                 "threads": self.threads,
-                "max_minutes": self.budget.left_minutes(),
+                "deadline": self.budget.wall_deadline(),
                 "track": self.opts.track,
                 "track_group": self.opts.track_group(spec),
             }

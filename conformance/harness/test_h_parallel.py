@@ -211,3 +211,23 @@ def test_max_minutes_stops_in_process_sweep_and_resumes(
     assert not (out / "RESULTS.md").exists()
     run_sweep(sweep, out, data_dir=data_dir, progress=False, log=logs.append)
     assert_same_results(sequential, out)
+
+
+def test_max_minutes_stops_workers_and_resumes(
+    sequential: Path, sweep_file: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "sweep"
+    args = ("sweep", os.fspath(sweep_file), "--out", os.fspath(out), "--jobs", "2", "--no-progress")
+    # 1.2 s: spent before the workers have started, so each trains one step and stops checkpointed
+    proc = _cli(*args, "--max-minutes", "0.02", data_dir=data_dir)
+    log = _wait(proc, 120)
+    assert (
+        proc.returncode == 0 and "sweep stopped: time budget (--max-minutes) spent" in log and "Traceback" not in log
+    ), log
+    stopped = [json.loads((out / "runs" / r / "metrics.json").read_text()) for r in RUNS[:2]]
+    assert [s["status"] for s in stopped] == ["stopped", "stopped"] and all(s["steps"] < 300 for s in stopped)
+    assert not (out / "runs" / RUNS[2]).exists() and not (out / "RESULTS.md").exists()
+    proc = _cli(*args, data_dir=data_dir)
+    log = _wait(proc, 300)
+    assert proc.returncode == 0, log
+    assert_same_results(sequential, out)
