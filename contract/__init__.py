@@ -11,7 +11,14 @@ from .coefficients import COEFFICIENT_SETS, CoefficientSet, Triple, resolve_coef
 from .decay import DECAY_LRS, DECAY_PLACEMENTS, decay_lr, decay_stages
 from .presets import PRESETS, get_preset, resolve_spec
 from .scaling import SHAPE_SCALES, scale_dims, shape_scale, update_scale
-from .shapes import check_ndim, matrix_view_shape, normuon_reduce_axis, normuon_state_shape, second_moment_shape
+from .shapes import (
+    check_ndim,
+    dion2_select_dim,
+    matrix_view_shape,
+    normuon_reduce_axis,
+    normuon_state_shape,
+    second_moment_shape,
+)
 from .spec import GEODESIC_TAU_MIN, MuonSpec, choice_fields, choices, field_names
 from .split import RowSplit, block_shapes, check_row_split
 from .upstream import UPSTREAMS, from_upstream
@@ -36,6 +43,7 @@ __all__ = [
     "choices",
     "decay_lr",
     "decay_stages",
+    "dion2_select_dim",
     "field_names",
     "from_upstream",
     "get_preset",

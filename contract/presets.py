@@ -404,6 +404,65 @@ def ngpt() -> MuonSpec:
     return keller().replace(name="ngpt", sphere="renormalize", sphere_axis="row", weight_decay=0.0)
 
 
+def adamuon() -> MuonSpec:
+    """AdaMuon code v2 (Chongjie-Si/AdaMuon ``gpt2/models/optimizers/adamuon.py`` at 5b99dd0, what the repo ships;
+    docs/variants.md, "AdaMuon").
+
+    ``M = lerp(M, G, 1-beta)``, ``N = lerp(G, M, beta)`` (Nesterov); ``O = NS5(sign(N))`` (Keller's quintic in
+    bf16, ``/(||X||_F + 1e-7)``); ``V <- beta V + (1-beta) O (.) O`` per element with the momentum's ``beta``, no
+    bias correction; ``O_hat = O / (sqrt(V) + 1e-8)``; ``U = 0.2 sqrt(mn) O_hat / (||O_hat||_F + 1e-8)``;
+    ``W <- W (1 - eta lambda) - eta U``. lr 0.02, lambda 0.01. Deviations (declared): ``V`` is kept in the state
+    dtype (the code keeps it in bf16), and for ``ndim >= 3`` the RMS target reads the matrix view's ``(m, n)``
+    (the code takes ``min``/``max`` over all dims). The AdamW half is the caller's in the source (MuonSpec's
+    defaults here).
+    """
+    return MuonSpec(
+        name="adamuon",
+        lr=0.02,
+        momentum=0.95,
+        momentum_form="ema",
+        nesterov=True,
+        equilibrate="sign",
+        ns_coefficients="keller",
+        ns_steps=5,
+        eps=1e-7,
+        eps_mode="add",
+        shape_scale="none",
+        normuon=True,
+        beta2=0.95,  # the momentum's beta (code v2 and the algorithm box)
+        normuon_axis="element",
+        normuon_rescale="rms_eps",
+        rms_scale=0.2,
+        normuon_eps=1e-8,
+        normuon_eps_mode="add",
+        weight_decay=0.01,
+        decay_placement="param",
+        decay_lr="base",
+    )
+
+
+def adamuon_v1() -> MuonSpec:
+    """AdaMuon code v1 (Chongjie-Si/AdaMuon ``adamuon.py`` at 3b84e03): code v2 without the sign, with a separate
+    ``beta2 = 0.999`` and the bias correction ``V_hat = V / (1 - beta2^t)``. Its RMS alignment, split into
+    ``sqrt(min(m, n)) / (||O_hat||_F + eps)`` and ``0.2 sqrt(max(m, n))`` in the update, is the same product."""
+    return adamuon().replace(name="adamuon_v1", equilibrate="none", beta2=0.999, normuon_bias_correction=True)
+
+
+def adamuon_paper() -> MuonSpec:
+    """AdaMuon's algorithm box (arXiv 2507.11005 v2/v3, ``src/algorithm.png`` at 5b99dd0): sum momentum
+    ``M = beta M + G`` without Nesterov, ``O = NS(sign(M))``, ``V`` with the momentum's ``beta``, no bias
+    correction, ``O_hat = O / (sqrt(V) + eps)``, ``gamma = 0.2 sqrt(mn) / ||O_hat||_F`` (no eps in the box),
+    ``W <- W - eta (gamma O_hat + lambda W)``. The box gives no defaults: code v2's."""
+    return adamuon().replace(name="adamuon_paper", momentum_form="sum", nesterov=False, normuon_rescale="rms")
+
+
+def dion2() -> MuonSpec:
+    """Dion2 (microsoft/dion ``dion/dion2.py`` at 0a059a4; docs/variants.md "Dion2"), its defaults: dion's Muon
+    (Polar Express x1.02, ``+1e-8``, ``sqrt(m/n)``, lr 0.01, lambda 0.01) on the quarter of the slices along the
+    shorter dim with the largest L1 norm of ``M <- M + G``, error feedback 0.95 on them."""
+    return dion().replace(name="dion2", nesterov=False, momentum=0.95, dion2_fraction=0.25)
+
+
 PRESETS: Final[dict[str, Callable[[], MuonSpec]]] = {
     "keller": keller,
     "moonlight": moonlight,
@@ -420,6 +479,10 @@ PRESETS: Final[dict[str, Callable[[], MuonSpec]]] = {
     "muon_plus": muon_plus,
     "muonh": muonh,
     "normuonh": normuonh,
+    "adamuon": adamuon,
+    "adamuon_v1": adamuon_v1,
+    "adamuon_paper": adamuon_paper,
+    "dion2": dion2,
 }
 
 

@@ -7,12 +7,14 @@ sides cannot disagree on which ``(m, n)`` a parameter is orthogonalized as (docs
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from .spec import MuonSpec, NorMuonAxis
+from .spec import MuonSpec, NorMuonAxis, lookup
 
 __all__ = [
+    "NORMUON_AXES",
     "check_ndim",
+    "dion2_select_dim",
     "matrix_view_shape",
     "normuon_reduce_axis",
     "normuon_state_shape",
@@ -44,22 +46,26 @@ def matrix_view_shape(shape: Sequence[int], spec: MuonSpec, name: str = "x") -> 
     return shape
 
 
-def normuon_reduce_axis(m: int, n: int, axis: NorMuonAxis) -> int:
-    """The axis averaged over: ``-1`` (statistic per row) or ``-2`` (per column)."""
-    if axis == "row":
-        return -1
-    if axis == "col":
-        return -2
-    return -1 if m >= n else -2
+NORMUON_AXES: dict[NorMuonAxis, Callable[[int, int], tuple[int, ...]]] = {
+    "row": lambda m, n: (-1,),
+    "col": lambda m, n: (-2,),
+    "longer": lambda m, n: (-1,) if m >= n else (-2,),  # modded: per element of the longer dim
+    "element": lambda m, n: (),  # AdaMuon: no average, S has O's shape
+}
+
+
+def normuon_reduce_axis(m: int, n: int, axis: NorMuonAxis) -> tuple[int, ...]:
+    """The dims averaged over: ``(-1,)`` (statistic per row), ``(-2,)`` (per column) or ``()`` (per element)."""
+    return lookup(NORMUON_AXES, axis, "normuon_axis")(m, n)
 
 
 def second_moment_shape(view_shape: Sequence[int], axis: NorMuonAxis) -> tuple[int, ...]:
-    """Shape of ``S`` for an update whose matrix view has shape ``view_shape`` (``[..., m, n]``)."""
-    shape = tuple(int(d) for d in view_shape)
-    m, n = shape[-2], shape[-1]
-    if normuon_reduce_axis(m, n, axis) == -1:
-        return (*shape[:-1], 1)
-    return (*shape[:-2], 1, n)
+    """Shape of ``S`` for an update whose matrix view has shape ``view_shape`` (``[..., m, n]``): the averaged
+    dims set to 1."""
+    shape = [int(d) for d in view_shape]
+    for d in normuon_reduce_axis(shape[-2], shape[-1], axis):
+        shape[d] = 1
+    return tuple(shape)
 
 
 def normuon_state_shape(param_shape: Sequence[int], spec: MuonSpec) -> tuple[int, ...]:
@@ -69,3 +75,9 @@ def normuon_state_shape(param_shape: Sequence[int], spec: MuonSpec) -> tuple[int
     a flattened conv ``[out, in, kh, kw]`` -> ``[out, 1]`` / ``[1, in*kh*kw]``.
     """
     return second_moment_shape(matrix_view_shape(param_shape, spec, "param"), spec.normuon_axis)
+
+
+def dion2_select_dim(m: int, n: int) -> int:
+    """The dim Dion2 selects slices along: -2 (rows) when ``m <= n``, else -1 (columns), the shorter dim
+    (dion ``dion2_update_megabatch_async``, unsharded)."""
+    return -2 if m <= n else -1

@@ -36,7 +36,7 @@ MomentumForm = Literal["ema", "sum", "optax"]
 Orthogonalizer = Literal["newton_schulz", "gram_newton_schulz", "svd"]
 Prescale = Literal["frobenius", "spectral", "schatten", "aol"]
 Magnitude = Literal["none", "dual_norm"]
-Equilibrate = Literal["none", "row", "col", "rowcol", "row_mean"]
+Equilibrate = Literal["none", "row", "col", "rowcol", "row_mean", "sign"]
 PostOrth = Literal["none", "frobenius_snap", "row", "col", "row_col", "col_row"]
 EpsMode = Literal["add", "clamp"]
 NsEpsMode = Literal["add", "clamp", "none"]
@@ -44,8 +44,8 @@ ComputeDtype = Literal["bfloat16", "float16", "tfloat32", "float32", "float64"]
 NdMode = Literal["flatten", "batch"]
 ScaleShape = Literal["matrix", "last2"]
 ShapeScale = Literal["keller", "moonlight", "dion", "none"]
-NorMuonAxis = Literal["row", "col", "longer"]
-NorMuonRescale = Literal["frobenius", "rms", "none"]
+NorMuonAxis = Literal["row", "col", "longer", "element"]
+NorMuonRescale = Literal["frobenius", "rms", "rms_eps", "none"]
 DecayPlacement = Literal["param", "update", "both"]
 DecayLr = Literal["base", "scaled", "lr2", "base_squared", "unit"]
 Cautious = Literal["off", "ge", "gt"]
@@ -103,6 +103,11 @@ class MuonSpec:
     """``"ema"`` (KellerJordan/Muon, torch), ``"sum"`` (Moonlight, dion) or ``"optax"`` (EMA with bias
     correction, optax ``scale_by_muon``): the table in docs/variants.md "Momentum (stage 2)"."""
     nesterov: bool = True
+    dion2_fraction: float | None = None
+    """Dion2 (microsoft/dion ``dion2.py``; docs/variants.md "Dion2"): ``M <- M + G``, then the ``ceil(f s)`` slices
+    of largest L1 norm along the shorter dim (rows when ``m <= n``; ``s`` slices) form ``U``, ``Orth`` runs on
+    ``U`` alone, the update is 0 elsewhere, and the buffer's selected slices are multiplied by ``momentum`` (error
+    feedback). Needs ``momentum_form="sum"`` and no Nesterov; None: off."""
 
     # -- orthogonalization (docs/variants.md "Orthogonalization") -----------------------------------
     orthogonalizer: Orthogonalizer = "newton_schulz"
@@ -140,7 +145,8 @@ class MuonSpec:
     """Before ``Orth`` (docs/variants.md "Equilibration and post-orthogonalization"): MuonEq's ``"row"``, ``"col"``
     and ``"rowcol"`` scale rows / columns by ``(||.||^2 + equilibrate_eps)^equilibrate_exponent`` (MaeChd/muon-eq;
     ``rowcol`` from the same ``N``); ``"row_mean"`` is nanochat's MuonEq-R, rows scaled to the mean row norm with
-    ``||row||`` clamped at ``equilibrate_eps``."""
+    ``||row||`` clamped at ``equilibrate_eps``; ``"sign"`` is AdaMuon's ``sign(N)`` (code v2, arXiv 2507.11005
+    v2+), not an equilibration but the same place in the step."""
     equilibrate_exponent: float = -0.5
     equilibrate_eps: float = 1e-8
     magnitude: Magnitude = "none"
@@ -173,11 +179,16 @@ class MuonSpec:
     normuon: bool = False
     beta2: float = 0.95
     normuon_axis: NorMuonAxis = "row"
-    """Statistic kept per row (``mean`` over the last dim), per column, or per element of the longer dim
-    (modded-nanogpt: per row when ``m >= n``, else per column)."""
+    """Statistic kept per row (``mean`` over the last dim), per column, per element of the longer dim
+    (modded-nanogpt: per row when ``m >= n``, else per column), or per element of ``O`` (``"element"``: ``S`` has
+    the matrix's shape; AdaMuon, NeMo ``AdaptiveMuon("adamuon")``)."""
     normuon_rescale: NorMuonRescale = "frobenius"
     """``"frobenius"``: ``O_hat`` keeps ``||O||_F`` (official code, modded, dion); ``"rms"``: ``O_hat`` is
-    rescaled to RMS ``rms_scale`` (the paper's ``0.2 eta sqrt(mn)/||O_hat||_F``)."""
+    rescaled to RMS ``rms_scale`` (the paper's ``0.2 eta sqrt(mn)/||O_hat||_F``, ``0/0 = 0``); ``"rms_eps"``: the
+    same with ``normuon_eps`` guarding ``||O_hat||_F`` by ``normuon_eps_mode`` (AdaMuon's
+    ``0.2 sqrt(mn) / (||O_hat||_F + eps)``)."""
+    normuon_bias_correction: bool = False
+    """Divide ``S`` by ``1 - beta2^t`` before normalizing (AdaMuon code v1); NorMuon has none."""
     normuon_eps: float = 1e-10
     normuon_eps_mode: EpsMode = "add"
     """``"add"``: ``O / (sqrt(S) + eps)``; ``"clamp"``: ``O / sqrt(max(S, eps))`` (modded). The Frobenius
@@ -332,9 +343,9 @@ def _validate(spec: MuonSpec) -> None:
             raise ValueError(f"{name}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
     if not isinstance(spec.name, str):
         raise ValueError(f"name: expected a string, got {spec.name!r}")
-    if not isinstance(spec.nesterov, bool) or not isinstance(spec.normuon, bool):
-        bad = "nesterov" if not isinstance(spec.nesterov, bool) else "normuon"
-        raise ValueError(f"{bad}: expected a bool, got {getattr(spec, bad)!r}")
+    for flag in ("nesterov", "normuon", "normuon_bias_correction"):
+        if not isinstance(getattr(spec, flag), bool):
+            raise ValueError(f"{flag}: expected a bool, got {getattr(spec, flag)!r}")
     _check_real("lr", spec.lr)
     if spec.lr < 0:
         raise ValueError(f"lr: must be >= 0, got {spec.lr!r}")
@@ -354,15 +365,29 @@ def _validate(spec: MuonSpec) -> None:
     _check_policy(spec)
     _check_positive("normuon_eps", spec.normuon_eps)
     _check_real("weight_decay", spec.weight_decay)
+    if spec.dion2_fraction is not None:
+        f = _check_real("dion2_fraction", spec.dion2_fraction)
+        if not 0.0 < f <= 1.0:
+            raise ValueError(f"dion2_fraction: must lie in (0, 1] or be None, got {spec.dion2_fraction!r}")
+        if spec.momentum_form != "sum" or spec.nesterov:
+            raise ValueError(
+                "dion2_fraction: Dion2 accumulates M <- M + G and decays the selected slices by momentum; set "
+                f"momentum_form='sum' and nesterov=False (got {spec.momentum_form!r}, nesterov={spec.nesterov})"
+            )
+        if spec.normuon:
+            raise ValueError("dion2_fraction: NorDion2 (NorMuon on the selected slices) is not implemented yet")
     if spec.sphere == "hyperball" and spec.sphere_axis != "matrix":
         raise ValueError(f"sphere_axis: 'hyperball' is a sphere of matrices, got sphere_axis={spec.sphere_axis!r}")
     if spec.hyperball_radius is not None:
         _check_positive("hyperball_radius", spec.hyperball_radius)
     if spec.sphere != "none":
-        if spec.weight_decay != 0.0:
+        # NeMo's MuonHyperball decays before the step and projects back to its fixed radius; elsewhere the
+        # projection would undo it (or, at the current radius, shrink the sphere itself)
+        fixed_ball = spec.sphere == "hyperball" and spec.hyperball_radius is not None
+        if spec.weight_decay != 0.0 and not (fixed_ball and spec.decay_placement == "param"):
             raise ValueError(
-                f"weight_decay: must be 0 with sphere={spec.sphere!r} (decay is undefined on the sphere), "
-                f"got {spec.weight_decay!r}"
+                f"weight_decay: must be 0 with sphere={spec.sphere!r} (decay is undefined on the sphere; only a "
+                f"hyperball of fixed radius takes decoupled decay, as NeMo's MuonHyperball), got {spec.weight_decay!r}"
             )
         if spec.cautious != "off":
             raise ValueError(f"cautious: must be 'off' with sphere={spec.sphere!r}, got {spec.cautious!r}")

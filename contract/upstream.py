@@ -149,6 +149,15 @@ def _dion(kw: Keywords) -> MuonSpec:
     return spec
 
 
+def _dion2(kw: Keywords) -> MuonSpec:
+    if kw["selection_scope"] not in ("local", "global"):
+        raise _unsupported("dion2", "selection_scope", kw["selection_scope"], "expected 'local' or 'global'")
+    # one process holds whole matrices, where both scopes select the same slices
+    muon = {k: v for k, v in kw.items() if k not in ("fraction", "ef_decay", "selection_scope")}
+    spec = _dion({**muon, "mu": kw["ef_decay"], "nesterov": False, "cautious_wd": False, "newton_schulz_func": None})
+    return spec.replace(name="dion2", dion2_fraction=kw["fraction"])
+
+
 _NEMO_SETS: Final[dict[str, tuple[str, str]]] = {
     # coefficient_type -> (set, iteration policy): muon_utils._COEFFICIENT_SETS and repeat_last_types (ca0f167)
     "simple": ("keller", "cycle"),
@@ -212,6 +221,66 @@ def _nemo(kw: Keywords, source: str = "emerging_optimizers") -> MuonSpec:
         weight_decay=kw["weight_decay"],
         decay_placement=placement,  # type: ignore[arg-type]
         decay_lr=decay_lr,  # type: ignore[arg-type]
+    )
+
+
+def _adamuon(kw: Keywords) -> MuonSpec:
+    if kw["ns_steps"] is None or isinstance(kw["ns_steps"], bool) or not isinstance(kw["ns_steps"], int):
+        raise _unsupported("adamuon", "ns_steps", kw["ns_steps"], "expected an int")
+    # rank / world_size say which rank orthogonalizes which parameter (its all-gather), not what is computed
+    return get_preset("adamuon").replace(
+        lr=kw["lr"],
+        weight_decay=kw["weight_decay"],
+        momentum=kw["momentum"],
+        beta2=kw["momentum"],  # V's EMA uses group["momentum"]
+        nesterov=kw["nesterov"],
+        ns_steps=kw["ns_steps"],
+        normuon_eps=kw["eps"],
+    )
+
+
+_NEMO_MOMENT2: Final[dict[str, dict[str, Any] | None]] = {
+    # moment2_method -> the second-moment knobs: AdaptiveMuon._apply_moment2_normalization (fd77292), applied to
+    # the raw Newton-Schulz output before the scale mode
+    "adamuon": {"normuon_axis": "element", "normuon_rescale": "none", "normuon_eps_mode": "add"},  # O/(sqrt(V)+eps)
+    "normuon": {"normuon_axis": "longer", "normuon_rescale": "frobenius", "normuon_eps_mode": "clamp"},
+    "namo": None,  # a scalar EMA of the raw gradient's ||G||_F^2: no MuonSpec knob yet
+}
+
+
+def _nemo_adaptive(kw: Keywords) -> MuonSpec:
+    source = "emerging_optimizers_adaptive"
+    missing = [k for k in ("lr", "momentum", "weight_decay") if kw[k] is None]
+    if missing:
+        raise ValueError(f"from_upstream({source!r}): AdaptiveMuon has no default for {', '.join(missing)}; pass them")
+    method = kw["moment2_method"]
+    if method not in _NEMO_MOMENT2:
+        raise _unsupported(source, "moment2_method", method, f"expected one of {', '.join(map(repr, _NEMO_MOMENT2))}")
+    knobs = _NEMO_MOMENT2[method]
+    if knobs is None:
+        raise _unsupported(
+            source, "moment2_method", method, "NAMO's scalar moment of ||G||_F^2 is not a MuonSpec knob yet"
+        )
+    base = {k: v for k, v in kw.items() if k in _NEMO_DEFAULTS}
+    return _nemo(base, source).replace(normuon=True, beta2=kw["beta2"], normuon_eps=kw["eps"], **knobs)
+
+
+def _nemo_hyperball(kw: Keywords) -> MuonSpec:
+    source = "emerging_optimizers_hyperball"
+    if kw["hyperball_radius"] is None:
+        raise ValueError(f"from_upstream({source!r}): MuonHyperball needs hyperball_radius (no default upstream)")
+    if kw["hyperball_eps"] != 1e-15:
+        raise _unsupported(source, "hyperball_eps", kw["hyperball_eps"], "muonlab's hyperball guard is fixed")
+    if kw["weight_decay_method"] == "l2":
+        raise _unsupported(source, "weight_decay_method", "l2", "coupled decay on the hyperball")
+    base = {k: v for k, v in kw.items() if k in _NEMO_DEFAULTS}
+    # HyperballHook: U <- R U / ||U||_F before W <- W - lr U (the scale mode cancels), then W <- R W / ||W||_F
+    return _nemo(base, source).replace(
+        sphere="hyperball",
+        sphere_axis="matrix",
+        hyperball_radius=kw["hyperball_radius"],
+        shape_scale="none",
+        scale_factor=1.0,
     )
 
 
@@ -343,8 +412,45 @@ UPSTREAMS: Final[dict[str, Upstream]] = {
         },
         _dion,
     ),
+    "dion2": Upstream(
+        "microsoft/dion dion/dion2.py Dion2 (0a059a4)",
+        {
+            "distributed_mesh": None,
+            "lr": 0.01,
+            "fraction": 0.25,
+            "ef_decay": 0.95,
+            "betas": (0.9, 0.95),
+            "weight_decay": 0.01,
+            "epsilon": 1e-8,
+            "adjust_lr": "spectral_norm",
+            "flatten": False,
+            "use_polar_express": True,
+            "use_triton": False,
+            "use_gram_newton_schulz": False,
+            "selection_scope": "local",
+        },
+        _dion2,
+    ),
     "emerging_optimizers": Upstream(
         "NVIDIA-NeMo/Emerging-Optimizers Muon (fd77292, muon.py / muon_utils.py)", _NEMO_DEFAULTS, _nemo
+    ),
+    "emerging_optimizers_adaptive": Upstream(
+        "NVIDIA-NeMo/Emerging-Optimizers AdaptiveMuon (fd77292, adaptive_muon.py)",
+        {
+            **{k: v for k, v in _NEMO_DEFAULTS.items() if k != "use_syrk"},  # use_syrk is forced off upstream
+            "lr": None,
+            "momentum": None,
+            "weight_decay": None,
+            "moment2_method": "adamuon",
+            "beta2": 0.95,
+            "eps": 1e-8,
+        },
+        _nemo_adaptive,
+    ),
+    "emerging_optimizers_hyperball": Upstream(
+        "NVIDIA-NeMo/Emerging-Optimizers MuonHyperball (fd77292, muon_hyperball.py, weight_update_hooks/hyperball.py)",
+        {**_NEMO_DEFAULTS, "hyperball_radius": None, "hyperball_eps": 1e-15},
+        _nemo_hyperball,
     ),
     "megatron": Upstream(
         "Megatron-core OptimizerConfig muon_* (optimizer_config.py 0075637, emerging_optimizers.py 000a717)",
@@ -363,6 +469,20 @@ UPSTREAMS: Final[dict[str, Upstream]] = {
             "muon_extra_scale_factor": 1.0,
         },
         _megatron,
+    ),
+    "adamuon": Upstream(
+        "Chongjie-Si/AdaMuon gpt2/models/optimizers/adamuon.py AdaMuon (5b99dd0, code v2)",
+        {
+            "lr": 0.02,
+            "weight_decay": 0.01,
+            "momentum": 0.95,
+            "nesterov": True,
+            "ns_steps": 5,
+            "eps": 1e-8,
+            "rank": 0,
+            "world_size": 1,
+        },
+        _adamuon,
     ),
     "deepspeed": Upstream(
         "DeepSpeed deepspeed/runtime/zero/muon/original_muon.py Muon",

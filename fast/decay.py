@@ -96,7 +96,8 @@ def apply_stack_(
         return
     # W, in ``dtype`` (a strided target, as a Megatron split block, is read by a reshape copy)
     term = torch.cat(
-        [t.reshape(-1, *update.shape[1:]) for t in tl], out=torch.empty(update.shape, dtype=dtype, device=update.device)
+        [t.reshape(c, *update.shape[1:]) for t, c in zip(tl, counts, strict=True)],
+        out=torch.empty(update.shape, dtype=dtype, device=update.device),
     )
     if test is not None:
         # mask (.) W without a third stack-sized tensor: the product's sign in place, then W from the params

@@ -1,20 +1,23 @@
 """NorMuon neuron-wise normalization on torch tensors (docs/variants.md sections 3.2 and 4;
 arXiv 2510.05491 Alg. 1; mirrors `muonlab.reference.normuon`).
 
-On the matrix view ``O`` ``[..., m, n]`` with the second moment ``S`` (``[..., m, 1]`` or ``[..., 1, n]``):
-``vbar = mean(O^2)`` along the reduced axis, ``S <- lerp(S, vbar, 1-beta2)`` (in place),
-``O_hat = O / (sqrt(S) + eps)`` or ``O / sqrt(max(S, eps))``, then the ``"frobenius"`` rescale
-``O_hat ||O||_F / (||O_hat||_F + eps)`` (or ``max(., eps)``) or the ``"rms"`` rescale
-``O_hat rms_scale sqrt(mn) / ||O_hat||_F`` (``0/0 -> 0``), per matrix.
+On the matrix view ``O`` ``[..., m, n]`` with the second moment ``S`` (``[..., m, 1]``, ``[..., 1, n]``, or ``O``'s
+shape per element): ``vbar = mean(O^2)`` along the reduced axis, ``S <- lerp(S, vbar, 1-beta2)`` (in place),
+``O_hat = O / (sqrt(S_hat) + eps)`` or ``O / sqrt(max(S_hat, eps))`` (``S_hat = S / (1 - beta2^t)`` with the bias
+correction, else ``S``), then the rescale of `RESCALES` per matrix (the math: `muonlab.reference.normuon`).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 
-from muonlab.contract import MuonSpec, normuon_reduce_axis
+from muonlab.contract import MuonSpec, normuon_reduce_axis, second_moment_shape
+from muonlab.contract.spec import NorMuonRescale, lookup
 
-__all__ = ["normuon_normalize_"]
+__all__ = ["RESCALES", "normuon_normalize_"]
 
 
 def _frobenius(x: torch.Tensor) -> torch.Tensor:
@@ -22,13 +25,31 @@ def _frobenius(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _check(o: torch.Tensor, s: torch.Tensor, red: int) -> None:
-    expected = (*o.shape[:-1], 1) if red == -1 else (*o.shape[:-2], 1, o.shape[-1])
-    if tuple(s.shape) != tuple(expected):
-        raise ValueError(
-            f"second_moment: expected shape {tuple(expected)} for an update of shape {tuple(o.shape)}, "
-            f"got {tuple(s.shape)}"
-        )
+def _guard_(x: torch.Tensor, spec: MuonSpec) -> torch.Tensor:
+    eps = spec.normuon_eps
+    return x.add_(eps) if spec.normuon_eps_mode == "add" else x.clamp_(min=eps)
+
+
+def _target(o: torch.Tensor, spec: MuonSpec) -> float:
+    return float(spec.rms_scale * math.sqrt(o.shape[-2] * o.shape[-1]))
+
+
+def _rms(o_hat: torch.Tensor, o_norm: torch.Tensor | None, spec: MuonSpec) -> torch.Tensor:
+    hat_norm = _frobenius(o_hat)
+    live = hat_norm > 0.0
+    return o_hat.mul_(torch.where(live, _target(o_hat, spec) / torch.where(live, hat_norm, 1.0), 0.0))
+
+
+RESCALES: dict[NorMuonRescale, Callable[[torch.Tensor, torch.Tensor | None, MuonSpec], torch.Tensor]] = {
+    "frobenius": lambda o_hat, o_norm, spec: o_hat.mul_(o_norm.div_(_guard_(_frobenius(o_hat), spec))),  # type: ignore[union-attr]
+    "rms": _rms,
+    "rms_eps": lambda o_hat, o_norm, spec: o_hat.mul_(
+        _guard_(_frobenius(o_hat), spec).reciprocal_().mul_(_target(o_hat, spec))
+    ),
+    "none": lambda o_hat, o_norm, spec: o_hat,  # NorMuonH: the hyperball step normalizes the update anyway
+}
+"""``spec.normuon_rescale`` -> ``(O_hat, ||O||_F or None, spec) -> O_hat'`` in place (``||O||_F`` is taken before
+the division, only for ``"frobenius"``); `muonlab.reference.normuon.RESCALES` states the math."""
 
 
 def normuon_normalize_(
@@ -37,37 +58,47 @@ def normuon_normalize_(
     spec: MuonSpec,
     *,
     beta2: float | None = None,
-    reduce: int | None = None,
+    reduce: tuple[int, ...] | None = None,
     weight: torch.Tensor | float | None = None,
+    steps: torch.Tensor | None = None,
     overwrite: bool = False,
 ) -> torch.Tensor:
     """Return ``O_hat`` for ``O`` (``[..., m, n]``, computed in ``s.dtype``) and update ``S`` in place.
 
     Reads ``beta2`` (or the override), ``normuon_axis``, ``normuon_eps``, ``normuon_eps_mode``,
-    ``normuon_rescale`` and ``rms_scale`` from ``spec``. ``o`` is not written unless ``overwrite`` (then, when
-    it already has ``s.dtype``, it is reused for the result to save memory).
+    ``normuon_rescale``, ``normuon_bias_correction`` and ``rms_scale`` from ``spec``. ``o`` is not written
+    unless ``overwrite`` (then, when it already has ``s.dtype``, it is reused for the result to save memory).
 
-    ``reduce`` (-1: per row, -2: per column) overrides the axis ``spec.normuon_axis`` gives for ``o``'s
-    ``(m, n)``; ``weight`` (broadcastable to ``S``) replaces the lerp weight ``1-beta2`` per matrix: 0 leaves
-    that ``S`` unchanged bit for bit.
+    ``reduce`` (`muonlab.contract.normuon_reduce_axis`: ``(-1,)`` per row, ``(-2,)`` per column, ``()`` per
+    element) overrides the dims ``spec.normuon_axis`` gives for ``o``'s ``(m, n)``; ``weight`` (broadcastable to
+    ``S``) replaces the lerp weight ``1-beta2`` per matrix: 0 leaves that ``S`` unchanged bit for bit. ``steps``
+    (``t`` per matrix, broadcastable to ``S``) is needed by the bias correction only.
     """
     m, n = o.shape[-2], o.shape[-1]
     red = normuon_reduce_axis(m, n, spec.normuon_axis) if reduce is None else reduce
-    _check(o, s, red)
+    expected = second_moment_shape(o.shape, spec.normuon_axis) if reduce is None else _reduced(o.shape, red)
+    if tuple(s.shape) != expected:
+        raise ValueError(
+            f"second_moment: expected shape {expected} for an update of shape {tuple(o.shape)}, got {tuple(s.shape)}"
+        )
     b2 = spec.beta2 if beta2 is None else beta2
     o = o.to(s.dtype) if overwrite or o.dtype != s.dtype else o.clone()
-    vbar = (o * o).mean(dim=red, keepdim=True)
+    vbar = (o * o).mean(dim=red, keepdim=True) if red else o * o
     s.lerp_(vbar, 1.0 - b2 if weight is None else weight)
     del vbar
+    s_hat = s
+    if spec.normuon_bias_correction:
+        if steps is None:
+            raise ValueError("steps: the bias correction (normuon_bias_correction=True) needs the step count t")
+        s_hat = s / (1.0 - torch.pow(b2, steps.to(s.dtype)))
     eps = spec.normuon_eps
-    add = spec.normuon_eps_mode == "add"
-    o_norm = _frobenius(o) if spec.normuon_rescale == "frobenius" else None
-    o.div_(s.sqrt().add_(eps) if add else s.clamp(min=eps).sqrt_())
-    if spec.normuon_rescale == "none":  # NorMuonH: the hyperball step normalizes the update anyway
-        return o
-    hat_norm = _frobenius(o)
-    if o_norm is not None:
-        return o.mul_(o_norm.div_(hat_norm.add_(eps) if add else hat_norm.clamp_(min=eps)))
-    target = spec.rms_scale * float(m * n) ** 0.5
-    live = hat_norm > 0.0
-    return o.mul_(torch.where(live, target / torch.where(live, hat_norm, 1.0), 0.0))
+    o_norm = _frobenius(o) if spec.normuon_rescale == "frobenius" else None  # before the division
+    o.div_(s_hat.sqrt().add_(eps) if spec.normuon_eps_mode == "add" else s_hat.clamp(min=eps).sqrt_())
+    return lookup(RESCALES, spec.normuon_rescale, "normuon_rescale")(o, o_norm, spec)
+
+
+def _reduced(shape: tuple[int, ...] | torch.Size, red: tuple[int, ...]) -> tuple[int, ...]:
+    out = [int(d) for d in shape]
+    for d in red:
+        out[d] = 1
+    return tuple(out)

@@ -103,6 +103,16 @@ def _check_sharded_spec(spec: MuonSpec, mode: str, name: str) -> None:
                 f"{name}.{knob}: {getattr(spec, knob)!r} is not supported with distributed={mode!r} yet (it reads "
                 f"whole rows, columns or matrices around Orth, and NorMuon runs on the owner); use distributed='none'"
             )
+    if mode != "none" and spec.dion2_fraction is not None:
+        raise ValueError(
+            f"{name}.dion2_fraction: Dion2 is not supported with distributed={mode!r} yet (its selection is per "
+            f"shard in dion); use distributed='none'"
+        )
+    if mode != "none" and spec.normuon and spec.normuon_bias_correction:
+        raise ValueError(
+            f"{name}.normuon_bias_correction: not supported with distributed={mode!r} yet (the owner rank does not "
+            f"hold the step count); use distributed='none'"
+        )
     if mode in ("sharded", "gathered") and spec.sphere != "none" and spec.sphere_axis in ("col", "matrix"):
         raise ValueError(
             f"{name}.sphere_axis: {spec.sphere_axis!r} with sphere={spec.sphere!r} needs norms across ranks, "

@@ -37,6 +37,7 @@ from muonlab.contract.spec import lookup
 
 from .backend import Backend, route
 from .decay import Coefficients, Scalar, apply_stack_, coefficients, decay_lr
+from .dion2 import dion2_scatter, dion2_select_
 from .distributed import DistributedMode, Group, muon_directions
 from .momentum import MOMENTUM_FORMS, momentum_, momentum_weight
 from .normuon import normuon_normalize_
@@ -140,6 +141,11 @@ def _slots(t: torch.Tensor, a: int, b: int) -> torch.Tensor:
     return t if t.ndim == 0 else t[a:b]
 
 
+def _parts_of(t: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
+    """A per-slot coefficient cut by ``counts`` (a 0-D one repeated)."""
+    return [t] * len(counts) if t.ndim == 0 else list(torch.split(t, counts))
+
+
 def _coef_rows(c: Coefficients, a: int, b: int) -> Coefficients:
     return Coefficients(
         c.lr_update[a:b],
@@ -201,6 +207,7 @@ class GroupStacks:
         self.stores: list[_Store] = []
         self.lanes: list[_Lane] = []
         self._coef_cache: dict[tuple[float, float], list[Coefficients]] = {}
+        self._dion2_grad: list[torch.Tensor] = []  # the chunk's G, from stage 1 to Dion2's selection
 
     # -- state -----------------------------------------------------------------------------------------
     @property
@@ -228,7 +235,10 @@ class GroupStacks:
         mom = torch.zeros(bucket.size, bucket.rows, bucket.cols, dtype=dt, device=dev)
         second = None
         if self._stacked_second:
-            shape = (bucket.size, bucket.rows, 1) if bucket.reduce == -1 else (bucket.size, 1, bucket.cols)
+            assert bucket.reduce is not None  # planned with NorMuon
+            shape = [bucket.size, bucket.rows, bucket.cols]
+            for d in bucket.reduce:  # the averaged dims are 1
+                shape[d] = 1
             second = torch.zeros(shape, dtype=dt, device=dev)
         param_of_slot = [m for m, k in zip(bucket.members, bucket.counts, strict=True) for _ in range(k)]
         scale = torch.tensor([update_scale(self.full_shapes[m], self.spec) for m in param_of_slot], dtype=torch.float64)
@@ -377,6 +387,12 @@ class GroupStacks:
             if self.distributed == "none":  # stages 3-4 here, on this chunk
                 (w,) = unit
                 n, owned = ns.pop()
+                selected = None
+                if spec.dion2_fraction is not None:  # Orth on the selected slices only (refused when distributed)
+                    full = n.shape
+                    mask = None if w.skip is None else w.skip.keep
+                    n, selected = dion2_select_(n, self._dion2_grad.pop(), momentum, spec.dion2_fraction, mask)
+                    owned = True
                 if self.equilibrate is not None:  # a new tensor: N may be the momentum buffer
                     n, owned = self.equilibrate(n, spec.equilibrate_exponent, spec.equilibrate_eps), True
                 kept = None if self.magnitude is None else n  # the magnitude rule reads N after Orth
@@ -388,12 +404,17 @@ class GroupStacks:
                     del kept
                 if self.post_orth is not None:  # in the state dtype, as nanochat casts O back first
                     o = self.post_orth(o.to(w.bucket.dtype))
+                if selected is not None:
+                    o = dion2_scatter(o, selected, full)
                 second = w.store.second
                 if second is not None:
                     a, b = w.chunk.start, w.chunk.stop
                     weight = None if w.skip is None else w.skip.second
                     o = o.to(second.dtype)  # rebinding frees a bf16 O before NorMuon's work begins
-                    o = normuon_normalize_(o, second[a:b], spec, reduce=w.bucket.reduce, weight=weight, overwrite=True)
+                    steps = w.store.steps.view(-1, 1, 1)[a:b] if spec.normuon_bias_correction else None
+                    o = normuon_normalize_(
+                        o, second[a:b], spec, reduce=w.bucket.reduce, weight=weight, steps=steps, overwrite=True
+                    )
                 outs = [o]
                 del o
             else:  # stages 3-4 on owner ranks, whole matrices only (docs/distributed.md)
@@ -431,6 +452,9 @@ class GroupStacks:
             torch._foreach_add_(list(torch.split(g, [t.shape[0] for t in targets])), targets, alpha=lam)
         if w.skip is not None:
             g.masked_fill_(w.skip.skip, 0.0)
+        if self.spec.dion2_fraction is not None:  # the step's selection adds G itself (`dion2_select_`)
+            self._dion2_grad.append(g)
+            return buf, False
         if w.skip is None and self.spec.momentum_form != "optax" and route(backend, buf.device, buf.dtype):
             from .kernels import elementwise
 
@@ -511,15 +535,17 @@ class GroupStacks:
         if self.spec.sphere == "none":
             apply_stack_(targets, o, counts, w.coef, self.spec.cautious, w.bucket.dtype)
             return
-        for target, u, eta, kp in zip(
+        retain = w.coef.retain  # decoupled decay before the step (a fixed-radius hyperball, NeMo MuonHyperball)
+        for target, u, eta, kp, keep_w in zip(
             targets,
             torch.split(o, counts),
             torch.split(w.coef.lr_update, counts),
             [None] * len(counts) if w.skip is None else torch.split(w.skip.keep, counts),
+            [None] * len(counts) if retain is None else _parts_of(retain, counts),
             strict=True,
         ):
             wf = target.detach().reshape(u.shape).to(w.bucket.dtype, copy=True)
-            new = sphere_step(wf, -(u.to(w.bucket.dtype) * eta), self.spec, eta)
+            new = sphere_step(wf if keep_w is None else wf * keep_w, -(u.to(w.bucket.dtype) * eta), self.spec, eta)
             target.copy_((new if kp is None else torch.where(kp, new, wf)).view(target.shape))
 
     def _pieces(self, chunk: Chunk, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -45,15 +45,15 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Bucket:
-    """One stack shape ``[B, rows, cols]``; ``reduce`` is NorMuon's averaged axis (-1 or -2; None without
-    NorMuon). ``members`` are indices into the planned list; ``slots[i]`` is member ``i``'s first
-    slot and ``counts[i]`` its number of matrices."""
+    """One stack shape ``[B, rows, cols]``; ``reduce`` is NorMuon's averaged dims
+    (`muonlab.contract.normuon_reduce_axis`; None without NorMuon). ``members`` are indices into the planned list;
+    ``slots[i]`` is member ``i``'s first slot and ``counts[i]`` its number of matrices."""
 
     device: torch.device
     dtype: torch.dtype
     rows: int
     cols: int
-    reduce: int | None
+    reduce: tuple[int, ...] | None
     members: tuple[int, ...]
     slots: tuple[int, ...]
     counts: tuple[int, ...]
@@ -102,7 +102,7 @@ def plan_buckets(
     over the cap is a chunk of its own."""
     if max_stack_bytes is not None and (isinstance(max_stack_bytes, bool) or max_stack_bytes < 1):
         raise ValueError(f"max_stack_bytes: expected a positive integer or None, got {max_stack_bytes!r}")
-    groups: dict[tuple[torch.device, torch.dtype, int, int, int | None], list[int]] = {}
+    groups: dict[tuple[torch.device, torch.dtype, int, int, tuple[int, ...] | None], list[int]] = {}
     for i, (k, m, n) in enumerate(mats):
         if k == 0:  # no matrix (an empty shard of a batch of matrices): nothing to stack
             continue

@@ -34,6 +34,7 @@ EQUILIBRATIONS: dict[Equilibrate, Callable[[torch.Tensor, float, float], torch.T
     "col": lambda x, e, eps: x * _sq(x, -2).add_(eps).pow_(e),
     "rowcol": lambda x, e, eps: x * _sq(x, -1).add_(eps).pow_(e) * _sq(x, -2).add_(eps).pow_(e),
     "row_mean": _row_mean,
+    "sign": lambda x, e, eps: torch.sign(x),  # AdaMuon; a non-finite gradient never gets here (Muon.step checks)
 }
 """``spec.equilibrate`` -> ``(N, exponent, eps) -> N'`` (None: unchanged)."""
 

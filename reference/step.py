@@ -29,6 +29,7 @@ from muonlab.contract.spec import MuonSpec
 from .adamw import adam_direction, adam_moments
 from .array import Array
 from .decay import coupled_decay, decoupled_decay
+from .dion2 import dion2_scatter, dion2_select
 from .momentum import apply_momentum
 from .normuon import normuon_normalize
 from .orthogonalize import as_matrices, magnitude, orthogonalize
@@ -119,18 +120,26 @@ def _muon_update(p: Array, g: Array, state: MuonState, spec: MuonSpec) -> tuple[
     t = state.step + 1
     if decay_stages(spec)[0]:
         g = coupled_decay(g, p, spec)
-    momentum, n = apply_momentum(np.asarray(state.momentum, dtype=np.float64), g, spec, t)
-    nm, restore = as_matrices(n, spec, "n")
-    n = restore(equilibrate(nm, spec))
-    o = magnitude(n, orthogonalize(n, spec), spec)
-    o = restore(post_orth(as_matrices(o, spec, "o")[0], spec))
+    if spec.dion2_fraction is None:
+        momentum, n = apply_momentum(np.asarray(state.momentum, dtype=np.float64), g, spec, t)
+        nm, restore = as_matrices(n, spec, "n")
+        n = restore(equilibrate(nm, spec))
+        o = magnitude(n, orthogonalize(n, spec), spec)
+        o = restore(post_orth(as_matrices(o, spec, "o")[0], spec))
+    else:  # Dion2: Orth on the selected slices of M + G, error feedback on the buffer (reference/dion2.py)
+        mm, restore = as_matrices(np.asarray(state.momentum, dtype=np.float64), spec, "momentum")
+        new, u, index = dion2_select(mm, as_matrices(g, spec, "grad")[0], spec.momentum, spec.dion2_fraction)
+        momentum = restore(new)
+        u = equilibrate(u, spec)
+        o_sel = post_orth(magnitude(u, orthogonalize(u, spec), spec), spec)
+        o = restore(dion2_scatter(o_sel, index, mm.shape))
     second: Array | None = None
     if spec.normuon:
         assert state.second_moment is not None
         om, restore = as_matrices(o, spec, "update")
         s_stored = np.asarray(state.second_moment, dtype=np.float64)
         s_view = np.reshape(s_stored, (om.shape[0], *s_stored.shape[-2:]))
-        o_hat, s_new = normuon_normalize(om, s_view, spec)
+        o_hat, s_new = normuon_normalize(om, s_view, spec, t)
         o = restore(o_hat)
         second = np.reshape(s_new, s_stored.shape)
     elif state.second_moment is not None:

@@ -47,6 +47,7 @@ EQUILIBRATIONS: dict[Equilibrate, Callable[[Array, float, float], Array] | None]
     "col": lambda x, e, eps: x * _col_scale(x, e, eps),
     "rowcol": lambda x, e, eps: _row_scale(x, e, eps) * x * _col_scale(x, e, eps),  # both from the same N
     "row_mean": _row_mean,
+    "sign": lambda x, e, eps: np.sign(x),  # AdaMuon (NaN stays NaN; non-finite gradients are refused before)
 }
 """``spec.equilibrate`` -> ``(N, exponent, eps) -> N'`` (None: unchanged); the fast side's table is
 `muonlab.fast.transforms.EQUILIBRATIONS`."""

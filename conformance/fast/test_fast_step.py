@@ -90,7 +90,11 @@ def check_one_step(
     os_r, st_r = ref_direction(np64(w0), [np64(g) for g in grads], spec)
     of, o_r = np64(os_f[-1]), os_r[-1]
     errs = {"O": rel(of, o_r), "O_max": max(rel(np64(a), b) for a, b in zip(os_f, os_r, strict=True))}
-    assert errs["O_max"] <= tol, errs
+    # A per-element second moment (AdaMuon) makes an early step a sign pattern: with the bias correction step 1 is
+    # exactly sign(O), so an entry of O within bf16's rounding of 0 flips a whole +-1 (measured: 1-2 of 512 entries,
+    # O_max 0.09-0.15 on adamuon_v1) while the compared step stays within 0.015-0.018; bf16 holds that step there.
+    elementwise = bf16 and spec.normuon and spec.normuon_axis == "element"
+    assert errs["O" if elementwise else "O_max"] <= tol, errs
     if bf16:
         assert cos(of, o_r) >= BF16_COS
     else:
@@ -211,8 +215,12 @@ def specs(draw: st.DrawFn) -> MuonSpec:
         norm_scale=draw(st.sampled_from([1.0, 1.01, 1.02])),
         eps=draw(st.sampled_from([1e-7, 1e-8, 1e-6])),
         normuon=draw(st.booleans()),
+        normuon_bias_correction=draw(st.booleans()),
         beta2=draw(st.sampled_from([0.9, 0.95])),
     )
+    kw["dion2_fraction"] = draw(st.sampled_from([None, None, 0.25, 1.0]))
+    if kw["dion2_fraction"] is not None:  # Dion2 accumulates and decays the selected slices: sum form, no NorMuon
+        kw.update(momentum_form="sum", nesterov=False, normuon=False)
     if kw["sphere"] == "none":
         kw.update({f: draw(st.sampled_from(choices(f))) for f in DECAY_KNOBS})
         kw["weight_decay"] = draw(st.sampled_from([0.0, 0.1, 0.5, -0.05]))

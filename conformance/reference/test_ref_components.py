@@ -118,6 +118,13 @@ def test_normuon_equalizes_per_axis_rms_and_keeps_frobenius(
     spec = _normuon(axis, mode=mode, beta2=0.9, normuon_eps=1e-30)  # eps negligible: exact identities
     s0 = np.zeros(normuon_state_shape(shape, spec))
     out, s1 = normuon_normalize(o, s0, spec)
+    if axis == "element":  # AdaMuon: S = (1 - beta2) O^2, so every entry of O_hat has the same magnitude
+        assert s1.shape == (m, n)
+        np.testing.assert_allclose(s1, 0.1 * o * o, rtol=1e-14)
+        live = np.abs(o) > 1e-12
+        np.testing.assert_allclose(np.abs(out[live]), np.abs(out[live]).mean(), rtol=1e-10)
+        np.testing.assert_allclose(np.linalg.norm(out), np.linalg.norm(o), rtol=1e-12)
+        return
     red = -1 if axis == "row" or (axis == "longer" and m >= n) else -2
     assert s1.shape == ((m, 1) if red == -1 else (1, n))
     np.testing.assert_allclose(s1, 0.1 * np.mean(o * o, axis=red, keepdims=True), rtol=1e-14)

@@ -99,6 +99,8 @@ STAGE_TABLES = [
     ("momentum_form", "muonlab.reference.momentum:MOMENTUM_FORMS", "muonlab.fast.momentum:MOMENTUM_FORMS"),
     ("cautious", "muonlab.reference.decay:CAUTIOUS_TESTS", "muonlab.fast.decay:CAUTIOUS_TESTS"),
     ("eps_mode", "muonlab.reference.orthogonalize:NORM_GUARDS", "muonlab.fast.orthogonalize:NORM_GUARDS"),
+    ("normuon_rescale", "muonlab.reference.normuon:RESCALES", "muonlab.fast.normuon:RESCALES"),
+    ("normuon_axis", "muonlab.contract.shapes:NORMUON_AXES", None),
     ("decay_placement", "muonlab.contract.decay:DECAY_PLACEMENTS", None),
     ("decay_lr", "muonlab.contract.decay:DECAY_LRS", None),
     ("shape_scale", "muonlab.contract.scaling:SHAPE_SCALES", None),

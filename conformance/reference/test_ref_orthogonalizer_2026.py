@@ -226,7 +226,7 @@ def test_dual_norm_magnitude_by_hand() -> None:
 # -- from_upstream ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("source", ["torch", "keller", "optax", "dion"])
+@pytest.mark.parametrize("source", ["torch", "keller", "optax", "dion", "adamuon"])
 def test_from_upstream_defaults_are_the_presets(source: str) -> None:
     assert from_upstream(source) == get_preset(source)
 
@@ -235,7 +235,7 @@ def test_from_upstream_refuses_unknown_keywords_and_what_it_cannot_express() -> 
     with pytest.raises(ValueError, match=r"unknown keyword.*accepts learning_rate, ns_coeffs"):
         from_upstream("optax", learning_rat=0.1)
     with pytest.raises(ValueError, match="unknown upstream"):
-        from_upstream("adamuon")
+        from_upstream("adamw")
     for source, kw in [
         ("emerging_optimizers", {"coefficient_type": "custom"}),
         ("optax", {"weight_decay_mask": lambda p: p}),
