@@ -103,10 +103,10 @@ def _check_sharded_spec(spec: MuonSpec, mode: str, name: str) -> None:
                 f"{name}.{knob}: {getattr(spec, knob)!r} is not supported with distributed={mode!r} yet (it reads "
                 f"whole rows, columns or matrices around Orth, and NorMuon runs on the owner); use distributed='none'"
             )
-    if mode != "none" and spec.dion2_fraction is not None:
+    if mode in ("sharded", "gathered") and spec.dion2_fraction is not None:
         raise ValueError(
-            f"{name}.dion2_fraction: Dion2 is not supported with distributed={mode!r} yet (its selection is per "
-            f"shard in dion); use distributed='none'"
+            f"{name}.dion2_fraction: Dion2 is not supported with distributed={mode!r} yet (dion selects per shard, "
+            f"a different map); use distributed='replicated' or 'none'"
         )
     if mode != "none" and spec.normuon and spec.normuon_bias_correction:
         raise ValueError(

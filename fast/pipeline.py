@@ -418,7 +418,19 @@ class GroupStacks:
                 outs = [o]
                 del o
             else:  # stages 3-4 on owner ranks, whole matrices only (docs/distributed.md)
-                outs = self._exchange(unit, [n for n, _ in ns], states, grads, keep, backend)
+                inputs = [n for n, _ in ns]
+                picks: list[tuple[torch.Tensor, torch.Size]] = []
+                if spec.dion2_fraction is not None:  # "replicated": every rank selects the same slices
+                    for i, w in enumerate(unit):
+                        mask = None if w.skip is None else w.skip.keep
+                        full = inputs[i].shape
+                        inputs[i], pick = dion2_select_(
+                            inputs[i], self._dion2_grad.pop(0), momentum, spec.dion2_fraction, mask
+                        )
+                        picks.append((pick, full))
+                outs = self._exchange(unit, inputs, states, grads, keep, backend)
+                if picks:
+                    outs = [dion2_scatter(o, pick, full) for o, (pick, full) in zip(outs, picks, strict=True)]
             del ns
             for w in unit:  # popped: no update outlives its apply
                 self._apply(w, views, outs.pop(0))
@@ -481,7 +493,11 @@ class GroupStacks:
         for w, n in zip(unit, ns, strict=True):
             for pc in w.chunk.pieces:
                 first = pc.slot - w.chunk.start
-                parts[pc.member] = n[first : first + pc.count].view(self.shapes[pc.member])
+                piece = n[first : first + pc.count]
+                if spec.dion2_fraction is None:
+                    parts[pc.member] = piece.view(self.shapes[pc.member])
+                else:  # Dion2: the selected slices of its matrices, as one matrix or a batch
+                    parts[pc.member] = piece.view(*self.mats[pc.member][:1], *piece.shape[-2:]).squeeze(0)
         for i in self.loose:
             parts[i] = states[i]["momentum_buffer"]  # empty: nothing of this parameter is on this rank
         assert all(p is not None for p in parts)
@@ -503,10 +519,16 @@ class GroupStacks:
         outs = []
         for w in unit:
             pieces = [
-                done[pc.member].reshape(self.mats[pc.member])[pc.first : pc.first + pc.count] for pc in w.chunk.pieces
+                self._as_stack(done[pc.member], pc.member)[pc.first : pc.first + pc.count] for pc in w.chunk.pieces
             ]
             outs.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces))
         return outs
+
+    def _as_stack(self, t: torch.Tensor, member: int) -> torch.Tensor:
+        """A member's exchanged result as ``[k, m, n]`` (Dion2: its selected slices, ``[k, ., .]`` as they came)."""
+        if self.spec.dion2_fraction is None:
+            return t.reshape(self.mats[member])
+        return t.reshape(self.mats[member][0], *t.shape[-2:])
 
     def _second_weight(
         self, i: int, grads: Sequence[torch.Tensor | None], keep: torch.Tensor | None

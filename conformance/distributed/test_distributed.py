@@ -38,6 +38,7 @@ CHECKS = [
     "step_sharded_normuon",
     "step_sharded_dion_cautious",
     "step_gathered_normuon",
+    "step_replicated_dion2",
     "ddp_accumulation_invariance",
     "optimizer_ddp_replicated_keller",
     "optimizer_ddp_replicated_normuon",
