@@ -463,6 +463,21 @@ def dion2() -> MuonSpec:
     return dion().replace(name="dion2", nesterov=False, momentum=0.95, dion2_fraction=0.25)
 
 
+def nordion2() -> MuonSpec:
+    """NorDion2 (microsoft/dion ``dion/nordion2.py`` at 0a059a4; ``Dion3`` is an alias): Dion2 selecting rows
+    whatever the shape, then NorMuon on the selected rows alone (``v = mean(O^2, -1)``, ``V <- lerp(V, v, 1 - 0.95)``
+    for those rows, ``O / (sqrt(V) + 1e-8)``, Frobenius norm kept with ``max(., 1e-8)``). Its defaults."""
+    return dion2().replace(
+        name="nordion2",
+        normuon=True,
+        beta2=0.95,
+        normuon_axis="row",
+        normuon_eps=1e-8,
+        normuon_eps_mode="add",
+        normuon_rescale="frobenius_clamp",
+    )
+
+
 PRESETS: Final[dict[str, Callable[[], MuonSpec]]] = {
     "keller": keller,
     "moonlight": moonlight,
@@ -483,6 +498,7 @@ PRESETS: Final[dict[str, Callable[[], MuonSpec]]] = {
     "adamuon_v1": adamuon_v1,
     "adamuon_paper": adamuon_paper,
     "dion2": dion2,
+    "nordion2": nordion2,
 }
 
 

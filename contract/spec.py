@@ -45,7 +45,7 @@ NdMode = Literal["flatten", "batch"]
 ScaleShape = Literal["matrix", "last2"]
 ShapeScale = Literal["keller", "moonlight", "dion", "none"]
 NorMuonAxis = Literal["row", "col", "longer", "element"]
-NorMuonRescale = Literal["frobenius", "rms", "rms_eps", "none"]
+NorMuonRescale = Literal["frobenius", "frobenius_clamp", "rms", "rms_eps", "none"]
 DecayPlacement = Literal["param", "update", "both"]
 DecayLr = Literal["base", "scaled", "lr2", "base_squared", "unit"]
 Cautious = Literal["off", "ge", "gt"]
@@ -107,7 +107,9 @@ class MuonSpec:
     """Dion2 (microsoft/dion ``dion2.py``; docs/variants.md "Dion2"): ``M <- M + G``, then the ``ceil(f s)`` slices
     of largest L1 norm along the shorter dim (rows when ``m <= n``; ``s`` slices) form ``U``, ``Orth`` runs on
     ``U`` alone, the update is 0 elsewhere, and the buffer's selected slices are multiplied by ``momentum`` (error
-    feedback). Needs ``momentum_form="sum"`` and no Nesterov; None: off."""
+    feedback). Needs ``momentum_form="sum"`` and no Nesterov; None: off. With ``normuon`` (NorDion2, dion
+    ``nordion2.py``) rows are selected whatever the shape, and NorMuon's per-row statistic of the selected rows
+    alone is updated and applied."""
 
     # -- orthogonalization (docs/variants.md "Orthogonalization") -----------------------------------
     orthogonalizer: Orthogonalizer = "newton_schulz"
@@ -183,7 +185,9 @@ class MuonSpec:
     (modded-nanogpt: per row when ``m >= n``, else per column), or per element of ``O`` (``"element"``: ``S`` has
     the matrix's shape; AdaMuon, NeMo ``AdaptiveMuon("adamuon")``)."""
     normuon_rescale: NorMuonRescale = "frobenius"
-    """``"frobenius"``: ``O_hat`` keeps ``||O||_F`` (official code, modded, dion); ``"rms"``: ``O_hat`` is
+    """``"frobenius"``: ``O_hat`` keeps ``||O||_F`` (official code, modded, dion), its norm guarded by
+    ``normuon_eps_mode``; ``"frobenius_clamp"``: the same with ``max(||O_hat||_F, eps)`` whatever the mode (dion's
+    ``_normuon_normalization_core``: ``+ eps`` in the division, a clamp here); ``"rms"``: ``O_hat`` is
     rescaled to RMS ``rms_scale`` (the paper's ``0.2 eta sqrt(mn)/||O_hat||_F``, ``0/0 = 0``); ``"rms_eps"``: the
     same with ``normuon_eps`` guarding ``||O_hat||_F`` by ``normuon_eps_mode`` (AdaMuon's
     ``0.2 sqrt(mn) / (||O_hat||_F + eps)``)."""
@@ -374,8 +378,11 @@ def _validate(spec: MuonSpec) -> None:
                 "dion2_fraction: Dion2 accumulates M <- M + G and decays the selected slices by momentum; set "
                 f"momentum_form='sum' and nesterov=False (got {spec.momentum_form!r}, nesterov={spec.nesterov})"
             )
-        if spec.normuon:
-            raise ValueError("dion2_fraction: NorDion2 (NorMuon on the selected slices) is not implemented yet")
+        if spec.normuon and spec.normuon_axis != "row":
+            raise ValueError(
+                "normuon_axis: NorDion2 (dion2_fraction with normuon) keeps NorMuon's statistic per row of the "
+                f"selected rows; expected 'row', got {spec.normuon_axis!r}"
+            )
     if spec.sphere == "hyperball" and spec.sphere_axis != "matrix":
         raise ValueError(f"sphere_axis: 'hyperball' is a sphere of matrices, got sphere_axis={spec.sphere_axis!r}")
     if spec.hyperball_radius is not None:

@@ -158,6 +158,23 @@ def _dion2(kw: Keywords) -> MuonSpec:
     return spec.replace(name="dion2", dion2_fraction=kw["fraction"])
 
 
+def _nordion2(kw: Keywords) -> MuonSpec:
+    if kw["newton_schulz_func"] is not None:
+        raise _unsupported("nordion2", "newton_schulz_func", kw["newton_schulz_func"], "an arbitrary callable")
+    dion2 = {k: v for k, v in kw.items() if k not in ("mu", "muon_beta2", "newton_schulz_func", "triton_post_ortho")}
+    spec = _dion2({**dion2, "ef_decay": kw["mu"]})  # triton_post_ortho: a kernel choice, same math
+    nor = get_preset("nordion2")
+    return spec.replace(
+        name="nordion2",
+        normuon=True,
+        beta2=kw["muon_beta2"],
+        normuon_axis=nor.normuon_axis,
+        normuon_eps=nor.normuon_eps,  # hard-coded 1e-8 in _normuon_normalization_core, not epsilon
+        normuon_eps_mode=nor.normuon_eps_mode,
+        normuon_rescale=nor.normuon_rescale,
+    )
+
+
 _NEMO_SETS: Final[dict[str, tuple[str, str]]] = {
     # coefficient_type -> (set, iteration policy): muon_utils._COEFFICIENT_SETS and repeat_last_types (ca0f167)
     "simple": ("keller", "cycle"),
@@ -430,6 +447,28 @@ UPSTREAMS: Final[dict[str, Upstream]] = {
             "selection_scope": "local",
         },
         _dion2,
+    ),
+    "nordion2": Upstream(
+        "microsoft/dion dion/nordion2.py NorDion2 = Dion3 (0a059a4)",
+        {
+            "distributed_mesh": None,
+            "lr": 0.01,
+            "fraction": 0.25,
+            "mu": 0.95,
+            "muon_beta2": 0.95,
+            "betas": (0.9, 0.95),
+            "weight_decay": 0.01,
+            "epsilon": 1e-8,
+            "adjust_lr": "spectral_norm",
+            "flatten": False,
+            "use_triton": False,
+            "use_polar_express": True,
+            "use_gram_newton_schulz": False,
+            "newton_schulz_func": None,
+            "triton_post_ortho": False,
+            "selection_scope": "local",
+        },
+        _nordion2,
     ),
     "emerging_optimizers": Upstream(
         "NVIDIA-NeMo/Emerging-Optimizers Muon (fd77292, muon.py / muon_utils.py)", _NEMO_DEFAULTS, _nemo

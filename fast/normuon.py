@@ -42,6 +42,9 @@ def _rms(o_hat: torch.Tensor, o_norm: torch.Tensor | None, spec: MuonSpec) -> to
 
 RESCALES: dict[NorMuonRescale, Callable[[torch.Tensor, torch.Tensor | None, MuonSpec], torch.Tensor]] = {
     "frobenius": lambda o_hat, o_norm, spec: o_hat.mul_(o_norm.div_(_guard_(_frobenius(o_hat), spec))),  # type: ignore[union-attr]
+    "frobenius_clamp": lambda o_hat, o_norm, spec: o_hat.mul_(
+        o_norm.div_(_frobenius(o_hat).clamp_(min=spec.normuon_eps))  # type: ignore[union-attr]
+    ),
     "rms": _rms,
     "rms_eps": lambda o_hat, o_norm, spec: o_hat.mul_(
         _guard_(_frobenius(o_hat), spec).reciprocal_().mul_(_target(o_hat, spec))
@@ -49,7 +52,7 @@ RESCALES: dict[NorMuonRescale, Callable[[torch.Tensor, torch.Tensor | None, Muon
     "none": lambda o_hat, o_norm, spec: o_hat,  # NorMuonH: the hyperball step normalizes the update anyway
 }
 """``spec.normuon_rescale`` -> ``(O_hat, ||O||_F or None, spec) -> O_hat'`` in place (``||O||_F`` is taken before
-the division, only for ``"frobenius"``); `muonlab.reference.normuon.RESCALES` states the math."""
+the division, only for the Frobenius rescales); `muonlab.reference.normuon.RESCALES` states the math."""
 
 
 def normuon_normalize_(
@@ -92,7 +95,7 @@ def normuon_normalize_(
             raise ValueError("steps: the bias correction (normuon_bias_correction=True) needs the step count t")
         s_hat = s / (1.0 - torch.pow(b2, steps.to(s.dtype)))
     eps = spec.normuon_eps
-    o_norm = _frobenius(o) if spec.normuon_rescale == "frobenius" else None  # before the division
+    o_norm = _frobenius(o) if spec.normuon_rescale in ("frobenius", "frobenius_clamp") else None  # before the division
     o.div_(s_hat.sqrt().add_(eps) if spec.normuon_eps_mode == "add" else s_hat.clamp(min=eps).sqrt_())
     return lookup(RESCALES, spec.normuon_rescale, "normuon_rescale")(o, o_norm, spec)
 

@@ -103,6 +103,11 @@ def _check_sharded_spec(spec: MuonSpec, mode: str, name: str) -> None:
                 f"{name}.{knob}: {getattr(spec, knob)!r} is not supported with distributed={mode!r} yet (it reads "
                 f"whole rows, columns or matrices around Orth, and NorMuon runs on the owner); use distributed='none'"
             )
+    if mode != "none" and spec.dion2_fraction is not None and spec.normuon:
+        raise ValueError(
+            f"{name}.normuon: NorDion2 (dion2_fraction with normuon) is not supported with distributed={mode!r} yet; "
+            f"use distributed='none'"
+        )
     if mode in ("sharded", "gathered") and spec.dion2_fraction is not None:
         raise ValueError(
             f"{name}.dion2_fraction: Dion2 is not supported with distributed={mode!r} yet (dion selects per shard, "

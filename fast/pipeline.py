@@ -391,7 +391,9 @@ class GroupStacks:
                 if spec.dion2_fraction is not None:  # Orth on the selected slices only (refused when distributed)
                     full = n.shape
                     mask = None if w.skip is None else w.skip.keep
-                    n, selected = dion2_select_(n, self._dion2_grad.pop(), momentum, spec.dion2_fraction, mask)
+                    n, selected = dion2_select_(
+                        n, self._dion2_grad.pop(), momentum, spec.dion2_fraction, mask, rows=spec.normuon
+                    )
                     owned = True
                 if self.equilibrate is not None:  # a new tensor: N may be the momentum buffer
                     n, owned = self.equilibrate(n, spec.equilibrate_exponent, spec.equilibrate_eps), True
@@ -404,17 +406,23 @@ class GroupStacks:
                     del kept
                 if self.post_orth is not None:  # in the state dtype, as nanochat casts O back first
                     o = self.post_orth(o.to(w.bucket.dtype))
-                if selected is not None:
-                    o = dion2_scatter(o, selected, full)
                 second = w.store.second
                 if second is not None:
                     a, b = w.chunk.start, w.chunk.stop
                     weight = None if w.skip is None else w.skip.second
                     o = o.to(second.dtype)  # rebinding frees a bf16 O before NorMuon's work begins
                     steps = w.store.steps.view(-1, 1, 1)[a:b] if spec.normuon_bias_correction else None
-                    o = normuon_normalize_(
-                        o, second[a:b], spec, reduce=w.bucket.reduce, weight=weight, steps=steps, overwrite=True
-                    )
+                    if selected is None:
+                        o = normuon_normalize_(
+                            o, second[a:b], spec, reduce=w.bucket.reduce, weight=weight, steps=steps, overwrite=True
+                        )
+                    else:  # NorDion2: the statistic of the selected rows alone is updated and applied
+                        at = selected.unsqueeze(-1)
+                        s_sel = torch.gather(second[a:b], -2, at)
+                        o = normuon_normalize_(o, s_sel, spec, reduce=(-1,), weight=weight, steps=steps, overwrite=True)
+                        second[a:b].scatter_(-2, at, s_sel)
+                if selected is not None:
+                    o = dion2_scatter(o, selected, full, rows=spec.normuon)
                 outs = [o]
                 del o
             else:  # stages 3-4 on owner ranks, whole matrices only (docs/distributed.md)

@@ -58,6 +58,7 @@ def _rms_eps(o_hat: Array, o: Array, spec: MuonSpec) -> Array:
 
 RESCALES: dict[NorMuonRescale, Callable[[Array, Array, MuonSpec], Array]] = {
     "frobenius": lambda o_hat, o, spec: o_hat * (_frobenius(o) / _guard(_frobenius(o_hat), spec)),
+    "frobenius_clamp": lambda o_hat, o, spec: o_hat * (_frobenius(o) / np.maximum(_frobenius(o_hat), spec.normuon_eps)),
     "rms": _rms,
     "rms_eps": _rms_eps,
     "none": lambda o_hat, o, spec: o_hat,  # NorMuonH: the hyperball step normalizes the update anyway

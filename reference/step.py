@@ -128,11 +128,21 @@ def _muon_update(p: Array, g: Array, state: MuonState, spec: MuonSpec) -> tuple[
         o = restore(post_orth(as_matrices(o, spec, "o")[0], spec))
     else:  # Dion2: Orth on the selected slices of M + G, error feedback on the buffer (reference/dion2.py)
         mm, restore = as_matrices(np.asarray(state.momentum, dtype=np.float64), spec, "momentum")
-        new, u, index = dion2_select(mm, as_matrices(g, spec, "grad")[0], spec.momentum, spec.dion2_fraction)
+        rows = spec.normuon  # NorDion2 selects rows
+        gm = as_matrices(g, spec, "grad")[0]
+        new, u, index = dion2_select(mm, gm, spec.momentum, spec.dion2_fraction, rows)
         momentum = restore(new)
         u = equilibrate(u, spec)
         o_sel = post_orth(magnitude(u, orthogonalize(u, spec), spec), spec)
-        o = restore(dion2_scatter(o_sel, index, mm.shape))
+        if spec.normuon:  # NorDion2: the statistic of the selected rows alone is updated and applied
+            assert state.second_moment is not None
+            s_all = np.array(state.second_moment, dtype=np.float64).reshape(mm.shape[0], mm.shape[1], 1)
+            at = index[:, :, None]
+            o_sel, s_sel = normuon_normalize(o_sel, np.take_along_axis(s_all, at, axis=-2), spec, t)
+            np.put_along_axis(s_all, at, s_sel, axis=-2)
+            o = restore(dion2_scatter(o_sel, index, mm.shape, rows))
+            return o, MuonState(momentum=momentum, second_moment=s_all.reshape(np.shape(state.second_moment)), step=t)
+        o = restore(dion2_scatter(o_sel, index, mm.shape, rows))
     second: Array | None = None
     if spec.normuon:
         assert state.second_moment is not None

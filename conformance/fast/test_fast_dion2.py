@@ -14,8 +14,9 @@ from muonlab.fast import Muon
 
 @pytest.mark.parametrize("shape", [(8, 20), (20, 8), (3, 12, 20)])
 @pytest.mark.parametrize("fraction", [0.25, 1.0])
-def test_fast_dion2_matches_reference(shape: tuple[int, ...], fraction: float) -> None:
-    spec = R.get_preset("dion2").replace(dion2_fraction=fraction, compute_dtype="float32")
+@pytest.mark.parametrize("preset", ["dion2", "nordion2"])
+def test_fast_dion2_matches_reference(shape: tuple[int, ...], fraction: float, preset: str) -> None:
+    spec = R.get_preset(preset).replace(dion2_fraction=fraction, compute_dtype="float32")
     rng = np.random.default_rng(1)
     w0 = rng.standard_normal(shape)
     w, state = w0, R.init_muon_state(w0, spec)
@@ -28,19 +29,26 @@ def test_fast_dion2_matches_reference(shape: tuple[int, ...], fraction: float) -
         opt.step()
     assert rel(np64(p.detach()) - w0, w - w0) <= FP32_REL
     np.testing.assert_allclose(np64(opt.state[p]["momentum_buffer"]), state.momentum, rtol=1e-5, atol=1e-5)
+    if spec.normuon:
+        assert state.second_moment is not None
+        np.testing.assert_allclose(np64(opt.state[p]["second_moment"]), state.second_moment, rtol=1e-4, atol=1e-7)
 
 
-def test_skipped_matrix_keeps_its_dion2_buffer() -> None:
-    spec = R.get_preset("dion2").replace(compute_dtype="float32", nonfinite="skip")
+@pytest.mark.parametrize("preset", ["dion2", "nordion2"])
+def test_skipped_matrix_keeps_its_dion2_buffer(preset: str) -> None:
+    spec = R.get_preset(preset).replace(compute_dtype="float32", nonfinite="skip")
     p = torch.nn.Parameter(torch.randn(8, 16))
     q = torch.nn.Parameter(torch.randn(8, 16))
     opt = Muon([p, q], spec)
     p.grad, q.grad = torch.randn(8, 16), torch.randn(8, 16)
     opt.step()
-    before = (p.detach().clone(), opt.state[p]["momentum_buffer"].clone())
+    before = {k: v.clone() for k, v in opt.state[p].items()}
+    w = p.detach().clone()
     p.grad, q.grad = torch.full((8, 16), float("nan")), torch.randn(8, 16)
     opt.step()
-    assert torch.equal(p, before[0]) and torch.equal(opt.state[p]["momentum_buffer"], before[1])
+    assert torch.equal(p, w)
+    for k, v in before.items():
+        assert torch.equal(opt.state[p][k], v), k
 
 
 def test_distributed_modes_refuse_dion2() -> None:
@@ -48,6 +56,8 @@ def test_distributed_modes_refuse_dion2() -> None:
 
     with pytest.raises(ValueError, match="dion2_fraction: Dion2 is not supported with distributed='sharded'"):
         Muon([torch.nn.Parameter(torch.randn(4, 6))], "dion2", distributed="sharded")
+    with pytest.raises(ValueError, match="NorDion2 .* is not supported with distributed='replicated'"):
+        Muon([torch.nn.Parameter(torch.randn(4, 6))], "nordion2", distributed="replicated")
 
 
 @pytest.mark.parametrize("shape", [(8, 14), (3, 14, 8)])

@@ -219,8 +219,10 @@ def specs(draw: st.DrawFn) -> MuonSpec:
         beta2=draw(st.sampled_from([0.9, 0.95])),
     )
     kw["dion2_fraction"] = draw(st.sampled_from([None, None, 0.25, 1.0]))
-    if kw["dion2_fraction"] is not None:  # Dion2 accumulates and decays the selected slices: sum form, no NorMuon
-        kw.update(momentum_form="sum", nesterov=False, normuon=False)
+    if kw["dion2_fraction"] is not None:  # Dion2 accumulates and decays the selected slices: sum form, no Nesterov
+        kw.update(momentum_form="sum", nesterov=False)
+        if kw["normuon"]:  # NorDion2: the statistic per selected row
+            kw["normuon_axis"] = "row"
     if kw["sphere"] == "none":
         kw.update({f: draw(st.sampled_from(choices(f))) for f in DECAY_KNOBS})
         kw["weight_decay"] = draw(st.sampled_from([0.0, 0.1, 0.5, -0.05]))

@@ -14,12 +14,17 @@ import muonlab.reference as R
 from muonlab.contract import update_scale
 
 
-def _upstream(w: np.ndarray, grads: list[np.ndarray], fraction: float, ef_decay: float) -> np.ndarray:
+def _upstream(
+    w: np.ndarray, grads: list[np.ndarray], fraction: float, ef_decay: float, nordion2: bool = False
+) -> np.ndarray:
+    """Dion2, or NorDion2 (``nordion2.py``: rows always, ``select_dim = -2``; then ``_normuon_normalization_core``
+    on the selected rows with their slice of the per-row variance ``V``, scattered back)."""
     spec = R.get_preset("dion2")  # its orthogonalizer (Polar Express x1.02, +1e-8) and sqrt(m/n) rule
     lr, wd = spec.lr, spec.weight_decay
     m_buf = np.zeros_like(w)
+    variance = np.zeros((w.shape[0], 1))
     rows, cols = w.shape
-    select_dim = -2 if rows <= cols else -1
+    select_dim = -2 if rows <= cols or nordion2 else -1
     for g in grads:
         m_buf = m_buf + g  # torch._foreach_add_(M, G)
         sl = m_buf if select_dim == -2 else m_buf.T  # slices as rows
@@ -30,6 +35,12 @@ def _upstream(w: np.ndarray, grads: list[np.ndarray], fraction: float, ef_decay:
         for i in chosen:  # m.scatter_(select_dim, idx, selected * ef_decay)
             sl[i] = ef_decay * sl[i]
         o = R.orthogonalize(u if select_dim == -2 else u.T, spec)
+        if nordion2:
+            v = variance[chosen]
+            v = v + (1 - 0.95) * (np.mean(o * o, axis=-1, keepdims=True) - v)  # torch.lerp(V, mean(U^2), 1 - b2)
+            normed = o / (np.sqrt(v) + 1e-8)
+            o = normed * (np.linalg.norm(o) / max(np.linalg.norm(normed), 1e-8))
+            variance[chosen] = v
         w = w * (1 - lr * wd)  # dion2_post_orthogonalize: decay everything with the base lr
         adjusted = lr * update_scale(w.shape, spec)  # adjust_lr_spectral_norm on the full shape
         step = np.zeros_like(w)
@@ -92,8 +103,27 @@ def test_dion2_is_validated_and_from_upstream() -> None:
     with pytest.raises(ValueError, match="momentum_form='sum' and nesterov=False"):
         R.get_preset("keller").replace(dion2_fraction=0.5)
     with pytest.raises(ValueError, match="NorDion2"):
-        R.get_preset("dion2").replace(normuon=True)
+        R.get_preset("dion2").replace(normuon=True, normuon_axis="col")
     assert R.from_upstream("dion2") == R.get_preset("dion2")
     assert R.from_upstream("dion2", fraction=0.5, ef_decay=0.9).replace(name="x") == R.get_preset("dion2").replace(
         name="x", dion2_fraction=0.5, momentum=0.9
     )
+
+
+@pytest.mark.parametrize("shape", [(8, 20), (20, 8)])
+def test_nordion2_is_the_upstream_step(shape: tuple[int, int]) -> None:
+    """NorDion2 selects rows even when the matrix is tall (Dion2 would take columns), and only the selected rows'
+    variance moves; an unselected row's stays 0 after one step."""
+    rng = np.random.default_rng(6)
+    w0 = rng.standard_normal(shape)
+    grads = [rng.standard_normal(shape) for _ in range(5)]
+    spec = R.get_preset("nordion2")
+    w, state = w0, R.init_muon_state(w0, spec)
+    for i, g in enumerate(grads):
+        w, state = R.muon_step(w, g, state, spec)
+        if i == 0:
+            assert state.second_moment is not None
+            assert int(np.count_nonzero(state.second_moment)) == math.ceil(0.25 * shape[0])
+    want = _upstream(w0, grads, spec.dion2_fraction or 0.0, spec.momentum, nordion2=True)
+    assert np.max(np.abs(w - want)) <= 1e-12 * np.max(np.abs(want - w0))
+    assert R.from_upstream("nordion2") == spec
