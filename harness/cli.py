@@ -4,7 +4,8 @@
 
     muonlab train CONFIG [-o key=value ...] [--out RUN_DIR] [--data-dir DIR] [--resume | --force] [--max-minutes M]
     muonlab sweep CONFIG [-o key=value ...] [--out SWEEP_DIR] [--data-dir DIR] [--force] [--jobs N]
-                 [--devices I,J] [--max-minutes M]
+                 [--devices I,J] [--max-minutes M] [--track T] [--executor slurm --slurm-* ...]
+    muonlab sweep --status SWEEP_DIR
     muonlab report SWEEP_DIR
     muonlab corpus build [--out FILE] [--work-dir DIR] [--packages-dir DIR] [--verify-only]
 
@@ -14,12 +15,22 @@ CONFIG is a TOML or YAML file, or the name of a shipped config (``tiny_sweep`` =
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
-from .config import ConfigError, load_run_config, load_sweep_config, parse_cli_overrides, shipped_configs_dir
+from .config import (
+    ConfigError,
+    SweepConfig,
+    load_run_config,
+    load_sweep_config,
+    parse_cli_overrides,
+    shipped_configs_dir,
+    validate_sweep,
+)
 from .track import TRACKERS
 
 
@@ -69,9 +80,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import SweepStopped, run_sweep
     from .workers import parse_devices
 
-    path = resolve_config_path(args.config)
-    sweep = load_sweep_config(path, parse_cli_overrides(args.override))
-    out = Path(args.out) if args.out else Path("sweeps") / sweep.sweep.name
+    if args.status is not None:
+        sweep, out = _stored_sweep(Path(args.status), args)
+    elif args.config is None:
+        raise ConfigError("config: give a sweep config (or --status SWEEP_DIR for a sweep submitted to Slurm)")
+    else:
+        path = resolve_config_path(args.config)
+        sweep = load_sweep_config(path, parse_cli_overrides(args.override))
+        out = Path(args.out) if args.out else Path("sweeps") / sweep.sweep.name
     command = "muonlab " + " ".join(shlex.quote(a) for a in args.argv)
     try:
         csv_path = run_sweep(
@@ -85,12 +101,48 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             devices=parse_devices(args.devices) if args.devices is not None else None,
             max_minutes=args.max_minutes,
             track=args.track,
+            executor=args.executor,
+            slurm=_slurm_options(args),
         )
     except SweepStopped as exc:
         print(f"muonlab: {exc}", file=sys.stderr)
-        return 0 if exc.reason.startswith("time budget") else 130
+        return exc.exit_code
     print(f"{csv_path}\n{out / 'RESULTS.md'}")
     return 0
+
+
+def _stored_sweep(sweep_dir: Path, args: argparse.Namespace) -> tuple[SweepConfig, Path]:
+    """The sweep config stored in SWEEP_DIR/sweep.json, for ``--status`` (which takes no CONFIG)."""
+    from .slurm import stored_options
+
+    if args.config is not None or args.override or args.out:
+        raise ConfigError("--status: takes SWEEP_DIR only (no CONFIG, -o or --out)")
+    meta = sweep_dir / "sweep.json"
+    if not meta.is_file():
+        raise ConfigError(f"--status: {sweep_dir} is not a sweep dir (no sweep.json)")
+    if stored_options(sweep_dir) is None:
+        raise ConfigError(
+            f"--status: {sweep_dir} was never submitted to Slurm; run `muonlab sweep CONFIG --out {sweep_dir}` "
+            "to resume it here"
+        )
+    stored = json.loads(meta.read_text())["sweep"]
+    return validate_sweep({**stored["base"], "sweep": stored["sweep"]}), sweep_dir
+
+
+def _slurm_options(args: argparse.Namespace) -> Any:
+    """`slurm.SlurmOptions` from the --slurm-* flags, or None when none was given (a stored set is reused)."""
+    given = {
+        "partition": args.slurm_partition,
+        "account": args.slurm_account,
+        "time_min": args.slurm_time,
+        "gpus_per_run": args.gpus_per_run,
+        "cpus_per_run": args.cpus_per_run,
+    }
+    if all(v is None for v in given.values()):
+        return None
+    from .slurm import SlurmOptions
+
+    return SlurmOptions(**{k: v for k, v in given.items() if v is not None})
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -164,13 +216,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="muonlab", description="Train and sweep Muon-family optimizers.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
     data_default = _default_data_dir_text()
 
-    def common(p: argparse.ArgumentParser, out_help: str) -> None:
-        p.add_argument("config", help="TOML/YAML config file, or a shipped config name (e.g. tiny_sweep)")
+    def common(p: argparse.ArgumentParser, out_help: str, *, config_optional: bool = False) -> None:
+        p.add_argument(
+            "config",
+            nargs="?" if config_optional else None,
+            help="TOML/YAML config file, or a shipped config name (e.g. tiny_sweep)",
+        )
         p.add_argument(
             "-o",
             "--override",
@@ -210,7 +276,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a sweep, then write its report. Running the same sweep into the same dir again "
         "resumes it: finished runs are kept, interrupted ones continue from their last checkpoint.",
     )
-    common(p, "sweep dir (default: sweeps/<the config's sweep.name>)")
+    common(p, "sweep dir (default: sweeps/<the config's sweep.name>)", config_optional=True)
+    p.add_argument(
+        "--status",
+        metavar="SWEEP_DIR",
+        help="one pass over a sweep submitted to Slurm (collect, resubmit failures, advance phases, report), "
+        "with its stored config and Slurm options; no CONFIG (default: off)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        help="where runs train: local (this machine, --jobs at once) or slurm (job arrays through submitit; "
+        "the command returns once they are queued) (default: slurm for a sweep dir submitted before, else local)",
+    )
+    p.add_argument("--slurm-partition", metavar="P", help="Slurm partition (default: the cluster's default)")
+    p.add_argument("--slurm-account", metavar="A", help="Slurm account to charge (default: your default)")
+    p.add_argument(
+        "--slurm-time",
+        type=_positive_int,
+        metavar="MIN",
+        help="time limit of each run's job in minutes; a run that hits it is requeued and resumes (default: 60)",
+    )
+    p.add_argument(
+        "--gpus-per-run",
+        type=_nonnegative_int,
+        metavar="G",
+        help="GPUs per run's job; more than 1 runs it under torchrun (default: 0)",
+    )
+    p.add_argument("--cpus-per-run", type=_positive_int, metavar="C", help="CPUs per run's job (default: 1)")
     p.add_argument(
         "--force",
         action="store_true",

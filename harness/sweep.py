@@ -201,10 +201,14 @@ class SweepStopped(RuntimeError):
     """The sweep stopped before its last run (an interrupt or its time budget); running it again resumes."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(
-            f"sweep stopped: {reason}; the runs so far are checkpointed, run the same command again to resume"
-        )
+        if "on Slurm" in reason:
+            message = f"sweep submitted: {reason}"
+        else:
+            message = f"sweep stopped: {reason}; the runs so far are checkpointed, run the same command again to resume"
+        super().__init__(message)
         self.reason = reason
+        self.exit_code = 130 if reason.startswith("interrupted") else 0
+        """130 for Ctrl-C (as a shell reports SIGINT), 0 for a spent budget or runs left queued on Slurm."""
 
 
 def run_sweep(sweep: SweepConfig, sweep_dir: str | Path, **kwargs: Any) -> Path:
@@ -229,9 +233,13 @@ def _run_sweep_locked(
     devices: list[int] | None = None,
     max_minutes: float | None = None,
     track: list[str] | None = None,
+    executor: str | None = None,
+    slurm: Any = None,
 ) -> Path:
     """Run (or resume) the sweep into ``sweep_dir`` with ``jobs`` runs at once (default ``sweep.jobs``);
     ``track`` names the trackers of every run (default ``sweep.track``, else the base's ``train.track``);
+    ``executor`` "local" or "slurm" (default: "slurm" for a sweep dir submitted to Slurm before, with its
+    stored `slurm.SlurmOptions` unless ``slurm`` gives new ones);
     writes results.csv and RESULTS.md; returns results.csv. `SweepStopped` when interrupted (Ctrl-C, SIGTERM)
     or out of ``max_minutes``, with every run checkpointed."""
     from .interrupt import stop_on_signals
@@ -241,7 +249,7 @@ def _run_sweep_locked(
     data = Path(data_dir) if data_dir is not None else None
     n_jobs = jobs if jobs is not None else sweep.sweep.jobs
     trackers = track if track is not None else sweep.sweep.track
-    executor = make_executor(
+    runner = make_executor(
         n_jobs,
         devices=devices,
         sweep_dir=sweep_dir,
@@ -250,18 +258,20 @@ def _run_sweep_locked(
         max_minutes=max_minutes,
         track=list(trackers if trackers is not None else sweep.base.train.track),
         sweep_name=sweep.sweep.name,
+        executor=executor,
+        slurm=slurm,
     )
     _write_meta(sweep, sweep_dir, force=force, command=command)
     points = expand_points(sweep)
     phases = sweep.sweep.phases
-    tracker = SweepProgress(len(planned_runs(points, phases)), log=log, bar=progress, workers=executor.jobs)
+    tracker = SweepProgress(len(planned_runs(points, phases)), log=log, bar=progress, workers=runner.jobs)
     try:
         with stop_on_signals():
-            executor.describe(tracker)
+            runner.describe(tracker)
             try:
-                csv_path = _run_phases(sweep, sweep_dir, points, executor, tracker)
+                csv_path = _run_phases(sweep, sweep_dir, points, runner, tracker)
             finally:
-                executor.close()
+                runner.close()
     finally:
         tracker.close()
     write_report(sweep_dir)

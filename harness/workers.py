@@ -377,6 +377,10 @@ def _tail(path: str, n: int = 20) -> str:
         return "(no log)"
 
 
+def _stored_slurm(sweep_dir: Path) -> bool:
+    return (sweep_dir / "slurm" / "executor.json").is_file()
+
+
 def make_executor(
     jobs: int,
     *,
@@ -387,12 +391,24 @@ def make_executor(
     max_minutes: float | None,
     track: list[str],
     sweep_name: str,
+    executor: str | None = None,
+    slurm: Any = None,
 ) -> Executor:
-    """`InProcess` for ``jobs == 1`` (and no ``devices``), else `LocalWorkers`; `ValueError` naming the bad
+    """`slurm.SlurmJobs` for ``executor="slurm"`` (the default for a sweep dir submitted to Slurm before),
+    else `InProcess` for ``jobs == 1`` (and no ``devices``), else `LocalWorkers`; `ValueError` naming the bad
     parameter."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs: must be a positive number of runs at once, got {jobs!r}")
     opts = RunOptions(sweep_dir, data_dir, Budget(max_minutes), track, sweep_name)
+    if executor not in (None, "local", "slurm"):
+        raise ValueError(f"--executor: must be 'local' or 'slurm', got {executor!r}")
+    if executor == "slurm" or (executor is None and (slurm is not None or _stored_slurm(sweep_dir))):
+        from .slurm import SlurmJobs, SlurmOptions, stored_options
+
+        if max_minutes is not None:
+            raise ValueError("--max-minutes: not for --executor slurm (each job has --slurm-time)")
+        options = slurm if slurm is not None else stored_options(sweep_dir) or SlurmOptions()
+        return SlurmJobs(opts, options)
     if jobs == 1 and devices is None:
         return InProcess(opts, progress=progress)
     return LocalWorkers(jobs, opts, devices=devices)

@@ -80,3 +80,52 @@ def micro_config(text_file: Path, cache_dir: Path, **sections: dict[str, Any]) -
     for key, value in sections.items():
         cfg.setdefault(key, {}).update(value)
     return cfg
+
+
+def par_sweep_dict(text_file: Path, cache: Path, steps: int = 300) -> dict[str, Any]:
+    """A 4-run sweep (AdamW pilot and Muon, seeds 0 and 1) of the micro model, one torch thread per run in
+    every mode, so a run's arithmetic does not depend on how the sweep runs."""
+    base = micro_config(
+        text_file,
+        cache,
+        train={"steps": steps, "threads": 1, "log_every": 10, "eval_every": 100, "stats_every": 50},
+    )
+    base["train"]["checkpoint_every"] = 100
+    base["sweep"] = {
+        "name": "par",
+        "pilot": "adamw",
+        "variants": [
+            {
+                "name": "adamw",
+                "unset": ["optimizer.adam_lr"],
+                "set": {"optimizer.name": "adamw", "optimizer.lr": 0.003},
+            },
+            {"name": "muon"},
+        ],
+        "phases": [{"name": "main", "seeds": [0, 1]}],
+    }
+    return base
+
+
+@pytest.fixture(scope="session")
+def par_sweep_file(tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> Path:
+    import yaml  # type: ignore[import-untyped]
+
+    d = tmp_path_factory.mktemp("par")
+    path = d / "par.yaml"
+    path.write_text(yaml.safe_dump(par_sweep_dict(text_file, d / "cache")))
+    return path
+
+
+@pytest.fixture(scope="session")
+def par_sequential(par_sweep_file: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference for parallel and Slurm sweeps: `par_sweep_file` run with --jobs 1, in this process."""
+    import yaml
+
+    from muonlab.harness.config import validate_sweep
+    from muonlab.harness.sweep import run_sweep
+
+    out = tmp_path_factory.mktemp("seq") / "sweep"
+    sweep = validate_sweep(yaml.safe_load(par_sweep_file.read_text()))
+    run_sweep(sweep, out, data_dir=data_dir, progress=False, log=lambda _: None)
+    return out

@@ -25,47 +25,7 @@ TIMING_COLUMNS = ("elapsed_s", "minutes_to_target_loss")
 """results.csv columns that measure the machine, not the run."""
 
 RUNS = ["adamw_s0", "adamw_s1", "muon_s0", "muon_s1"]
-
-
-def _sweep_dict(micro: Any, text_file: Path, cache: Path) -> dict[str, Any]:
-    # one thread per run in every mode, so a run's arithmetic does not depend on --jobs
-    base = micro(
-        text_file,
-        cache,
-        train={"steps": 300, "threads": 1, "log_every": 10, "eval_every": 100, "stats_every": 50},
-    )
-    base["train"]["checkpoint_every"] = 100
-    base["sweep"] = {
-        "name": "par",
-        "pilot": "adamw",
-        "variants": [
-            {
-                "name": "adamw",
-                "unset": ["optimizer.adam_lr"],
-                "set": {"optimizer.name": "adamw", "optimizer.lr": 0.003},
-            },
-            {"name": "muon"},
-        ],
-        "phases": [{"name": "main", "seeds": [0, 1]}],
-    }
-    return base
-
-
-@pytest.fixture(scope="module")
-def sweep_file(tmp_path_factory: pytest.TempPathFactory, text_file: Path, micro: Any) -> Path:
-    d = tmp_path_factory.mktemp("par")
-    path = d / "par.yaml"
-    path.write_text(yaml.safe_dump(_sweep_dict(micro, text_file, d / "cache")))
-    return path
-
-
-@pytest.fixture(scope="module")
-def sequential(sweep_file: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The reference: the sweep with --jobs 1 (in this process)."""
-    out = tmp_path_factory.mktemp("seq") / "sweep"
-    sweep = validate_sweep(yaml.safe_load(sweep_file.read_text()))
-    run_sweep(sweep, out, data_dir=data_dir, progress=False, log=lambda _: None)
-    return out
+"""The runs of conftest's `par_sweep_file` sweep, in results.csv order."""
 
 
 def _cli(*args: str, data_dir: Path, **kw: Any) -> subprocess.Popen[str]:
@@ -108,14 +68,14 @@ def assert_same_results(a: Path, b: Path) -> None:
     assert json.loads((a / "target.json").read_text()) == json.loads((b / "target.json").read_text())
 
 
-def test_jobs_2_equals_jobs_1(sequential: Path, sweep_file: Path, data_dir: Path, tmp_path: Path) -> None:
+def test_jobs_2_equals_jobs_1(par_sequential: Path, par_sweep_file: Path, data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     proc = _cli(
-        "sweep", os.fspath(sweep_file), "--out", os.fspath(out), "--jobs", "2", "--no-progress", data_dir=data_dir
+        "sweep", os.fspath(par_sweep_file), "--out", os.fspath(out), "--jobs", "2", "--no-progress", data_dir=data_dir
     )
     log = _wait(proc, 300)
     assert proc.returncode == 0, log
-    assert_same_results(sequential, out)
+    assert_same_results(par_sequential, out)
     assert "2 workers, 1 torch thread(s) each" in log
     # the pilot went first, and two runs were under way at once (worker 0 and worker 1)
     assert "run 1/4 adamw_s0: training (worker 0)" in log and "(worker 1)" in log
@@ -142,10 +102,10 @@ def _steps_logged(run_dir: Path) -> int:
 
 
 def test_sigint_stops_every_worker_and_the_sweep_resumes(
-    sequential: Path, sweep_file: Path, data_dir: Path, tmp_path: Path
+    par_sequential: Path, par_sweep_file: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "sweep"
-    args = ("sweep", os.fspath(sweep_file), "--out", os.fspath(out), "--jobs", "2", "--no-progress")
+    args = ("sweep", os.fspath(par_sweep_file), "--out", os.fspath(out), "--jobs", "2", "--no-progress")
     proc = _cli(*args, data_dir=data_dir)
     first_two = [out / "runs" / "adamw_s0", out / "runs" / "adamw_s1"]
     try:
@@ -165,11 +125,11 @@ def test_sigint_stops_every_worker_and_the_sweep_resumes(
     log = _wait(proc, 300)
     assert proc.returncode == 0, log
     assert "adamw_s0: resuming from its last checkpoint (worker 0)" in log
-    assert_same_results(sequential, out)
+    assert_same_results(par_sequential, out)
 
 
 def test_bad_jobs_and_devices_are_named(
-    sweep_file: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    par_sweep_file: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = os.fspath(tmp_path / "sweep")
     for extra, message in (
@@ -179,7 +139,7 @@ def test_bad_jobs_and_devices_are_named(
         (["--max-minutes", "-1"], "--max-minutes: must be a positive number of minutes"),
     ):
         try:
-            rc = main(["sweep", os.fspath(sweep_file), "--out", out, "--data-dir", os.fspath(data_dir), *extra])
+            rc = main(["sweep", os.fspath(par_sweep_file), "--out", out, "--data-dir", os.fspath(data_dir), *extra])
         except SystemExit as exc:  # argparse's own refusal
             rc = exc.code
         assert rc == 2 and message in capsys.readouterr().err, extra
@@ -191,10 +151,10 @@ def test_bad_jobs_and_devices_are_named(
 
 
 def test_max_minutes_stops_in_process_sweep_and_resumes(
-    sequential: Path, sweep_file: Path, data_dir: Path, tmp_path: Path
+    par_sequential: Path, par_sweep_file: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "sweep"
-    sweep = validate_sweep(yaml.safe_load(sweep_file.read_text()))
+    sweep = validate_sweep(yaml.safe_load(par_sweep_file.read_text()))
     logs: list[str] = []
     t0 = time.monotonic()
     with pytest.raises(SweepStopped, match=r"time budget \(--max-minutes\) spent"):
@@ -210,14 +170,14 @@ def test_max_minutes_stops_in_process_sweep_and_resumes(
     assert 0 < json.loads((out / "runs" / RUNS[k] / "metrics.json").read_text())["steps"] < 300
     assert not (out / "RESULTS.md").exists()
     run_sweep(sweep, out, data_dir=data_dir, progress=False, log=logs.append)
-    assert_same_results(sequential, out)
+    assert_same_results(par_sequential, out)
 
 
 def test_max_minutes_stops_workers_and_resumes(
-    sequential: Path, sweep_file: Path, data_dir: Path, tmp_path: Path
+    par_sequential: Path, par_sweep_file: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "sweep"
-    args = ("sweep", os.fspath(sweep_file), "--out", os.fspath(out), "--jobs", "2", "--no-progress")
+    args = ("sweep", os.fspath(par_sweep_file), "--out", os.fspath(out), "--jobs", "2", "--no-progress")
     # 1.2 s: spent before the workers have started, so each trains one step and stops checkpointed
     proc = _cli(*args, "--max-minutes", "0.02", data_dir=data_dir)
     log = _wait(proc, 120)
@@ -230,4 +190,4 @@ def test_max_minutes_stops_workers_and_resumes(
     proc = _cli(*args, data_dir=data_dir)
     log = _wait(proc, 300)
     assert proc.returncode == 0, log
-    assert_same_results(sequential, out)
+    assert_same_results(par_sequential, out)
