@@ -51,11 +51,13 @@ NORMUON_AXES: dict[NorMuonAxis, Callable[[int, int], tuple[int, ...]]] = {
     "col": lambda m, n: (-2,),
     "longer": lambda m, n: (-1,) if m >= n else (-2,),  # modded: per element of the longer dim
     "element": lambda m, n: (),  # AdaMuon: no average, S has O's shape
+    "matrix": lambda m, n: (-2, -1),  # NAMO: one statistic per matrix
 }
 
 
 def normuon_reduce_axis(m: int, n: int, axis: NorMuonAxis) -> tuple[int, ...]:
-    """The dims averaged over: ``(-1,)`` (statistic per row), ``(-2,)`` (per column) or ``()`` (per element)."""
+    """The dims averaged over: ``(-1,)`` (statistic per row), ``(-2,)`` (per column), ``()`` (per element) or
+    ``(-2, -1)`` (per matrix)."""
     return lookup(NORMUON_AXES, axis, "normuon_axis")(m, n)
 
 

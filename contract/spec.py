@@ -44,8 +44,9 @@ ComputeDtype = Literal["bfloat16", "float16", "tfloat32", "float32", "float64"]
 NdMode = Literal["flatten", "batch"]
 ScaleShape = Literal["matrix", "last2"]
 ShapeScale = Literal["keller", "moonlight", "dion", "none"]
-NorMuonAxis = Literal["row", "col", "longer", "element"]
-NorMuonRescale = Literal["frobenius", "frobenius_clamp", "rms", "rms_eps", "none"]
+NorMuonAxis = Literal["row", "col", "longer", "element", "matrix"]
+NorMuonInput = Literal["update", "gradient"]
+NorMuonRescale = Literal["frobenius", "frobenius_clamp", "rms", "rms_eps", "input_norm", "none"]
 DecayPlacement = Literal["param", "update", "both"]
 DecayLr = Literal["base", "scaled", "lr2", "base_squared", "unit"]
 Cautious = Literal["off", "ge", "gt"]
@@ -69,6 +70,7 @@ _LITERAL_FIELDS: Final[dict[str, Any]] = {
     "scale_shape": ScaleShape,
     "shape_scale": ShapeScale,
     "normuon_axis": NorMuonAxis,
+    "normuon_input": NorMuonInput,
     "normuon_rescale": NorMuonRescale,
     "normuon_eps_mode": EpsMode,
     "decay_placement": DecayPlacement,
@@ -183,14 +185,20 @@ class MuonSpec:
     normuon_axis: NorMuonAxis = "row"
     """Statistic kept per row (``mean`` over the last dim), per column, per element of the longer dim
     (modded-nanogpt: per row when ``m >= n``, else per column), or per element of ``O`` (``"element"``: ``S`` has
-    the matrix's shape; AdaMuon, NeMo ``AdaptiveMuon("adamuon")``)."""
+    the matrix's shape; AdaMuon, NeMo ``AdaptiveMuon("adamuon")``), or one per matrix (``"matrix"``: ``S`` of
+    shape ``[..., 1, 1]``; NAMO)."""
+    normuon_input: NorMuonInput = "update"
+    """What the statistic is of: ``"update"``, the mean of ``O^2`` over the averaged dims (NorMuon, AdaMuon);
+    ``"gradient"``, the squared norm ``||G||^2`` of the raw gradient over them (NAMO, arXiv 2602.17080, as NeMo's
+    ``AdaptiveMuon("namo")``: an EMA of ``||G||_F^2`` per matrix)."""
     normuon_rescale: NorMuonRescale = "frobenius"
     """``"frobenius"``: ``O_hat`` keeps ``||O||_F`` (official code, modded, dion), its norm guarded by
     ``normuon_eps_mode``; ``"frobenius_clamp"``: the same with ``max(||O_hat||_F, eps)`` whatever the mode (dion's
     ``_normuon_normalization_core``: ``+ eps`` in the division, a clamp here); ``"rms"``: ``O_hat`` is
     rescaled to RMS ``rms_scale`` (the paper's ``0.2 eta sqrt(mn)/||O_hat||_F``, ``0/0 = 0``); ``"rms_eps"``: the
     same with ``normuon_eps`` guarding ``||O_hat||_F`` by ``normuon_eps_mode`` (AdaMuon's
-    ``0.2 sqrt(mn) / (||O_hat||_F + eps)``)."""
+    ``0.2 sqrt(mn) / (||O_hat||_F + eps)``); ``"input_norm"``: ``O_hat`` times ``||N||_F``, the
+    orthogonalizer's input norm (NAMO's ``alpha = ||N||_F / (sqrt(v) + eps)``)."""
     normuon_bias_correction: bool = False
     """Divide ``S`` by ``1 - beta2^t`` before normalizing (AdaMuon code v1); NorMuon has none."""
     normuon_eps: float = 1e-10
@@ -378,11 +386,19 @@ def _validate(spec: MuonSpec) -> None:
                 "dion2_fraction: Dion2 accumulates M <- M + G and decays the selected slices by momentum; set "
                 f"momentum_form='sum' and nesterov=False (got {spec.momentum_form!r}, nesterov={spec.nesterov})"
             )
-        if spec.normuon and spec.normuon_axis != "row":
+        if spec.normuon and (spec.normuon_axis, spec.normuon_input) != ("row", "update"):
             raise ValueError(
-                "normuon_axis: NorDion2 (dion2_fraction with normuon) keeps NorMuon's statistic per row of the "
-                f"selected rows; expected 'row', got {spec.normuon_axis!r}"
+                "normuon_axis: NorDion2 (dion2_fraction with normuon) keeps NorMuon's statistic of O per row of the "
+                f"selected rows; expected 'row' and normuon_input='update', got {spec.normuon_axis!r}, "
+                f"{spec.normuon_input!r}"
             )
+        if spec.normuon and spec.normuon_rescale == "input_norm":
+            raise ValueError("normuon_rescale: 'input_norm' (NAMO) is not defined on Dion2's selected slices")
+    if spec.normuon and spec.normuon_input == "gradient" and spec.decay_placement != "param":
+        raise ValueError(
+            "normuon_input: the gradient statistic (NAMO) reads the raw gradient, which coupled decay changes; set "
+            f"decay_placement='param' (got {spec.decay_placement!r}; NeMo refuses 'l2' with 'namo' too)"
+        )
     if spec.sphere == "hyperball" and spec.sphere_axis != "matrix":
         raise ValueError(f"sphere_axis: 'hyperball' is a sphere of matrices, got sphere_axis={spec.sphere_axis!r}")
     if spec.hyperball_radius is not None:

@@ -256,12 +256,18 @@ def _adamuon(kw: Keywords) -> MuonSpec:
     )
 
 
-_NEMO_MOMENT2: Final[dict[str, dict[str, Any] | None]] = {
+_NEMO_MOMENT2: Final[dict[str, dict[str, Any]]] = {
     # moment2_method -> the second-moment knobs: AdaptiveMuon._apply_moment2_normalization (fd77292), applied to
     # the raw Newton-Schulz output before the scale mode
     "adamuon": {"normuon_axis": "element", "normuon_rescale": "none", "normuon_eps_mode": "add"},  # O/(sqrt(V)+eps)
     "normuon": {"normuon_axis": "longer", "normuon_rescale": "frobenius", "normuon_eps_mode": "clamp"},
-    "namo": None,  # a scalar EMA of the raw gradient's ||G||_F^2: no MuonSpec knob yet
+    # v <- lerp(v, ||G||_F^2, 1 - beta2) of the raw gradient, U = ||N||_F / (sqrt(v) + eps) O
+    "namo": {
+        "normuon_axis": "matrix",
+        "normuon_input": "gradient",
+        "normuon_rescale": "input_norm",
+        "normuon_eps_mode": "add",
+    },
 }
 
 
@@ -274,10 +280,8 @@ def _nemo_adaptive(kw: Keywords) -> MuonSpec:
     if method not in _NEMO_MOMENT2:
         raise _unsupported(source, "moment2_method", method, f"expected one of {', '.join(map(repr, _NEMO_MOMENT2))}")
     knobs = _NEMO_MOMENT2[method]
-    if knobs is None:
-        raise _unsupported(
-            source, "moment2_method", method, "NAMO's scalar moment of ||G||_F^2 is not a MuonSpec knob yet"
-        )
+    if method == "namo" and kw["weight_decay_method"] == "l2":
+        raise _unsupported(source, "weight_decay_method", "l2", "NAMO reads the raw gradient (NeMo refuses it too)")
     base = {k: v for k, v in kw.items() if k in _NEMO_DEFAULTS}
     return _nemo(base, source).replace(normuon=True, beta2=kw["beta2"], normuon_eps=kw["eps"], **knobs)
 

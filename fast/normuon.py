@@ -15,9 +15,9 @@ from collections.abc import Callable
 import torch
 
 from muonlab.contract import MuonSpec, normuon_reduce_axis, second_moment_shape
-from muonlab.contract.spec import NorMuonRescale, lookup
+from muonlab.contract.spec import NorMuonInput, NorMuonRescale, lookup
 
-__all__ = ["RESCALES", "normuon_normalize_"]
+__all__ = ["RESCALES", "STATISTICS", "gradient_statistic", "normuon_normalize_"]
 
 
 def _frobenius(x: torch.Tensor) -> torch.Tensor:
@@ -34,25 +34,46 @@ def _target(o: torch.Tensor, spec: MuonSpec) -> float:
     return float(spec.rms_scale * math.sqrt(o.shape[-2] * o.shape[-1]))
 
 
-def _rms(o_hat: torch.Tensor, o_norm: torch.Tensor | None, spec: MuonSpec) -> torch.Tensor:
+def _rms(o_hat: torch.Tensor, norm: torch.Tensor | None, spec: MuonSpec) -> torch.Tensor:
     hat_norm = _frobenius(o_hat)
     live = hat_norm > 0.0
     return o_hat.mul_(torch.where(live, _target(o_hat, spec) / torch.where(live, hat_norm, 1.0), 0.0))
 
 
+def _need(t: torch.Tensor | None, name: str) -> torch.Tensor:
+    if t is None:
+        raise ValueError(f"{name}: needed by this spec's NorMuon stage (normuon_input / normuon_rescale)")
+    return t
+
+
 RESCALES: dict[NorMuonRescale, Callable[[torch.Tensor, torch.Tensor | None, MuonSpec], torch.Tensor]] = {
-    "frobenius": lambda o_hat, o_norm, spec: o_hat.mul_(o_norm.div_(_guard_(_frobenius(o_hat), spec))),  # type: ignore[union-attr]
-    "frobenius_clamp": lambda o_hat, o_norm, spec: o_hat.mul_(
-        o_norm.div_(_frobenius(o_hat).clamp_(min=spec.normuon_eps))  # type: ignore[union-attr]
+    "frobenius": lambda o_hat, norm, spec: o_hat.mul_(_need(norm, "norm").div_(_guard_(_frobenius(o_hat), spec))),
+    "frobenius_clamp": lambda o_hat, norm, spec: o_hat.mul_(
+        _need(norm, "norm").div_(_frobenius(o_hat).clamp_(min=spec.normuon_eps))
     ),
     "rms": _rms,
-    "rms_eps": lambda o_hat, o_norm, spec: o_hat.mul_(
+    "rms_eps": lambda o_hat, norm, spec: o_hat.mul_(
         _guard_(_frobenius(o_hat), spec).reciprocal_().mul_(_target(o_hat, spec))
     ),
-    "none": lambda o_hat, o_norm, spec: o_hat,  # NorMuonH: the hyperball step normalizes the update anyway
+    "input_norm": lambda o_hat, norm, spec: o_hat.mul_(_need(norm, "input_norm")),  # NAMO: times ||N||_F
+    "none": lambda o_hat, norm, spec: o_hat,  # NorMuonH: the hyperball step normalizes the update anyway
 }
-"""``spec.normuon_rescale`` -> ``(O_hat, ||O||_F or None, spec) -> O_hat'`` in place (``||O||_F`` is taken before
-the division, only for the Frobenius rescales); `muonlab.reference.normuon.RESCALES` states the math."""
+"""``spec.normuon_rescale`` -> ``(O_hat, norm, spec) -> O_hat'`` in place; ``norm`` is ``||O||_F`` taken before the
+division for the Frobenius rescales, ``||N||_F`` (the orthogonalizer's input) for ``"input_norm"``, else None;
+`muonlab.reference.normuon.RESCALES` states the math."""
+
+STATISTICS: dict[NorMuonInput, Callable[[torch.Tensor, tuple[int, ...], torch.Tensor | None], torch.Tensor]] = {
+    "update": lambda o, red, given: (o * o).mean(dim=red, keepdim=True) if red else o * o,
+    # NAMO: the raw gradient's sum of squares, taken in stage 1 before momentum consumes G (`gradient_statistic`)
+    "gradient": lambda o, red, given: _need(given, "statistic"),
+}
+"""``spec.normuon_input`` -> ``(O, averaged dims, given statistic) -> vbar``; the reference's table is
+`muonlab.reference.normuon.STATISTICS`."""
+
+
+def gradient_statistic(g: torch.Tensor, red: tuple[int, ...]) -> torch.Tensor:
+    """``sum(G^2)`` over the averaged dims of the raw gradient stack ``g`` (``normuon_input="gradient"``)."""
+    return (g * g).sum(dim=red, keepdim=True) if red else g * g
 
 
 def normuon_normalize_(
@@ -64,18 +85,22 @@ def normuon_normalize_(
     reduce: tuple[int, ...] | None = None,
     weight: torch.Tensor | float | None = None,
     steps: torch.Tensor | None = None,
+    statistic: torch.Tensor | None = None,
+    input_norm: torch.Tensor | None = None,
     overwrite: bool = False,
 ) -> torch.Tensor:
     """Return ``O_hat`` for ``O`` (``[..., m, n]``, computed in ``s.dtype``) and update ``S`` in place.
 
-    Reads ``beta2`` (or the override), ``normuon_axis``, ``normuon_eps``, ``normuon_eps_mode``,
+    Reads ``beta2`` (or the override), ``normuon_axis``, ``normuon_input``, ``normuon_eps``, ``normuon_eps_mode``,
     ``normuon_rescale``, ``normuon_bias_correction`` and ``rms_scale`` from ``spec``. ``o`` is not written
     unless ``overwrite`` (then, when it already has ``s.dtype``, it is reused for the result to save memory).
 
     ``reduce`` (`muonlab.contract.normuon_reduce_axis`: ``(-1,)`` per row, ``(-2,)`` per column, ``()`` per
-    element) overrides the dims ``spec.normuon_axis`` gives for ``o``'s ``(m, n)``; ``weight`` (broadcastable to
-    ``S``) replaces the lerp weight ``1-beta2`` per matrix: 0 leaves that ``S`` unchanged bit for bit. ``steps``
-    (``t`` per matrix, broadcastable to ``S``) is needed by the bias correction only.
+    element, ``(-2, -1)`` per matrix) overrides the dims ``spec.normuon_axis`` gives for ``o``'s ``(m, n)``;
+    ``weight`` (broadcastable to ``S``) replaces the lerp weight ``1-beta2`` per matrix: 0 leaves that ``S``
+    unchanged bit for bit. ``steps`` (``t`` per matrix) is read by the bias correction only; ``statistic``
+    (`gradient_statistic`) by ``normuon_input="gradient"`` only; ``input_norm`` (``||N||_F`` per matrix) by
+    ``normuon_rescale="input_norm"`` only.
     """
     m, n = o.shape[-2], o.shape[-1]
     red = normuon_reduce_axis(m, n, spec.normuon_axis) if reduce is None else reduce
@@ -86,8 +111,8 @@ def normuon_normalize_(
         )
     b2 = spec.beta2 if beta2 is None else beta2
     o = o.to(s.dtype) if overwrite or o.dtype != s.dtype else o.clone()
-    vbar = (o * o).mean(dim=red, keepdim=True) if red else o * o
-    s.lerp_(vbar, 1.0 - b2 if weight is None else weight)
+    vbar = lookup(STATISTICS, spec.normuon_input, "normuon_input")(o, red, statistic)
+    s.lerp_(vbar.to(s.dtype), 1.0 - b2 if weight is None else weight)
     del vbar
     s_hat = s
     if spec.normuon_bias_correction:
@@ -95,9 +120,13 @@ def normuon_normalize_(
             raise ValueError("steps: the bias correction (normuon_bias_correction=True) needs the step count t")
         s_hat = s / (1.0 - torch.pow(b2, steps.to(s.dtype)))
     eps = spec.normuon_eps
-    o_norm = _frobenius(o) if spec.normuon_rescale in ("frobenius", "frobenius_clamp") else None  # before the division
+    norm = None
+    if spec.normuon_rescale in ("frobenius", "frobenius_clamp"):
+        norm = _frobenius(o)  # before the division
+    elif spec.normuon_rescale == "input_norm":
+        norm = _need(input_norm, "input_norm").to(s.dtype)
     o.div_(s_hat.sqrt().add_(eps) if spec.normuon_eps_mode == "add" else s_hat.clamp(min=eps).sqrt_())
-    return lookup(RESCALES, spec.normuon_rescale, "normuon_rescale")(o, o_norm, spec)
+    return lookup(RESCALES, spec.normuon_rescale, "normuon_rescale")(o, norm, spec)
 
 
 def _reduced(shape: tuple[int, ...] | torch.Size, red: tuple[int, ...]) -> tuple[int, ...]:

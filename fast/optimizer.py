@@ -103,6 +103,11 @@ def _check_sharded_spec(spec: MuonSpec, mode: str, name: str) -> None:
                 f"{name}.{knob}: {getattr(spec, knob)!r} is not supported with distributed={mode!r} yet (it reads "
                 f"whole rows, columns or matrices around Orth, and NorMuon runs on the owner); use distributed='none'"
             )
+    if mode != "none" and spec.normuon and (spec.normuon_input == "gradient" or spec.normuon_rescale == "input_norm"):
+        raise ValueError(
+            f"{name}.normuon_input: NAMO's statistic of the raw gradient and its ||N||_F rescale are not supported "
+            f"with distributed={mode!r} yet (the owner rank sees neither); use distributed='none'"
+        )
     if mode != "none" and spec.dion2_fraction is not None and spec.normuon:
         raise ValueError(
             f"{name}.normuon: NorDion2 (dion2_fraction with normuon) is not supported with distributed={mode!r} yet; "

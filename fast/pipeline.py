@@ -40,7 +40,7 @@ from .decay import Coefficients, Scalar, apply_stack_, coefficients, decay_lr
 from .dion2 import dion2_scatter, dion2_select_
 from .distributed import DistributedMode, Group, muon_directions
 from .momentum import MOMENTUM_FORMS, momentum_, momentum_weight
-from .normuon import normuon_normalize_
+from .normuon import gradient_statistic, normuon_normalize_
 from .orthogonalize import MAGNITUDES, as_matrices, orthogonalizer
 from .plan import Bucket, Chunk, plan_buckets
 from .sphere import sphere_step
@@ -208,6 +208,8 @@ class GroupStacks:
         self.lanes: list[_Lane] = []
         self._coef_cache: dict[tuple[float, float], list[Coefficients]] = {}
         self._dion2_grad: list[torch.Tensor] = []  # the chunk's G, from stage 1 to Dion2's selection
+        self._grad_stats: list[torch.Tensor] = []  # NAMO: the chunk's sum(G^2), from stage 1 to stage 4
+        self._reads_input_norm = spec.normuon and spec.normuon_rescale == "input_norm"
 
     # -- state -----------------------------------------------------------------------------------------
     @property
@@ -388,7 +390,7 @@ class GroupStacks:
                 (w,) = unit
                 n, owned = ns.pop()
                 selected = None
-                if spec.dion2_fraction is not None:  # Orth on the selected slices only (refused when distributed)
+                if spec.dion2_fraction is not None:  # Orth on the selected slices only (distributed: below)
                     full = n.shape
                     mask = None if w.skip is None else w.skip.keep
                     n, selected = dion2_select_(
@@ -397,6 +399,8 @@ class GroupStacks:
                     owned = True
                 if self.equilibrate is not None:  # a new tensor: N may be the momentum buffer
                     n, owned = self.equilibrate(n, spec.equilibrate_exponent, spec.equilibrate_eps), True
+                # NAMO's alpha reads ||N||_F of the orthogonalizer's input
+                n_norm = torch.linalg.vector_norm(n, dim=(-2, -1), keepdim=True) if self._reads_input_norm else None
                 kept = None if self.magnitude is None else n  # the magnitude rule reads N after Orth
                 box = [n]
                 del n  # handed over whole: the orthogonalizer frees it once it has its own normalized copy
@@ -414,7 +418,15 @@ class GroupStacks:
                     steps = w.store.steps.view(-1, 1, 1)[a:b] if spec.normuon_bias_correction else None
                     if selected is None:
                         o = normuon_normalize_(
-                            o, second[a:b], spec, reduce=w.bucket.reduce, weight=weight, steps=steps, overwrite=True
+                            o,
+                            second[a:b],
+                            spec,
+                            reduce=w.bucket.reduce,
+                            weight=weight,
+                            steps=steps,
+                            statistic=self._grad_stats.pop() if self._grad_stats else None,
+                            input_norm=n_norm,
+                            overwrite=True,
                         )
                     else:  # NorDion2: the statistic of the selected rows alone is updated and applied
                         at = selected.unsqueeze(-1)
@@ -472,6 +484,9 @@ class GroupStacks:
             torch._foreach_add_(list(torch.split(g, [t.shape[0] for t in targets])), targets, alpha=lam)
         if w.skip is not None:
             g.masked_fill_(w.skip.skip, 0.0)
+        if self.spec.normuon and self.spec.normuon_input == "gradient":  # NAMO: G's statistic before G is consumed
+            assert w.bucket.reduce is not None
+            self._grad_stats.append(gradient_statistic(g, w.bucket.reduce))
         if self.spec.dion2_fraction is not None:  # the step's selection adds G itself (`dion2_select_`)
             self._dion2_grad.append(g)
             return buf, False

@@ -149,7 +149,13 @@ def _muon_update(p: Array, g: Array, state: MuonState, spec: MuonSpec) -> tuple[
         om, restore = as_matrices(o, spec, "update")
         s_stored = np.asarray(state.second_moment, dtype=np.float64)
         s_view = np.reshape(s_stored, (om.shape[0], *s_stored.shape[-2:]))
-        o_hat, s_new = normuon_normalize(om, s_view, spec, t)
+        # NAMO reads the raw gradient and the orthogonalizer's input N (Dion2 refuses both, contract/spec.py)
+        extra = (
+            {"grad": as_matrices(g, spec, "grad")[0], "n": as_matrices(n, spec, "n")[0]}
+            if spec.dion2_fraction is None
+            else {}
+        )
+        o_hat, s_new = normuon_normalize(om, s_view, spec, t, **extra)
         o = restore(o_hat)
         second = np.reshape(s_new, s_stored.shape)
     elif state.second_moment is not None:

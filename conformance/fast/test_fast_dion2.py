@@ -56,7 +56,7 @@ def test_distributed_modes_refuse_dion2() -> None:
 
     with pytest.raises(ValueError, match="dion2_fraction: Dion2 is not supported with distributed='sharded'"):
         Muon([torch.nn.Parameter(torch.randn(4, 6))], "dion2", distributed="sharded")
-    with pytest.raises(ValueError, match="NorDion2 .* is not supported with distributed='replicated'"):
+    with pytest.raises(ValueError, match=r"NorDion2 .* is not supported with distributed='replicated'"):
         Muon([torch.nn.Parameter(torch.randn(4, 6))], "nordion2", distributed="replicated")
 
 

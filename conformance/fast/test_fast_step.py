@@ -221,11 +221,15 @@ def specs(draw: st.DrawFn) -> MuonSpec:
     kw["dion2_fraction"] = draw(st.sampled_from([None, None, 0.25, 1.0]))
     if kw["dion2_fraction"] is not None:  # Dion2 accumulates and decays the selected slices: sum form, no Nesterov
         kw.update(momentum_form="sum", nesterov=False)
-        if kw["normuon"]:  # NorDion2: the statistic per selected row
-            kw["normuon_axis"] = "row"
+        if kw["normuon"]:  # NorDion2: the statistic of O per selected row
+            kw.update(normuon_axis="row", normuon_input="update")
+            if kw["normuon_rescale"] == "input_norm":
+                kw["normuon_rescale"] = "frobenius"
     if kw["sphere"] == "none":
         kw.update({f: draw(st.sampled_from(choices(f))) for f in DECAY_KNOBS})
         kw["weight_decay"] = draw(st.sampled_from([0.0, 0.1, 0.5, -0.05]))
+    if kw["normuon_input"] == "gradient" and kw.get("decay_placement", "param") != "param":
+        kw["decay_placement"] = "param"  # NAMO reads the raw gradient: no coupled decay (the contract refuses it)
     if kw["sphere"] == "hyperball":  # a sphere of matrices
         kw["sphere_axis"] = "matrix"
     # A composition cut short of its design, or cycled past it, is not a converged orthogonalizer: its unfinished or
@@ -268,7 +272,15 @@ def test_specs_draw_every_literal_value() -> None:
 @FAST
 @given(spec=specs(), shape=st.sampled_from(SHAPES), seed=st.integers(0, 2**31 - 1))
 def test_random_spec_one_step_fp32(spec: MuonSpec, shape: tuple[int, ...], seed: int) -> None:
+    assume(not _cans_at_one(spec, shape))
     check_one_step(spec.replace(compute_dtype="float32"), shape, seed)
+
+
+def _cans_at_one(spec: MuonSpec, shape: tuple[int, ...]) -> bool:
+    """CANS's composite map has slope 4.8e4 at sigma = 1 (`muonlab.reference.scalar_map`; Keller's set: -1.03), and a
+    one-row or one-column matrix has sigma = 1 exactly after the Frobenius prescale: float32 rounding there becomes a
+    2e-3 relative error of O (measured on 1x7), past the fp32 bound (docs/variants.md, "CANS in bf16")."""
+    return spec.ns_coefficients == "cans" and min(shape[-2:]) == 1
 
 
 @FAST
@@ -289,6 +301,7 @@ def test_random_spec_one_step_bf16(spec: MuonSpec, shape: tuple[int, ...], seed:
 @FAST
 @given(spec=specs(), shape=st.sampled_from(SHAPES), seed=st.integers(0, 2**31 - 1))
 def test_random_spec_trajectory_fp32(spec: MuonSpec, shape: tuple[int, ...], seed: int) -> None:
+    assume(not _cans_at_one(spec, shape))
     s = spec.replace(compute_dtype="float32")
     w0, grads = _data(shape, seed, 10)
     wf = np64(_fast_run(s, w0, grads))

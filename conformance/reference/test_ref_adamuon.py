@@ -154,6 +154,7 @@ def _nemo_adaptive(method: str, w: np.ndarray, grads: list[np.ndarray], kw: dict
     m_buf = np.zeros_like(w)
     tall = w.shape[0] > w.shape[1]
     moment2 = np.zeros_like(w)  # "adamuon": full size
+    v_namo = 0.0  # "namo": one scalar
     if method == "normuon":  # [m, 1] if m >= n else [1, n]: per element of the longer dim
         moment2 = np.zeros((w.shape[0], 1)) if w.shape[0] >= w.shape[1] else np.zeros((1, w.shape[1]))
     for g in grads:
@@ -169,6 +170,9 @@ def _nemo_adaptive(method: str, w: np.ndarray, grads: list[np.ndarray], kw: dict
         if method == "adamuon":
             moment2 = moment2 + (1 - beta2) * (o * o - moment2)
             u = o / (np.sqrt(moment2) + eps)
+        elif method == "namo":  # v <- lerp(v, ||G||_F^2, 1 - beta2) of the raw grad; alpha = ||M||_F / (sqrt(v) + eps)
+            v_namo = v_namo + (1 - beta2) * (float(np.sum(g * g)) - v_namo)
+            u = np.linalg.norm(m_buf) / (np.sqrt(v_namo) + eps) * o
         else:
             avg = -1 if o.shape[-2] >= o.shape[-1] else -2
             moment2 = moment2 + (1 - beta2) * (np.mean(o * o, axis=avg, keepdims=True) - moment2)
@@ -178,11 +182,12 @@ def _nemo_adaptive(method: str, w: np.ndarray, grads: list[np.ndarray], kw: dict
     return w
 
 
-@pytest.mark.parametrize("method", ["adamuon", "normuon"])
+@pytest.mark.parametrize("method", ["adamuon", "normuon", "namo"])
 @pytest.mark.parametrize("shape", [(12, 20), (20, 12)])
 def test_nemo_adaptive_muon_is_from_upstream(method: str, shape: tuple[int, int]) -> None:
     """``from_upstream("emerging_optimizers_adaptive", moment2_method=...)``: NeMo's ``"adamuon"`` (no sign, a
-    separate beta2, no RMS alignment, then the scale mode) and ``"normuon"`` (clamped, Frobenius-matched)."""
+    separate beta2, no RMS alignment, then the scale mode), ``"normuon"`` (clamped, Frobenius-matched) and
+    ``"namo"`` (a scalar EMA of the raw gradient's squared norm, ``alpha = ||N||_F / (sqrt(v) + eps)``)."""
     kw = {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.1}
     spec = R.from_upstream("emerging_optimizers_adaptive", moment2_method=method, **kw)
     rng = np.random.default_rng(9)
@@ -196,5 +201,40 @@ def test_nemo_adaptive_muon_is_from_upstream(method: str, shape: tuple[int, int]
 def test_nemo_adaptive_muon_refuses_what_it_cannot_express() -> None:
     with pytest.raises(ValueError, match="no default for lr, momentum, weight_decay"):
         R.from_upstream("emerging_optimizers_adaptive")
-    with pytest.raises(ValueError, match="moment2_method='namo' cannot be expressed"):
-        R.from_upstream("emerging_optimizers_adaptive", lr=1e-3, momentum=0.9, weight_decay=0.0, moment2_method="namo")
+    with pytest.raises(ValueError, match="weight_decay_method='l2' cannot be expressed"):
+        R.from_upstream(
+            "emerging_optimizers_adaptive",
+            lr=1e-3,
+            momentum=0.9,
+            weight_decay=0.1,
+            moment2_method="namo",
+            weight_decay_method="l2",
+        )
+
+
+@pytest.mark.parametrize("shape", [(12, 20), (3, 20, 12)])
+def test_fast_namo_matches_reference(shape: tuple[int, ...]) -> None:
+    """NAMO in `muonlab.fast`: the gradient statistic taken in stage 1, ``||N||_F`` before ``Orth``."""
+    torch = pytest.importorskip("torch")
+    from muonlab.fast import Muon
+
+    kw = {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.1}
+    spec = R.from_upstream(
+        "emerging_optimizers_adaptive", moment2_method="namo", fp32_matmul_prec="highest", **kw
+    ).replace(nonfinite="skip")
+    rng = np.random.default_rng(10)
+    w0 = rng.standard_normal(shape)
+    w, state = w0, R.init_muon_state(w0, spec)
+    p = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float32))
+    opt = Muon([p], spec, backend="torch")
+    for _ in range(4):
+        g = rng.standard_normal(shape)
+        w, state = R.muon_step(w, g, state, spec)
+        p.grad = torch.tensor(g, dtype=torch.float32)
+        opt.step()
+    got = p.detach().double().numpy()
+    assert np.linalg.norm((got - w0) - (w - w0)) <= 1e-4 * np.linalg.norm(w - w0)
+    assert state.second_moment is not None
+    np.testing.assert_allclose(opt.state[p]["second_moment"].double().numpy(), state.second_moment, rtol=1e-5)
+    with pytest.raises(ValueError, match="NAMO"):
+        Muon([torch.nn.Parameter(torch.zeros(4, 6))], spec, distributed="replicated")

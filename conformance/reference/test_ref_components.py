@@ -118,6 +118,11 @@ def test_normuon_equalizes_per_axis_rms_and_keeps_frobenius(
     spec = _normuon(axis, mode=mode, beta2=0.9, normuon_eps=1e-30)  # eps negligible: exact identities
     s0 = np.zeros(normuon_state_shape(shape, spec))
     out, s1 = normuon_normalize(o, s0, spec)
+    if axis == "matrix":  # one statistic per matrix: O / sqrt(S) is a multiple of O, so the Frobenius rescale gives O
+        assert s1.shape == (1, 1)
+        np.testing.assert_allclose(s1, 0.1 * np.mean(o * o, keepdims=True), rtol=1e-14)
+        np.testing.assert_allclose(out, o, rtol=1e-12, atol=1e-15)
+        return
     if axis == "element":  # AdaMuon: S = (1 - beta2) O^2, so every entry of O_hat has the same magnitude
         assert s1.shape == (m, n)
         np.testing.assert_allclose(s1, 0.1 * o * o, rtol=1e-14)

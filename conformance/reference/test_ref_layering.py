@@ -101,6 +101,7 @@ STAGE_TABLES = [
     ("eps_mode", "muonlab.reference.orthogonalize:NORM_GUARDS", "muonlab.fast.orthogonalize:NORM_GUARDS"),
     ("normuon_rescale", "muonlab.reference.normuon:RESCALES", "muonlab.fast.normuon:RESCALES"),
     ("normuon_axis", "muonlab.contract.shapes:NORMUON_AXES", None),
+    ("normuon_input", "muonlab.reference.normuon:STATISTICS", "muonlab.fast.normuon:STATISTICS"),
     ("decay_placement", "muonlab.contract.decay:DECAY_PLACEMENTS", None),
     ("decay_lr", "muonlab.contract.decay:DECAY_LRS", None),
     ("shape_scale", "muonlab.contract.scaling:SHAPE_SCALES", None),
