@@ -77,8 +77,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on every muonlab package, on an editable install in strict mode (a link tree mypy can follow)."""
-    _install(session, "--config-settings", "editable_mode=strict", "-e", ".[fast,harness]", "mypy")
+    """mypy --strict on every muonlab package, on an editable install in strict mode (a link tree mypy can follow),
+    with the optional trackers and submitit, whose imports the harness type-checks."""
+    _install(session, "--config-settings", "editable_mode=strict", "-e", ".[fast,harness,track,slurm]", "mypy")
     packages = [arg for package in _packages() for arg in ("-p", package)]
     session.run("mypy", "--strict", *packages, *session.posargs)
     session.run("mypy", "--strict", "scripts/envcheck.py", "scripts/gpu_check.py")
