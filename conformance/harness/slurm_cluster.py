@@ -44,7 +44,7 @@ class Cluster:
         while time.monotonic() < deadline and self.run("squeue", "-h").strip():
             time.sleep(0.5)
         for name in ("slurmd", "slurmctld", "munged"):
-            pid = self.pids.get(name)
+            pid = self.pids.get(name) or _pid(self.root / f"{name}.pid", timeout_s=0.5, default=0)
             if pid:
                 try:
                     os.kill(pid, signal.SIGTERM)
@@ -58,14 +58,16 @@ class Cluster:
                     time.sleep(0.05)
 
 
-def _pid(path: Path, timeout_s: float = 10.0) -> int:
-    """The pid a daemon writes once it has forked into the background."""
+def _pid(path: Path, timeout_s: float = 10.0, default: int | None = None) -> int:
+    """The pid a daemon writes once it has forked into the background (``default``, if given, when none)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             return int(path.read_text())
         except (OSError, ValueError):
             if time.monotonic() > deadline:
+                if default is not None:
+                    return default
                 raise
             time.sleep(0.05)
 
