@@ -7,7 +7,7 @@ the run: failed, cancelled, out of time) is submitted, all of them as one job ar
 returns (`sweep.SweepStopped`, exit 0); the next ``muonlab sweep CONFIG`` or ``muonlab sweep --status DIR``
 makes the next pass, advancing to the next phase once one is complete and writing the report at the end.
 
-A job runs `SlurmRun`: the run trains with `sweep.train_run`, which resumes from the run's last checkpoint,
+A job runs `SlurmRun`: the run trains with `runs.train_run`, which resumes from the run's last checkpoint,
 so a job that Slurm requeues (``scontrol requeue``, preemption, node failure) or a resubmitted one continues
 where the run's checkpoints left it. SIGTERM (what Slurm sends before it kills a job) stops the run
 checkpointed after its current step (harness/interrupt.py); submitit requeues a job that reaches its time
@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import rundir as rd
 from .progress import SweepProgress
-from .sweep import RunSpec, skip_finished
+from .runs import RunSpec, skip_finished
 
 if TYPE_CHECKING:
-    from .workers import OnDone, RunOptions
+    from .runs import OnDone, RunOptions
 
 ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED")
 """squeue states of a job that may still finish its run."""
@@ -105,7 +105,7 @@ class SlurmRun:
         if int(self.job["gpus"]) > 1:
             return self._torchrun(run_dir, resume=ckpt is not None)
         from .config import validate_run
-        from .sweep import train_run
+        from .runs import train_run
 
         summary = train_run(
             validate_run(self.job["config"]),

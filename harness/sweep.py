@@ -20,7 +20,6 @@ import itertools
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,27 +38,11 @@ from .config import (
 from .endpoints import mean_std, summarize
 from .progress import SweepProgress
 from .report import write_report
-from .results import CONFIG_KEYS, ENDPOINT_KEYS, FINISHED, write_results
+from .results import CONFIG_KEYS, ENDPOINT_KEYS, write_results
+from .runs import Point, RunSpec
 
 if TYPE_CHECKING:
     from .workers import Executor
-
-
-@dataclass
-class Point:
-    name: str
-    variant: str
-    params: dict[str, Any]
-    """Every dotted override of the base (variant ``set`` plus the grid assignment)."""
-    grid: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RunSpec:
-    name: str
-    point: Point
-    seed: int
-    config: RunConfig
 
 
 def _fmt(v: Any) -> str:
@@ -91,96 +74,6 @@ def make_run(sweep: SweepConfig, point: Point, seed: int) -> RunSpec:
     except ConfigError as exc:
         raise ConfigError(f"sweep point {point.name}: {exc}") from None
     return RunSpec(name=name, point=point, seed=seed, config=cfg)
-
-
-def is_finished(run_dir: Path) -> bool:
-    s = rd.read_summary(run_dir)
-    return s is not None and s.get("status") in FINISHED
-
-
-def train_run(
-    config: RunConfig,
-    run_dir: Path,
-    *,
-    data_dir: Path | None,
-    progress: bool,
-    max_minutes: float | None = None,
-    track: list[str] | None = None,
-    track_group: tuple[str, str] | None = None,
-) -> dict[str, Any]:
-    """Train one run of a sweep, resuming it from its last checkpoint when it has one (restarting it when it
-    has files but no checkpoint); returns its metrics.json summary. The one place both the sweep's own
-    process and its workers (harness/workers.py) start a run."""
-    from .train import train
-
-    resume = rd.latest_checkpoint(run_dir) is not None
-    force = rd.is_nonempty(run_dir) and not resume
-    return train(
-        config,
-        run_dir,
-        data_dir=data_dir,
-        resume=resume,
-        force=force,
-        progress=progress,
-        max_minutes=max_minutes,
-        track=track,
-        track_group=track_group,
-    )
-
-
-def start_action(run_dir: Path) -> str:
-    return "resuming from its last checkpoint" if rd.latest_checkpoint(run_dir) is not None else "training"
-
-
-def finish_detail(summary: dict[str, Any]) -> str:
-    return (
-        f"{summary['status']}, val_loss {_loss(summary.get('val_loss'))}, "
-        f"smoothed train loss {_loss(summary.get('final_smoothed_loss'))}"
-    )
-
-
-def skip_finished(spec: RunSpec, run_dir: Path, tracker: SweepProgress) -> dict[str, Any] | None:
-    """The summary of a run an earlier invocation finished (logged as skipped), else None."""
-    if not is_finished(run_dir):
-        return None
-    summary = rd.read_summary(run_dir)
-    assert summary is not None
-    tracker.skip(spec.name, f"finished by an earlier invocation ({summary.get('status')}), skipped")
-    return summary
-
-
-def run_one(
-    spec: RunSpec,
-    run_dir: Path,
-    *,
-    data_dir: Path | None,
-    progress: bool,
-    tracker: SweepProgress,
-    max_minutes: float | None = None,
-    track: list[str] | None = None,
-    track_group: tuple[str, str] | None = None,
-) -> dict[str, Any]:
-    """Train (or resume) one run in this process unless an earlier invocation finished it; returns its
-    metrics.json summary."""
-    summary = skip_finished(spec, run_dir, tracker)
-    if summary is not None:
-        return summary
-    tracker.start(spec.name, start_action(run_dir))
-    summary = train_run(
-        spec.config,
-        run_dir,
-        data_dir=data_dir,
-        progress=progress,
-        max_minutes=max_minutes,
-        track=track,
-        track_group=track_group,
-    )
-    tracker.finish(spec.name, finish_detail(summary))
-    return summary
-
-
-def _loss(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, (int, float)) else str(v)
 
 
 def _rank_points(rows: list[dict[str, Any]], points: list[Point], metric: str) -> list[Point]:

@@ -37,7 +37,7 @@ def main() -> int:
     import torch
 
     from .config import validate_run
-    from .sweep import train_run
+    from .runs import train_run
 
     answer = os.fdopen(os.dup(1), "w", buffering=1)  # the sweep's channel; fds 1 and 2 go to each run's log
     for line in sys.stdin:

@@ -23,8 +23,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,9 +30,7 @@ from . import rundir as rd
 from .interrupt import request_stop, stop_requested
 from .progress import SweepProgress
 from .results import FINISHED
-from .sweep import RunSpec, finish_detail, run_one, skip_finished, start_action
-
-OnDone = Callable[[RunSpec, dict[str, Any]], None]
+from .runs import Budget, OnDone, RunOptions, RunSpec, finish_detail, run_one, skip_finished, start_action
 
 STOP_GRACE_S = 120.0
 """How long a stopping sweep waits for its workers' last step and checkpoint before killing them."""
@@ -52,42 +48,8 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-class Budget:
-    """The sweep's wall-clock budget (``--max-minutes``): what is left of it for the next run."""
-
-    def __init__(self, max_minutes: float | None) -> None:
-        if max_minutes is not None and not (0 < max_minutes < float("inf")):
-            raise ValueError(f"max_minutes: must be a positive number of minutes, got {max_minutes!r}")
-        self.deadline = time.monotonic() + 60.0 * max_minutes if max_minutes is not None else None
-
-    def wall_deadline(self) -> float | None:
-        """The deadline as a ``time.time()`` value, for a worker process's clock."""
-        return None if self.deadline is None else time.time() + (self.deadline - time.monotonic())
-
-    def left_minutes(self) -> float | None:
-        return None if self.deadline is None else (self.deadline - time.monotonic()) / 60.0
-
-    def spent(self) -> bool:
-        left = self.left_minutes()
-        return left is not None and left <= 0
-
-
 def _stop_reason(budget: Budget) -> str:
     return stop_requested() or "time budget (--max-minutes) spent"
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """What every run of the sweep gets besides its config."""
-
-    sweep_dir: Path
-    data_dir: Path | None
-    budget: Budget
-    track: list[str]
-    sweep_name: str
-
-    def track_group(self, spec: RunSpec) -> tuple[str, str]:
-        return (self.sweep_name, spec.point.name)
 
 
 class InProcess:
