@@ -15,7 +15,16 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -331,12 +340,151 @@ class RunConfig(_Strict):
         return config_sha256(self.model_dump(mode="json"))
 
 
+Selector = dict[str, Any]
+"""An arm of a sweep named by its values: dotted config keys (and ``"variant"`` / ``"point"``) -> value; it
+matches the points (results.csv rows) with every one of these values (harness/design.py)."""
+
+
+def _check_selector(sel: Selector) -> Selector:
+    if not sel:
+        raise ValueError("an arm selector needs at least one key")
+    for key in sel:
+        if key not in ("variant", "point") and not _is_config_key(key):
+            raise ValueError(f"unknown config key {key!r} in arm selector {sel!r}")
+    return sel
+
+
+class Condition(_Strict):
+    """One pre-registered test on a sweep's results (harness/design.py, docs/harness.md "Pre-registered designs").
+
+    ``test = "improves"``: ``arm`` beats ``baseline`` on ``metric`` (lower is better except for the metrics in
+    `results.HIGHER_IS_BETTER`), over the stable runs of ``phases``. The improvement is ``baseline - arm``
+    (``arm - baseline`` for a higher-is-better metric), relative to ``|baseline|`` for ``min_improvement_pct``;
+    it must be ``>= min_improvement`` / ``>= min_improvement_pct`` when given, else ``> 0``. With
+    ``seeds_at_least`` the threshold applies to each seed's paired difference and must hold in that many seeds,
+    else to the arms' means. ``p_below`` adds a two-sided t-test (paired by seed when the arms share two seeds,
+    else Welch) that must give ``p < p_below``. ``arm = "best"``: the best arm on ``metric`` other than the
+    baseline.
+
+    ``test = "stable"``: no run of ``phases`` (of ``arm`` and ``baseline`` when given) is flagged unstable.
+    """
+
+    test: Literal["improves", "stable"] = "improves"
+    arm: Selector | Literal["best"] | None = None
+    baseline: Selector | None = None
+    metric: str = "val_loss"
+    best_by: str | None = None
+    """The endpoint that picks ``arm = "best"`` (default ``metric``): e.g. the primary endpoint, so that a
+    secondary criterion tests the arm the primary one chose."""
+    phases: list[str] | None = None
+    """Phases whose runs are tested; default: every phase before the one this gates (``when``), every phase
+    (``criteria``)."""
+    min_improvement: float | None = None
+    min_improvement_pct: float | None = None
+    seeds_at_least: int | None = Field(default=None, gt=0)
+    p_below: float | None = Field(default=None, gt=0, lt=1)
+
+    @field_validator("arm", "baseline")
+    @classmethod
+    def _selectors(cls, v: Any) -> Any:
+        return _check_selector(v) if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _shape(self) -> Condition:
+        from .results import ENDPOINT_KEYS
+
+        for name in ("metric", "best_by"):
+            value = getattr(self, name)
+            if value is not None and value not in ENDPOINT_KEYS:
+                raise ValueError(f"{name}: {value!r} is not an endpoint ({', '.join(ENDPOINT_KEYS)})")
+        if self.best_by is not None and self.arm != "best":
+            raise ValueError("best_by: only used with arm = 'best'")
+        if self.test == "improves":
+            if self.arm is None or self.baseline is None:
+                raise ValueError("an 'improves' test needs both arm and baseline")
+            if self.min_improvement is not None and self.min_improvement_pct is not None:
+                raise ValueError("min_improvement, min_improvement_pct: give one threshold, not both")
+        else:
+            extra = [
+                k
+                for k in ("min_improvement", "min_improvement_pct", "seeds_at_least", "p_below")
+                if getattr(self, k) is not None
+            ]
+            if extra:
+                raise ValueError(f"a 'stable' test takes no {', '.join(extra)}")
+            if self.arm == "best" and self.baseline is None:
+                raise ValueError("arm = 'best' needs a baseline")
+        return self
+
+
+class Criteria(_Strict):
+    """The pre-registered success criteria the report evaluates and states first: "success" when every primary
+    and secondary test holds, "not supported" when one fails, "not run" when one lacks the runs to decide."""
+
+    question: str = ""
+    primary: list[Condition] = Field(min_length=1)
+    secondary: list[Condition] = Field(default_factory=list)
+
+
+DESIGN_FIELDS = ("rank", "grid", "always", "steps", "token_budget", "when", "criteria")
+"""The sweep fields of pre-registered designs: left out of a sweep's dump (and so its sha256) while unused, so a
+sweep made before they existed keeps its identity and resumes."""
+
+
+def _drop_unset_design(out: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in out.items() if not (k in fields and v in (None, []))}
+
+
 class Phase(_Strict):
     name: str
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     top_k: int | None = Field(default=None, gt=0)
-    """Run only the best ``top_k`` configs of the previous phase (stable runs, ranked by ``metric``)."""
+    """Run only the best ``top_k`` points of the ``rank`` phases (stable runs, ranked by ``metric``), not
+    counting the ``always`` points, which the phase runs besides."""
     metric: str = "val_loss"
+    rank: list[str] | None = None
+    """The phases whose runs rank the points for ``top_k``; default: the last phase that ran."""
+    grid: dict[str, list[Any]] | None = None
+    """This phase's own points: every variant x this grid (instead of carrying the last phase's points)."""
+    always: list[Selector] = Field(default_factory=list)
+    """Points the phase runs whatever the ranking (e.g. the baseline), matched among every point of the sweep."""
+    steps: int | None = Field(default=None, gt=0)
+    token_budget: int | None = Field(default=None, gt=0)
+    """The phase's own training horizon (``train.steps`` / ``train.token_budget`` of its runs); its runs are
+    named with it, so a run is shared only by phases with the same horizon."""
+    when: list[Condition] = Field(default_factory=list)
+    """The phase runs only if every condition holds on the runs before it; otherwise it is skipped (and so is
+    nothing else: later phases rank and test what did run)."""
+
+    @field_validator("always")
+    @classmethod
+    def _always(cls, v: list[Selector]) -> list[Selector]:
+        return [_check_selector(s) for s in v]
+
+    @model_validator(mode="after")
+    def _one_horizon(self) -> Phase:
+        if self.steps is not None and self.token_budget is not None:
+            raise ValueError("steps, token_budget: give one horizon, not both")
+        if self.grid is not None and (self.top_k is not None or self.rank is not None):
+            raise ValueError("grid: a phase with its own grid cannot also select by top_k / rank")
+        if self.rank is not None and self.top_k is None:
+            raise ValueError("rank: only used with top_k")
+        for k, vals in (self.grid or {}).items():
+            if not vals:
+                raise ValueError(f"grid.{k}: needs at least one value")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unused_design(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_unset_design(handler(self), DESIGN_FIELDS)
+
+    def horizon(self) -> dict[str, Any]:
+        """The run-config overrides of this phase's horizon (empty: the base's)."""
+        if self.steps is not None:
+            return {"train.steps": self.steps, "train.token_budget": None}
+        if self.token_budget is not None:
+            return {"train.token_budget": self.token_budget, "train.steps": None}
+        return {}
 
 
 class Variant(_Strict):
@@ -372,6 +520,8 @@ class SweepSection(_Strict):
     loss times ``target_factor`` is the frozen target (when ``target_loss`` is not given)."""
     target_factor: float = Field(default=1.0, gt=0)
     winner_metric: str = "val_loss"
+    criteria: Criteria | None = None
+    """Pre-registered success criteria, evaluated and stated first by the report."""
     jobs: int = Field(default=1, gt=0, exclude=True)
     """Runs trained at once, each in its own process (``--jobs`` overrides). How a sweep runs, not what it
     computes: excluded from the sweep's dump and sha256, so a sweep resumes under any number of jobs."""
@@ -399,6 +549,32 @@ class SweepSection(_Strict):
             raise ValueError("variants: names must be unique")
         if self.pilot is not None and self.pilot not in names:
             raise ValueError(f"pilot: {self.pilot!r} is not a variant name ({', '.join(names)})")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unused_design(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_unset_design(handler(self), DESIGN_FIELDS)
+
+    @model_validator(mode="after")
+    def _phases_known(self) -> SweepSection:
+        """Phase names are unique; ``rank`` and a condition's ``phases`` name earlier phases (every phase, for
+        the criteria); the first phase is unconditional and ranks nothing."""
+        seen: list[str] = []
+        for i, phase in enumerate(self.phases):
+            where = f"phases[{i}] ({phase.name})"
+            if phase.name in seen:
+                raise ValueError(f"{where}: phase names must be unique")
+            if i == 0 and (phase.top_k is not None or phase.when):
+                raise ValueError(f"{where}: the first phase has nothing before it to rank (top_k) or test (when)")
+            for name in [*(phase.rank or []), *(n for c in phase.when for n in c.phases or [])]:
+                if name not in seen:
+                    raise ValueError(f"{where}: {name!r} is not an earlier phase ({', '.join(seen) or 'none'})")
+            seen.append(phase.name)
+        if self.criteria is not None:
+            for c in [*self.criteria.primary, *self.criteria.secondary]:
+                for name in c.phases or []:
+                    if name not in seen:
+                        raise ValueError(f"criteria: {name!r} is not a phase ({', '.join(seen)})")
         return self
 
 
@@ -548,9 +724,15 @@ def validate_sweep(data: dict[str, Any]) -> SweepConfig:
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, "sweep.")) from None
     base = validate_run(data)
-    # every point of the sweep must itself be a valid run config
+    # every point of the sweep (the sweep's grid and each phase's own grid and horizon) must be a valid run
+    grids = [section.grid, *(p.grid for p in section.phases if p.grid is not None)]
+    for phase in section.phases:
+        try:
+            validate_run(apply_overrides(data, phase.horizon()))
+        except ConfigError as exc:
+            raise ConfigError(f"sweep.phases[{phase.name}]: {exc}") from None
     for variant in section.variants:
-        for key, values in section.grid.items():
+        for key, values in [item for grid in grids for item in grid.items()]:
             for value in values:
                 try:
                     validate_run(variant.apply(data, {key: value}))
@@ -569,12 +751,15 @@ def load_sweep_config(path: str | Path, overrides: dict[str, Any] | None = None)
 
 
 def flatten_dotted(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and scalars are leaves; an empty table is a leaf)."""
+    """``{"a": {"b": 1}, "p": [{"c": 2}]}`` -> ``{"a.b": 1, "p.0.c": 2}``: tables and lists of tables are
+    followed (a list of tables by index), other lists and scalars are leaves; an empty table is a leaf."""
     if isinstance(obj, dict) and obj:
         out: dict[str, Any] = {}
         for k, v in obj.items():
             out.update(flatten_dotted(v, f"{prefix}{k}."))
         return out
+    if isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
+        return {k: v for i, item in enumerate(obj) for k, v in flatten_dotted(item, f"{prefix}{i}.").items()}
     return {prefix.rstrip("."): obj}
 
 

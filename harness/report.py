@@ -21,7 +21,9 @@ from typing import Any
 
 from . import rundir as rd
 from .arms import Arm, Series, build_arms, find_series, format_number
-from .results import ENDPOINT_KEYS, config_columns, read_results
+from .config import SweepSection
+from .design import outcome
+from .results import DESIGN_FILE, ENDPOINT_KEYS, config_columns, read_results
 from .significance import RULE, TTest, paired, ratio_se, welch
 
 LOSS_UNIT = "nats/token"
@@ -335,6 +337,51 @@ def _target_note(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
     )
 
 
+def design_block(sweep_dir: Path, rows: list[dict[str, Any]], sweep_sec: dict[str, Any]) -> list[str]:
+    """The pre-registered verdict (`harness.design.outcome`) with the numbers behind each criterion, then what
+    became of each phase (design.json: ran with its points, skipped with the condition that failed, or not
+    reached); empty for a sweep with neither criteria nor conditional phases."""
+    section = SweepSection.model_validate(sweep_sec)
+    if section.criteria is None and not any(p.when for p in section.phases):
+        return []
+    names = [p.name for p in section.phases]
+    lines: list[str] = []
+    mark = {True: "holds", False: "**fails**", None: "not decided (runs missing)"}
+    if section.criteria is not None:
+        verdict, checks = outcome(section.criteria, rows, names)
+        lines += [f"## Pre-registered verdict: **{verdict}**", ""]
+        if section.criteria.question:
+            lines += [f"Question: {section.criteria.question}", ""]
+        n_primary = len(section.criteria.primary)
+        for i, ch in enumerate(checks):
+            kind = "primary" if i < n_primary else "secondary"
+            lines.append(f"* {kind}, {ch.condition.test}: {mark[ch.holds]}. {ch.detail}.")
+        lines += [
+            "",
+            'Rule: "success" only when every primary and secondary criterion holds; "not supported" when one '
+            'fails; "not run" when one lacks the runs to decide (a phase it needs did not run).',
+            "",
+        ]
+    decisions = {}
+    path = sweep_dir / DESIGN_FILE
+    if path.is_file():
+        decisions = {d["phase"]: d for d in json.loads(path.read_text()).get("phases", [])}
+    lines += ["### Phases", ""]
+    for phase in section.phases:
+        d = decisions.get(phase.name)
+        if d is None:
+            lines.append(f"* `{phase.name}`: not reached.")
+            continue
+        why = "; ".join(f"{mark[c['holds']]}: {c['detail']}" for c in d.get("checks", []))
+        if d["status"] == "skipped":
+            lines.append(f"* `{phase.name}`: **skipped**, its condition does not hold ({why}).")
+        else:
+            pts = ", ".join(f"`{p}`" for p in d.get("points", []))
+            cond = f" (condition: {why})" if why else ""
+            lines.append(f"* `{phase.name}`: ran {pts} with seeds {phase.seeds}{cond}.")
+    return [*lines, ""]
+
+
 def write_report(sweep_dir: str | Path) -> Path:
     """Write ``SWEEP_DIR/RESULTS.md`` and the PNGs from results.csv and the run dirs; returns the md path."""
     from .plots import make_plots
@@ -354,6 +401,7 @@ def write_report(sweep_dir: str | Path) -> Path:
     plots = make_plots(sweep_dir, arms, find_series(arms), metric)
 
     lines = [f"# Results: {sweep_sec.get('name', sweep_dir.name)}", ""]
+    lines += design_block(sweep_dir, rows, sweep_sec)
     lines += answer_block(arms, metric)
     lines += [
         f"{len(rows)} runs ({unstable} unstable, excluded), {len(arms)} arms; config columns: "

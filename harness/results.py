@@ -26,6 +26,16 @@ ENDPOINT_KEYS: tuple[str, ...] = (
 )
 """Per-run endpoints in results.csv (docs/harness.md "Endpoints")."""
 
+HIGHER_IS_BETTER: frozenset[str] = frozenset({"task_accuracy"})
+"""Endpoints where a larger value is better (every other endpoint: lower is better)."""
+
+CENSORED: frozenset[str] = frozenset({"tokens_to_target_loss", "minutes_to_target_loss"})
+"""Endpoints a run lacks when it never reached the target within its budget: a decision counts a stable run
+without one as +inf (it took longer than its budget), not as missing."""
+
+DESIGN_FILE = "design.json"
+"""In a sweep dir: each phase's decision (ran with its points, or skipped) and the checks behind it."""
+
 FINISHED: tuple[str, ...] = ("complete", "aborted")
 """metrics.json statuses of a run a sweep does not train again."""
 

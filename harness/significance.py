@@ -82,6 +82,20 @@ def t_two_sided_p(t: float, df: float) -> float:
     return betainc(df / 2.0, 0.5, df / (df + t * t))
 
 
+def t_critical(df: float, alpha: float = ALPHA) -> float:
+    """The ``t`` with ``P(|T_df| >= t) = alpha``: `t_two_sided_p` inverted by bisection (it falls as ``t``
+    grows), to 1e-12."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha: must be in (0, 1), got {alpha!r}")
+    lo, hi = 0.0, 1.0
+    while t_two_sided_p(hi, df) > alpha:
+        lo, hi = hi, 2.0 * hi
+    while hi - lo > 1e-12 * hi:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_two_sided_p(mid, df) > alpha else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
 @dataclass(frozen=True)
 class TTest:
     """A t-test of ``mean(a) - mean(b)``: Welch's (`welch`) or paired by seed (`paired`; ``n_a = n_b``)."""
@@ -98,6 +112,11 @@ class TTest:
     def decided(self) -> bool:
         """Whether the difference is beyond the seed noise (``p < ALPHA``)."""
         return self.p < ALPHA
+
+    def interval(self, alpha: float = ALPHA) -> tuple[float, float]:
+        """The two-sided ``1 - alpha`` confidence interval of the difference, ``diff -+ t_crit(df) se``."""
+        half = t_critical(self.df, alpha) * self.se
+        return self.diff - half, self.diff + half
 
 
 def _clean(values: Sequence[float | None], name: str) -> list[float]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -35,10 +36,11 @@ from .config import (
     validate_run,
     without_keys,
 )
-from .endpoints import mean_std, summarize
+from .design import check_selectors, evaluate, matches, rows_of
+from .endpoints import summarize
 from .progress import SweepProgress
 from .report import write_report
-from .results import CONFIG_KEYS, ENDPOINT_KEYS, write_results
+from .results import CENSORED, CONFIG_KEYS, DESIGN_FILE, ENDPOINT_KEYS, HIGHER_IS_BETTER, write_results
 from .runs import Point, RunSpec
 
 if TYPE_CHECKING:
@@ -50,21 +52,53 @@ def _fmt(v: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "", s) or "x"
 
 
-def expand_points(sweep: SweepConfig) -> list[Point]:
-    keys = list(sweep.sweep.grid)
-    combos = list(itertools.product(*(sweep.sweep.grid[k] for k in keys))) if keys else [()]
+def expand_points(sweep: SweepConfig, grid: dict[str, list[Any]] | None = None) -> list[Point]:
+    """Every variant x every assignment of ``grid`` (default: the sweep's grid), named
+    ``<variant>_<key>=<value>...``."""
+    grid = sweep.sweep.grid if grid is None else grid
+    keys = list(grid)
+    combos = list(itertools.product(*(grid[k] for k in keys))) if keys else [()]
     points = []
     for variant in sweep.sweep.variants:
         for combo in combos:
-            grid = dict(zip(keys, combo, strict=True))
-            suffix = "".join(f"_{k.split('.')[-1]}={_fmt(v)}" for k, v in grid.items())
+            assignment = dict(zip(keys, combo, strict=True))
+            suffix = "".join(f"_{k.split('.')[-1]}={_fmt(v)}" for k, v in assignment.items())
             points.append(
-                Point(name=f"{variant.name}{suffix}", variant=variant.name, params={**variant.set, **grid}, grid=grid)
+                Point(
+                    name=f"{variant.name}{suffix}",
+                    variant=variant.name,
+                    params={**variant.set, **assignment},
+                    grid=assignment,
+                )
             )
     return points
 
 
+def all_points(sweep: SweepConfig) -> list[Point]:
+    """Every point some phase can run, each once: the sweep grid's (unless the first phase has its own grid),
+    then those of each phase's own grid."""
+    out: dict[str, Point] = {}
+    phases = sweep.sweep.phases
+    for grid in [*([None] if phases[0].grid is None else []), *(p.grid for p in phases if p.grid is not None)]:
+        for point in expand_points(sweep, grid):
+            out.setdefault(point.name, point)
+    return list(out.values())
+
+
+def with_horizon(point: Point, phase: Phase) -> Point:
+    """``point`` under ``phase``'s horizon: its params set ``train.steps`` / ``train.token_budget`` and its name
+    ends ``_steps=N`` / ``_tokens=N``, so runs (and report arms) of different horizons never mix. Unchanged for
+    a phase without its own horizon."""
+    horizon = phase.horizon()
+    if not horizon:
+        return point
+    key, value = next((k, v) for k, v in horizon.items() if v is not None)
+    name = f"{point.name}_{'steps' if key == 'train.steps' else 'tokens'}={value}"
+    return Point(name=name, variant=point.variant, params={**point.params, **horizon}, grid=point.grid)
+
+
 def make_run(sweep: SweepConfig, point: Point, seed: int) -> RunSpec:
+    """The run of ``point`` with ``seed``, named ``<point>_s<seed>``."""
     base = sweep.base.model_dump(mode="json")
     name = f"{point.name}_s{seed}"
     variant = next(v for v in sweep.sweep.variants if v.name == point.variant)
@@ -76,16 +110,29 @@ def make_run(sweep: SweepConfig, point: Point, seed: int) -> RunSpec:
     return RunSpec(name=name, point=point, seed=seed, config=cfg)
 
 
-def _rank_points(rows: list[dict[str, Any]], points: list[Point], metric: str) -> list[Point]:
-    by_point: dict[str, list[Any]] = {}
-    for r in rows:
-        if not r["unstable"]:
-            by_point.setdefault(r["point"], []).append(r.get(metric))
-    scored = []
+def point_values(sweep: SweepConfig, points: list[Point], keys: list[str]) -> list[dict[str, Any]]:
+    """Each point as a design selector sees it: ``variant``, ``point`` and its resolved config columns."""
+    out = []
     for p in points:
-        mean, _, n = mean_std(by_point.get(p.name, []))
-        if n:
-            scored.append((mean, p.name, p))
+        cfg = make_run(sweep, p, 0).config
+        out.append({"variant": p.variant, "point": p.name, **{k: config_value(cfg, k) for k in keys}})
+    return out
+
+
+def _rank_points(rows: list[dict[str, Any]], points: list[Point], metric: str) -> list[Point]:
+    """``points`` with a stable value of ``metric`` in ``rows``, best mean first (ties by name); a stable run
+    that never reached the target counts as +inf for a `CENSORED` endpoint."""
+    sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
+    by_point: dict[str, list[float]] = {}
+    for r in rows:
+        v = r.get(metric)
+        if r["unstable"]:
+            continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            by_point.setdefault(r["point"], []).append(float(v))
+        elif v is None and metric in CENSORED:
+            by_point.setdefault(r["point"], []).append(math.inf)
+    scored = [(sign * sum(vs) / len(vs), p.name, p) for p in points if (vs := by_point.get(p.name))]
     scored.sort(key=lambda t: (t[0], t[1]))
     return [p for _, _, p in scored]
 
@@ -139,6 +186,7 @@ def _run_sweep_locked(
     from .workers import make_executor
 
     sweep_dir = Path(sweep_dir)
+    _Selection(sweep).check()  # before anything is written
     data = Path(data_dir) if data_dir is not None else None
     n_jobs = jobs if jobs is not None else sweep.sweep.jobs
     trackers = track if track is not None else sweep.sweep.track
@@ -156,8 +204,7 @@ def _run_sweep_locked(
     )
     _write_meta(sweep, sweep_dir, force=force, command=command)
     points = expand_points(sweep)
-    phases = sweep.sweep.phases
-    tracker = SweepProgress(len(planned_runs(points, phases)), log=log, bar=progress, workers=runner.jobs)
+    tracker = SweepProgress(len(planned_runs(sweep)), log=log, bar=progress, workers=runner.jobs)
     try:
         with stop_on_signals():
             runner.describe(tracker)
@@ -223,9 +270,12 @@ def _known_target(sweep: SweepConfig, sweep_dir: Path) -> tuple[bool, float | No
 
 
 def pilot_spec(sweep: SweepConfig, points: list[Point]) -> RunSpec:
-    """The pilot variant's first grid point with the first seed of the first phase."""
+    """The pilot variant's first point of the first phase (``points``: the sweep grid's) with its first seed."""
+    first = sweep.sweep.phases[0]
+    if first.grid is not None:
+        points = expand_points(sweep, first.grid)
     pilot_point = next(p for p in points if p.variant == sweep.sweep.pilot)
-    return make_run(sweep, pilot_point, sweep.sweep.phases[0].seeds[0])
+    return make_run(sweep, with_horizon(pilot_point, first), first.seeds[0])
 
 
 def _target_from_pilot(sweep: SweepConfig, sweep_dir: Path, spec: RunSpec, summary: dict[str, Any]) -> float:
@@ -246,14 +296,90 @@ def _target_from_pilot(sweep: SweepConfig, sweep_dir: Path, spec: RunSpec, summa
     return target
 
 
+class _Selection:
+    """Which points each phase runs (docs/harness.md "Pre-registered designs"): its own grid, else the best
+    ``top_k`` of its ``rank`` phases, else the last phase's points; plus its ``always`` points."""
+
+    def __init__(self, sweep: SweepConfig) -> None:
+        self.sweep = sweep
+        self.universe = all_points(sweep)
+        horizons = [
+            k for k in ("train.steps", "train.token_budget") if any(p.horizon().get(k) for p in sweep.sweep.phases)
+        ]
+        self.keys = [*config_keys(self.universe), *horizons]
+        self.values = {v["point"]: v for v in point_values(sweep, self.universe, self.keys)}
+        self.base_of: dict[str, str] = {p.name: p.name for p in self.universe}
+        """A run's point name (with its phase's horizon) -> the sweep point's."""
+
+    def at(self, phase: Phase, points: list[Point]) -> list[Point]:
+        """``points`` under ``phase``'s horizon (`with_horizon`)."""
+        out = [with_horizon(p, phase) for p in points]
+        self.base_of.update({q.name: p.name for p, q in zip(points, out, strict=True)})
+        return out
+
+    def always(self, phase: Phase) -> list[Point]:
+        return [p for p in self.universe if any(matches(sel, self.values[p.name]) for sel in phase.always)]
+
+    def points(
+        self, phase: Phase, ran: dict[str, list[Point]], last_ran: str, rows: list[dict[str, Any]] | None
+    ) -> list[Point]:
+        """The phase's points, given the points of the phases that ran (``ran``, in order; ``last_ran`` the last
+        of them, or "" before the first). ``rows`` None: a stand-in for a phase not decided yet, its ``top_k``
+        filled with the ``rank`` phases' first points."""
+        always = self.always(phase)
+        fixed = {p.name for p in always}
+        last = ran.get(last_ran, expand_points(self.sweep))
+        if phase.grid is not None:
+            chosen = expand_points(self.sweep, phase.grid)
+        elif phase.top_k is not None and rows is None:
+            pool = {p.name: p for name in phase.rank or [last_ran] for p in ran.get(name, [])}
+            chosen = [p for p in pool.values() if p.name not in fixed][: phase.top_k]
+        elif phase.top_k is not None:
+            assert rows is not None
+            ranked_rows = [{**r, "point": self.base_of[r["point"]]} for r in rows_of(rows, phase.rank or [last_ran])]
+            seen = {r["point"] for r in ranked_rows}
+            candidates = [p for p in self.universe if p.name in seen and p.name not in fixed]
+            chosen = _rank_points(ranked_rows, candidates, phase.metric)[: phase.top_k]
+        else:
+            chosen = list(last)
+        names = {p.name for p in chosen}
+        return chosen + [p for p in always if p.name not in names]
+
+    def check(self) -> None:
+        """`ConfigError` for a design selector that names no column or no point (before anything runs)."""
+        check_selectors(self.sweep.sweep, list(self.values.values()))
+
+
+def planned_runs(sweep: SweepConfig, decided: dict[int, list[Point] | None] | None = None) -> list[str]:
+    """The names of the runs the sweep will visit, in order, each once. ``decided``: phase index -> its points,
+    or None for a phase skipped by its ``when``; a phase not decided yet stands in as if it ran, with the first
+    ``top_k`` points of the phase before it, so the count is exact once every phase is decided."""
+    decided = decided or {}
+    selection = _Selection(sweep)
+    names: dict[str, None] = {}
+    ran: dict[str, list[Point]] = {}
+    last_ran = ""
+    for i, phase in enumerate(sweep.sweep.phases):
+        chosen = decided[i] if i in decided else selection.points(phase, ran, last_ran, None)
+        if chosen is None:
+            continue
+        ran[phase.name], last_ran = chosen, phase.name
+        for p in selection.at(phase, chosen):
+            for seed in phase.seeds:
+                names.setdefault(f"{p.name}_s{seed}", None)
+    return list(names)
+
+
 def _run_phases(
     sweep: SweepConfig, sweep_dir: Path, points: list[Point], executor: Executor, tracker: SweepProgress
 ) -> Path:
     """Every phase's runs in order, each phase's runs handed to ``executor`` at once (the pilot first); a run
-    shared by two phases is trained once. The target is frozen before any endpoint is computed, so rows are
-    made only once it is known; results.csv is rewritten as runs finish (rows in the phases' run order)."""
+    shared by two phases is trained once. A phase whose ``when`` fails on the runs before it is skipped.
+    The target is frozen before any endpoint is computed, so rows are made only once it is known; results.csv
+    is rewritten as runs finish (rows in the phases' run order); design.json records each phase's decision."""
     phases = sweep.sweep.phases
-    keys = config_keys(points)
+    selection = _Selection(sweep)
+    keys = selection.keys
     rows: dict[str, dict[str, Any]] = {}
     csv_path = sweep_dir / "results.csv"
     known, target = _known_target(sweep, sweep_dir)
@@ -282,16 +408,33 @@ def _run_phases(
             ready = list(itertools.takewhile(lambda s: s.name in done, phase_specs))
             add_rows(ready)
 
-    current = points
-    chosen: dict[int, list[Point]] = {}
+    ran: dict[str, list[Point]] = {}
+    last_ran = ""
+    decided: dict[int, list[Point] | None] = {}
+    record: list[dict[str, Any]] = []
     for i, phase in enumerate(phases):
-        if i > 0 and phase.top_k is not None:
-            prev = [r for r in rows.values() if phases[i - 1].name in r["phases"].split("+")]
-            current = chosen[i] = _rank_points(prev, current, phase.metric)[: phase.top_k]
-            tracker.set_total(len(planned_runs(points, phases, chosen)))
+        checks = [evaluate(c, list(rows.values()), [ph.name for ph in phases[:i]]) for c in phase.when]
+        entry: dict[str, Any] = {
+            "phase": phase.name,
+            "checks": [{"holds": c.holds, "detail": c.detail} for c in checks],
+        }
+        if not all(c.holds for c in checks):
+            decided[i] = None
+            record.append({**entry, "status": "skipped"})
+            rd.atomic_write_json(sweep_dir / DESIGN_FILE, {"phases": record})
+            tracker.set_total(len(planned_runs(sweep, decided)))
+            failed = next(c for c in checks if not c.holds)
+            tracker.log(f"phase {phase.name}: skipped, its condition does not hold: {failed.detail}")
+            continue
+        current = selection.points(phase, ran, last_ran, list(rows.values()))
+        decided[i] = current
+        tracker.set_total(len(planned_runs(sweep, decided)))
+        if phase.top_k is not None:
             tracker.log(f"phase {phase.name}: top {phase.top_k} by {phase.metric}: {[p.name for p in current]}")
+        record.append({**entry, "status": "ran", "points": [p.name for p in current]})
+        rd.atomic_write_json(sweep_dir / DESIGN_FILE, {"phases": record})
         specs: list[RunSpec] = []
-        for point in current:
+        for point in selection.at(phase, current):
             for seed in phase.seeds:
                 spec = make_run(sweep, point, seed)
                 if spec.name in rows:
@@ -310,6 +453,7 @@ def _run_phases(
         if executor.stopped is not None:
             raise SweepStopped(executor.stopped)
         add_rows(phase_specs)
+        ran[phase.name], last_ran = current, phase.name
     write_results(csv_path, list(rows.values()))
     return csv_path
 
@@ -349,22 +493,6 @@ def result_row(
         "elapsed_s": summary["elapsed_s"],
         "config_sha256": summary["config_sha256"],
     }
-
-
-def planned_runs(points: list[Point], phases: list[Phase], chosen: dict[int, list[Point]] | None = None) -> list[str]:
-    """The names of the runs the sweep will visit, in order, each once. A top-k phase not resolved yet (not in
-    ``chosen``, phase index -> its points) stands in with the first k points of the previous phase, so the
-    count is exact once every top-k phase is resolved."""
-    chosen = chosen or {}
-    names: dict[str, None] = {}
-    current = points
-    for i, phase in enumerate(phases):
-        if i > 0 and phase.top_k is not None:
-            current = chosen.get(i, current[: phase.top_k])
-        for p in current:
-            for seed in phase.seeds:
-                names.setdefault(f"{p.name}_s{seed}", None)
-    return list(names)
 
 
 def all_param_keys(points: list[Point]) -> list[str]:

@@ -130,9 +130,9 @@ def test_phases_pick_top_k(tmp_path: Path) -> None:
     # the run count of the progress line: 3 points x seed 0, then the top 2 with seeds 0 (shared) and 1
     from muonlab.harness.sweep import planned_runs
 
-    assert len(planned_runs(points, sweep.sweep.phases)) == 5
-    chosen = {1: [points[2], points[0]]}
-    assert planned_runs(points, sweep.sweep.phases, chosen)[3:] == [
+    assert len(planned_runs(sweep)) == 5
+    chosen = {0: points, 1: [points[2], points[0]]}
+    assert planned_runs(sweep, chosen)[3:] == [
         "base_weight_decay=0.2_s1",
         "base_weight_decay=0.0_s1",
     ]
