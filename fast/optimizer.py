@@ -115,8 +115,9 @@ def _check_sharded_spec(spec: MuonSpec, mode: str, name: str) -> None:
         )
     if mode in ("sharded", "gathered") and spec.dion2_fraction is not None:
         raise ValueError(
-            f"{name}.dion2_fraction: Dion2 is not supported with distributed={mode!r} yet (dion selects per shard, "
-            f"a different map); use distributed='replicated' or 'none'"
+            f"{name}.dion2_fraction: Dion2 is not supported with distributed={mode!r} yet (dion's sharded path "
+            f"selects per shard or along the shard dimension, maps other than one process's; docs/variants.md); "
+            f"use distributed='replicated' or 'none'"
         )
     if mode != "none" and spec.normuon and spec.normuon_bias_correction:
         raise ValueError(
