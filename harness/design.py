@@ -68,7 +68,7 @@ def check_selectors(section: SweepSection, points: Sequence[dict[str, Any]]) -> 
     for where, c in tests:
         for sel in (c.arm, c.baseline):
             if isinstance(sel, dict):
-                named.append((where, sel, c.test == "improves" and sel is not None))
+                named.append((where, sel, c.test == "improves"))
     for where, sel, single in named:
         unknown = [k for k in sel if k not in columns]
         if unknown:
