@@ -16,6 +16,7 @@ GPUs not in the table.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any
@@ -58,10 +59,15 @@ def peak_flops(device: torch.device, dtype: str) -> float | None:
         return value * 1e12
     if device.type != "cuda" or dtype != "bfloat16":
         return None
-    name = torch.cuda.get_device_name(device)
+    tflops = peak_tflops_of(torch.cuda.get_device_name(device))
+    return None if tflops is None else tflops * 1e12
+
+
+def peak_tflops_of(device_name: str) -> float | None:
+    """The `PEAK_BF16_TFLOPS` entry whose key is in ``device_name`` (first match wins), or None."""
     for key, tflops in PEAK_BF16_TFLOPS:
-        if key in name:
-            return tflops * 1e12
+        if key in device_name:
+            return tflops
     return None
 
 
@@ -70,3 +76,28 @@ def mfu(tokens_per_s: float | None, flops_per_token: float, peak: float | None) 
     if tokens_per_s is None or peak is None:
         return None
     return tokens_per_s * flops_per_token / peak
+
+
+def predicted_seconds(cfg: Any, device_name: str, mfu: float) -> float:
+    """Predicted GPU time of one run of ``cfg`` (a `harness.config.RunConfig`) on the GPU ``device_name`` (a
+    `PEAK_BF16_TFLOPS` key, e.g. ``"H100"``) at model FLOPs utilization ``mfu`` (0 < mfu <= 1)::
+
+        steps x batch_size x seq_len x flops_per_token / (peak x mfu)
+
+    Model FLOPs only: Newton-Schulz, evaluations, statistics, checkpoints and compilation come on top
+    (docs/harness.md, "Expected wall time of wd_dose_response"). A pure function of the config (no data, no GPU).
+    """
+    from .model import MODEL_CONFIGS
+
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu: must be in (0, 1], got {mfu}")
+    peak = peak_tflops_of(device_name)
+    if peak is None:
+        raise ValueError(f"device_name: {device_name!r} matches no PEAK_BF16_TFLOPS entry")
+    # the model, sequence length and step count as train.resolve_model_config / seq_len_of / total_steps_of
+    # (train imports this module, so they are not imported here)
+    mcfg = dataclasses.replace(MODEL_CONFIGS[cfg.model.base], **cfg.model.overrides())
+    seq_len = int(cfg.train.seq_len or mcfg.seq_len)
+    steps: int = cfg.train.steps or math.ceil(cfg.train.token_budget / (cfg.train.batch_size * seq_len))
+    tokens = steps * int(cfg.train.batch_size) * seq_len
+    return tokens * flops_per_token(mcfg, seq_len) / (peak * 1e12 * mfu)

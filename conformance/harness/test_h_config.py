@@ -208,16 +208,23 @@ def test_all_expected_configs_are_shipped() -> None:
         "muon_vs_adamw",
         "normuon_cwd",
         "ngpt",
+        "ngpt_lr",
+        "ngpt_lr_cpu",
+        "ngpt_lazy_projection",
+        "ngpt_lazy_projection_cpu",
+        "optax_lr_scale",
+        "optax_lr_scale_cpu",
+        "wd_power_cpu",
     } <= names
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_config_is_valid(path: Path) -> None:
-    from muonlab.harness.sweep import expand_points, make_run
+    from muonlab.harness.sweep import all_points, make_run
     from muonlab.harness.train import resolve_model_config, seq_len_of
 
     sweep = load_sweep_config(path)
-    points = expand_points(sweep)
+    points = all_points(sweep)
     assert points
     for point in points:
         run = make_run(sweep, point, 0)
@@ -225,11 +232,36 @@ def test_shipped_config_is_valid(path: Path) -> None:
         if path.stem not in (
             "tiny_sweep",
             "wd_replication_cpu",
+            "wd_power_cpu",
             "qk_clip",
             "family_2026",
+            "ngpt_lr_cpu",
+            "ngpt_lazy_projection_cpu",
+            "optax_lr_scale_cpu",
         ):  # the CPU sweeps (tiny model)
             # the 88M sweeps: 16,384 tokens per step on CUDA (auto), with a token budget
             assert run.config.train.batch_size * seq_len_of(run.config, mcfg) == 16384
             assert run.config.train.token_budget is not None
             assert run.config.train.device in ("cuda", "auto")
             assert mcfg.d_model == 512 and mcfg.n_layers == 22
+
+
+def test_predicted_seconds_of_the_shipped_88m_configs() -> None:
+    from muonlab.harness.perf import flops_per_token, predicted_seconds
+    from muonlab.harness.train import resolve_model_config, seq_len_of, total_steps_of
+
+    for name in ("ngpt_lr", "ngpt_lazy_projection", "optax_lr_scale"):
+        cfg = load_run_config(shipped_configs_dir() / f"{name}.toml")
+        mcfg = resolve_model_config(cfg)
+        seq = seq_len_of(cfg, mcfg)
+        model_flops = total_steps_of(cfg, seq) * cfg.train.batch_size * seq * flops_per_token(mcfg, seq)
+        assert predicted_seconds(cfg, "NVIDIA H100 80GB HBM3", 0.3) == pytest.approx(model_flops / (989.4e12 * 0.3))
+        assert predicted_seconds(cfg, "NVIDIA H100 PCIe", 0.3) == pytest.approx(model_flops / (756e12 * 0.3))
+        # 32.8M tokens x 812M FLOPs at 30% of an H100 SXM: 1.5 min (docs/harness.md "Plan experiments")
+        assert predicted_seconds(cfg, "H100", 0.3) / 60 == pytest.approx(1.495, abs=0.002)
+    short = load_run_config(shipped_configs_dir() / f"{name}.toml", {"train.token_budget": 16384 * 20})
+    assert predicted_seconds(short, "H100", 0.3) == pytest.approx(predicted_seconds(cfg, "H100", 0.3) / 100)
+    with pytest.raises(ValueError, match="mfu"):
+        predicted_seconds(cfg, "H100", 0.0)
+    with pytest.raises(ValueError, match="device_name"):
+        predicted_seconds(cfg, "Tesla T4", 0.3)
