@@ -152,6 +152,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .pretrained import export_run
+
+    print(export_run(Path(args.run_dir), Path(args.out)))
+    return 0
+
+
 def cmd_corpus_build(args: argparse.Namespace) -> int:
     from . import corpus
 
@@ -334,6 +341,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write RESULTS.md and plots for a sweep dir")
     p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a sweep dir written by muonlab sweep")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "export",
+        help="write a run's weights as model.safetensors + config.json",
+        description="Write the newest intact checkpoint's weights of RUN_DIR in the Hugging Face layout "
+        "(OUT/model.safetensors and OUT/config.json); train.init_from = OUT starts a run from them.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run dir written by muonlab train or sweep")
+    p.add_argument("--out", required=True, help="the export directory (created)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("corpus", help="the training corpus")
     csub = p.add_subparsers(dest="corpus_command", required=True, metavar="COMMAND", help="one of:")

@@ -90,7 +90,6 @@ _MUON_ONLY: dict[str, Any] = {
     "preset": "keller",
     "overrides": {},
     "adam_lr": None,
-    "lr_scale": 1.0,
     "consistent_rms": None,
     "backend": "auto",
 }
@@ -130,7 +129,8 @@ class OptimizerSection(_Strict):
     adam_eps: float | None = Field(default=None, gt=0)
     """AdamW ``eps``, as ``adam_betas`` (the spec's ``adam_eps``; AdamW default `ADAMW_BASELINE_EPS`)."""
     lr_scale: float = Field(default=1.0, gt=0)
-    """Multiplies the Muon lr."""
+    """Multiplies the run's lr: Muon's (not ``adam_lr``), or AdamW's; a grid over it sweeps the lr of arms that
+    start from different lrs (e.g. Muon and AdamW) by the same factors."""
     consistent_rms: float | None = Field(default=None, gt=0)
     """Muon: ``shape_scale="moonlight"`` with ``rms_scale`` = this value (update RMS matched to AdamW)."""
     backend: str = "auto"
@@ -286,6 +286,12 @@ class TrainSection(_Strict):
     """The share of the clip on W_q (the rest on W_k), K2's alpha."""
     qk_clip_gqa: Literal["query", "split"] = "query"
     """Rule for a key head shared by several query heads (docs/variants.md "QK-Clip (MuonClip)")."""
+    init_from: str | None = None
+    """Start from these weights (docs/harness.md "Fine-tuning"): a muonlab run dir (its newest intact checkpoint),
+    a checkpoint file, or a directory / ``.safetensors`` file of `muonlab export` (Hugging Face layout)."""
+    init_optimizer: Literal["fresh", "carried"] = "fresh"
+    """``"carried"``: also the optimizer state of a muonlab checkpoint (its moments; the hyperparameters stay this
+    run's). A safetensors checkpoint has none."""
     track: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, exclude=True)
     """Trackers mirroring metrics.jsonl (harness/track.py); a name or a list. Excluded from the config's
     dump and sha256 (it changes what is watched, not what is computed), like ``sweep.jobs``."""
@@ -299,6 +305,16 @@ class TrainSection(_Strict):
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
+    @model_serializer(mode="wrap")
+    def _without_unused_init(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_defaults(handler(self), {"init_from": None, "init_optimizer": "fresh"})
+
+    @model_validator(mode="after")
+    def _init_optimizer_needs_init(self) -> TrainSection:
+        if self.init_optimizer == "carried" and self.init_from is None:
+            raise ValueError("init_optimizer: 'carried' needs init_from")
+        return self
+
     @model_validator(mode="after")
     def _length(self) -> TrainSection:
         if (self.steps is None) == (self.token_budget is None):
@@ -306,6 +322,23 @@ class TrainSection(_Strict):
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
             raise ValueError(f"micro_batch_size: {self.micro_batch_size} does not divide batch_size {self.batch_size}")
         return self
+
+
+class TaskSection(_Strict):
+    """A fine-tuning task (harness/tasks.py): its problems replace the corpus as training and validation data, and
+    the run ends with an exact-match accuracy (``task_accuracy``) by greedy decoding of the test problems."""
+
+    name: Literal["arithmetic"] = "arithmetic"
+    steps: int = Field(default=2, ge=1, le=6)
+    """Operations per problem after the starting amount."""
+    max_value: int = Field(default=20, ge=2)
+    """Amounts drawn from 1 ... max_value (a loss never below zero)."""
+    n_train: int = Field(default=4000, gt=0)
+    n_test: int = Field(default=300, gt=0)
+    seed: int = Field(default=0, ge=0)
+    """Draws the problems and so the train/test split; the same for every run seed, so arms see one test set."""
+    decode_tokens: int = Field(default=6, gt=0)
+    """Greedy decoding stops at a newline or after this many tokens."""
 
 
 class AbortSection(_Strict):
@@ -335,6 +368,11 @@ class RunConfig(_Strict):
     train: TrainSection = Field(default_factory=lambda: TrainSection(steps=100))
     abort: AbortSection = Field(default_factory=AbortSection)
     endpoints: EndpointsSection = Field(default_factory=EndpointsSection)
+    task: TaskSection | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unused_task(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_defaults(handler(self), {"task": None})
 
     def sha256(self) -> str:
         return config_sha256(self.model_dump(mode="json"))
@@ -342,14 +380,18 @@ class RunConfig(_Strict):
 
 Selector = dict[str, Any]
 """An arm of a sweep named by its values: dotted config keys (and ``"variant"`` / ``"point"``) -> value; it
-matches the points (results.csv rows) with every one of these values (harness/design.py)."""
+matches the points (results.csv rows) with every one of these values (harness/design.py). With ``best = true``
+it may match several, and a test takes the best of them (e.g. ``{ variant = "adamw", best = true }``: AdamW at
+its best lr of the grid)."""
 
 
 def _check_selector(sel: Selector) -> Selector:
     if not sel:
         raise ValueError("an arm selector needs at least one key")
-    for key in sel:
-        if key not in ("variant", "point") and not _is_config_key(key):
+    for key, value in sel.items():
+        if key == "best" and not isinstance(value, bool):
+            raise ValueError(f"best: expected true or false in arm selector {sel!r}")
+        if key not in ("variant", "point", "best") and not _is_config_key(key):
             raise ValueError(f"unknown config key {key!r} in arm selector {sel!r}")
     return sel
 
@@ -374,7 +416,7 @@ class Condition(_Strict):
     baseline: Selector | None = None
     metric: str = "val_loss"
     best_by: str | None = None
-    """The endpoint that picks ``arm = "best"`` (default ``metric``): e.g. the primary endpoint, so that a
+    """The endpoint that picks a ``"best"`` arm or baseline (default ``metric``): e.g. the primary endpoint, so that a
     secondary criterion tests the arm the primary one chose."""
     phases: list[str] | None = None
     """Phases whose runs are tested; default: every phase before the one this gates (``when``), every phase
@@ -397,8 +439,9 @@ class Condition(_Strict):
             value = getattr(self, name)
             if value is not None and value not in ENDPOINT_KEYS:
                 raise ValueError(f"{name}: {value!r} is not an endpoint ({', '.join(ENDPOINT_KEYS)})")
-        if self.best_by is not None and self.arm != "best":
-            raise ValueError("best_by: only used with arm = 'best'")
+        picks_best = [s == "best" or (isinstance(s, dict) and s.get("best")) for s in (self.arm, self.baseline)]
+        if self.best_by is not None and not any(picks_best):
+            raise ValueError("best_by: only used with a 'best' arm or baseline")
         if self.test == "improves":
             if self.arm is None or self.baseline is None:
                 raise ValueError("an 'improves' test needs both arm and baseline")
@@ -433,6 +476,12 @@ sweep made before they existed keeps its identity and resumes."""
 
 def _drop_unset_design(out: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if not (k in fields and v in (None, []))}
+
+
+def _drop_defaults(out: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``out`` without the fields still at these defaults: fields added after runs were made stay out of a config's
+    dump and sha256 while unused, so those runs keep their identity and resume."""
+    return {k: v for k, v in out.items() if not (k in defaults and v == defaults[k])}
 
 
 class Phase(_Strict):

@@ -41,8 +41,9 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def matches(selector: Selector, row: dict[str, Any]) -> bool:
-    """Every value of ``selector`` equals the row's (a results.csv row, or a point's values)."""
-    return all(_same(row.get(k), v) for k, v in selector.items())
+    """Every value of ``selector`` (but its ``best`` flag) equals the row's (a results.csv row, or a point's
+    values)."""
+    return all(_same(row.get(k), v) for k, v in selector.items() if k != "best")
 
 
 def describe(selector: Selector | str) -> str:
@@ -68,9 +69,9 @@ def check_selectors(section: SweepSection, points: Sequence[dict[str, Any]]) -> 
     for where, c in tests:
         for sel in (c.arm, c.baseline):
             if isinstance(sel, dict):
-                named.append((where, sel, c.test == "improves"))
+                named.append((where, sel, c.test == "improves" and not sel.get("best")))
     for where, sel, single in named:
-        unknown = [k for k in sel if k not in columns]
+        unknown = [k for k in sel if k not in columns and k != "best"]
         if unknown:
             raise ConfigError(
                 f"sweep.{where}: {', '.join(unknown)} is not a config column of this sweep "
@@ -113,13 +114,14 @@ def _improvement(metric: str, arm: float, base: float) -> float:
 
 
 def _pick(arms: list[Arm], sel: Selector | Literal["best"], metric: str, baseline: Arm | None) -> Arm | None:
-    if sel != "best":
-        hits = [a for a in arms if a.runs and matches(sel, a.runs[0])]
+    """The one arm ``sel`` matches, or for ``"best"`` / ``best = true`` the best on ``metric`` of those it
+    matches (``baseline`` excluded); None when there is none (or, without ``best``, more than one)."""
+    best = sel == "best" or bool(isinstance(sel, dict) and sel.get("best"))
+    hits = [a for a in arms if a is not baseline and (sel == "best" or (a.runs and matches(sel, a.runs[0])))]
+    if not best:
         return hits[0] if len(hits) == 1 else None
     sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
-    scored = [
-        (sign * m, a.point, a) for a in arms if a is not baseline and (m := _mean(seed_values(a, metric))) is not None
-    ]
+    scored = [(sign * m, a.point, a) for a in hits if (m := _mean(seed_values(a, metric))) is not None]
     return min(scored, key=lambda t: (t[0], t[1]))[2] if scored else None
 
 
@@ -146,7 +148,7 @@ def evaluate(c: Condition, rows: Sequence[dict[str, Any]], default_phases: Seque
     phases = list(c.phases) if c.phases is not None else list(default_phases)
     where = "+".join(phases) or "no phase"
     arms = build_arms(rows_of(rows, phases))
-    base = _pick(arms, c.baseline, c.metric, None) if c.baseline is not None else None
+    base = _pick(arms, c.baseline, c.best_by or c.metric, None) if c.baseline is not None else None
     arm = _pick(arms, c.arm, c.best_by or c.metric, base) if c.arm is not None else None
     if c.test == "stable":
         if c.arm is not None and (arm is None or (c.baseline is not None and base is None)):

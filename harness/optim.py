@@ -122,7 +122,7 @@ def _adamw(model: nn.Module, cfg: OptimizerSection) -> torch.optim.Optimizer:
     groups = [g for g in groups if g["params"]]
     assert cfg.lr is not None
     betas, eps = cfg.adamw_hyperparameters()
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=eps)
+    return torch.optim.AdamW(groups, lr=cfg.lr * cfg.lr_scale, betas=betas, eps=eps)
 
 
 CPU_COMPUTE_DTYPE = "float32"

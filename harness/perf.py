@@ -85,7 +85,8 @@ def predicted_seconds(cfg: Any, device_name: str, mfu: float) -> float:
         steps x batch_size x seq_len x flops_per_token / (peak x mfu)
 
     Model FLOPs only: Newton-Schulz, evaluations, statistics, checkpoints and compilation come on top
-    (docs/harness.md, "Expected wall time of wd_dose_response"). A pure function of the config (no data, no GPU).
+    (docs/harness.md, "Expected wall time of wd_dose_response on one H100 / H200"). A pure function of the config
+    (no data, no GPU).
     """
     from .model import MODEL_CONFIGS
 

@@ -23,8 +23,8 @@ from . import rundir as rd
 from .arms import Arm, Series, build_arms, find_series, format_number
 from .config import SweepSection
 from .design import outcome
-from .results import DESIGN_FILE, ENDPOINT_KEYS, config_columns, read_results
-from .significance import RULE, TTest, paired, ratio_se, welch
+from .results import DESIGN_FILE, ENDPOINT_KEYS, HIGHER_IS_BETTER, config_columns, read_results
+from .significance import RULE, TTest, paired, ratio_se, welch, wilson_interval
 
 LOSS_UNIT = "nats/token"
 LOSS_KEYS = frozenset({"val_loss", "final_smoothed_loss", "auc_early_loss"})
@@ -35,6 +35,7 @@ ENDPOINT_HEADS: dict[str, str] = {
     "minutes_to_target_loss": "minutes to target (wall clock, machine-dependent)",
     "auc_early_loss": f"early mean train loss ({LOSS_UNIT})",
     "weight_norm_slope": "weight-norm slope (per M tokens)",
+    "task_accuracy": "task accuracy (exact match)",
 }
 
 
@@ -57,9 +58,15 @@ class Verdict:
 # -- aggregation --------------------------------------------------------------------------------------------
 
 
+def _best_word(metric: str) -> str:
+    return "highest" if metric in HIGHER_IS_BETTER else "lowest"
+
+
 def ranked(arms: list[Arm], metric: str) -> list[Arm]:
-    """Arms with at least one stable value of ``metric``, best (lowest mean) first."""
-    scored = [(a.stat(metric)[0], a.label, a) for a in arms if a.stat(metric)[2]]
+    """Arms with at least one stable value of ``metric``, best (lowest mean; highest for `HIGHER_IS_BETTER`)
+    first."""
+    sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
+    scored = [(sign * (a.stat(metric)[0] or 0.0), a.label, a) for a in arms if a.stat(metric)[2]]
     scored.sort(key=lambda t: (t[0], t[1]))
     return [a for _, _, a in scored]
 
@@ -195,7 +202,7 @@ def series_sentence(s: Series, metric: str) -> str:
     assert v is not None
     lo, hi = s.arms[0], s.arms[-1]
     ends = welch(hi.values(metric), lo.values(metric))
-    text += f" Lowest at {key} = {format_number(v.best.params[s.key])}; {trend}. "
+    text += f" {_best_word(metric).capitalize()} at {key} = {format_number(v.best.params[s.key])}; {trend}. "
     unit = "nats" if metric in LOSS_KEYS else ""
     text += (
         f"{key} {format_number(hi.params[s.key])} - {key} {format_number(lo.params[s.key])}: {welch_words(ends, unit)}"
@@ -215,7 +222,8 @@ def overall_sentence(arms: list[Arm], metric: str) -> str:
         return f"**Overall winner by `{metric}`: `{v.winner.label}`**, ahead of every other arm beyond the seed noise."
     names = ", ".join(f"`{a.label}`" for a in [v.best, *v.tied])
     return (
-        f"**Overall: tie within noise** by `{metric}` among {names} (lowest mean: `{v.best.label}`; its lead over "
+        f"**Overall: tie within noise** by `{metric}` among {names} ({_best_word(metric)} mean: `{v.best.label}`; its "
+        "lead over "
         f"the others listed is not beyond the seed noise)."
     )
 
@@ -237,13 +245,44 @@ def answer_block(arms: list[Arm], metric: str) -> list[str]:
 # -- tables ---------------------------------------------------------------------------------------------------
 
 
+def shown_endpoints(arms: list[Arm]) -> list[str]:
+    """Every endpoint, but task accuracy only in a sweep that scored one."""
+    has_task = any(r.get("task_accuracy") is not None for a in arms for r in a.runs)
+    return [k for k in ENDPOINT_KEYS if k != "task_accuracy" or has_task]
+
+
+def task_table(arms: list[Arm], metric: str) -> list[str]:
+    """Per arm: mean ± std of the seeds' accuracies, and the pooled exact-match count with its Wilson 95%
+    interval (`significance.wilson_interval`; the seeds' test problems are the same set, so the pooled interval
+    is about this arm on this test set)."""
+    if "task_accuracy" not in shown_endpoints(arms):
+        return []
+    lines = [
+        "## Task accuracy (exact match, greedy decoding)",
+        "",
+        "| arm | accuracy, mean ± std over seeds (n) | pooled correct / total | pooled accuracy [Wilson 95%] |",
+        "|---|---|---|---|",
+    ]
+    for a in ranked(arms, "task_accuracy") + [a for a in arms if not a.stat("task_accuracy")[2]]:
+        correct = sum(int(r.get("task_correct") or 0) for r in a.stable)
+        total = sum(int(r.get("task_total") or 0) for r in a.stable)
+        if total:
+            lo, hi = wilson_interval(correct, total)
+            pooled = f"{correct / total:.3f} [{lo:.3f}, {hi:.3f}]"
+        else:
+            pooled = "-"
+        lines.append(f"| `{a.label}` | {mean_pm(a, 'task_accuracy')} | {correct} / {total} | {pooled} |")
+    return [*lines, ""]
+
+
 def arm_table(arms: list[Arm], metric: str) -> list[str]:
     cols = list(dict.fromkeys(k for a in arms for k in a.params))
-    heads = ["arm", *cols, "seeds (stable/all)", *(ENDPOINT_HEADS[k] for k in ENDPOINT_KEYS)]
+    endpoints = shown_endpoints(arms)
+    heads = ["arm", *cols, "seeds (stable/all)", *(ENDPOINT_HEADS[k] for k in endpoints)]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for a in ranked(arms, metric) + [a for a in arms if not a.stat(metric)[2]]:
         cells = [f"`{a.label}`", *(format_number(a.params.get(k)) for k in cols), f"{len(a.stable)}/{len(a.runs)}"]
-        cells += [mean_pm(a, k, k in LOSS_KEYS) for k in ENDPOINT_KEYS]
+        cells += [mean_pm(a, k, k in LOSS_KEYS) for k in endpoints]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -311,8 +350,12 @@ def reproducibility(sweep_dir: Path, rows: list[dict[str, Any]], meta: dict[str,
         + (f"; {vers.get('platform')}" if vers.get("platform") else "")
     )
     tok = data.get("tokenizer") or {}
+    tok = tok if isinstance(tok, dict) else {"name": tok}  # a run of a task sweep before its meta carried the sha
     lines.append(f"- tokenizer: {tok.get('name')} sha256 `{tok.get('sha256')}`")
     for s in data.get("sources") or []:
+        if not isinstance(s, dict):  # a generated task (harness/tasks.py), named by its section
+            lines.append(f"- data source: {s}")
+            continue
         lines.append(
             f"- data source: {Path(str(s.get('path'))).name} sha256 `{s.get('sha256')}`, "
             f"{s.get('bytes_read')} bytes read, {s.get('tokens')} tokens"
@@ -418,6 +461,7 @@ def write_report(sweep_dir: str | Path) -> Path:
         "sweep on one idle machine); early mean train loss = mean train loss over the first `auc_fraction` of "
         "the budget; weight-norm slope in norm units per million tokens.",
         "",
+        *task_table(arms, metric),
         "## Comparisons",
         "",
         *comparison_table(arms, metric),

@@ -23,8 +23,13 @@ ENDPOINT_KEYS: tuple[str, ...] = (
     "minutes_to_target_loss",
     "auc_early_loss",
     "weight_norm_slope",
+    "task_accuracy",
 )
-"""Per-run endpoints in results.csv (docs/harness.md "Endpoints")."""
+"""Per-run endpoints in results.csv (docs/harness.md "Endpoints"); ``task_accuracy`` only for fine-tuning runs."""
+
+TASK_COUNTS: tuple[str, ...] = ("task_correct", "task_total")
+"""A fine-tuning run's exact-match counts (results.csv columns of a task sweep), pooled by the report's
+binomial interval."""
 
 HIGHER_IS_BETTER: frozenset[str] = frozenset({"task_accuracy"})
 """Endpoints where a larger value is better (every other endpoint: lower is better)."""
@@ -58,11 +63,12 @@ RUN_COLS: frozenset[str] = frozenset(
         "elapsed_s",
         "config_sha256",
         *ENDPOINT_KEYS,
+        *TASK_COUNTS,
     }
 )
 """The columns that are not config values (every other column is a dotted config key)."""
 
-_INT_COLS = ("seed", "steps", "tokens")
+_INT_COLS = ("seed", "steps", "tokens", *TASK_COUNTS)
 
 
 def write_results(path: Path, rows: list[dict[str, Any]]) -> None:

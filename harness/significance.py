@@ -177,3 +177,16 @@ def ratio_se(mean_a: float, se_a: float, mean_b: float, se_b: float) -> float:
         raise ValueError("mean_a, mean_b: must be nonzero for a ratio's relative error")
     r = mean_a / mean_b
     return abs(r) * math.hypot(se_a / mean_a, se_b / mean_b)
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (Wilson 1927, JASA 22: 209-212), 95% by default:
+    ``(p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)``. It stays inside [0, 1] and is not empty at
+    0 or n successes, unlike the normal approximation."""
+    if total <= 0 or not 0 <= correct <= total:
+        raise ValueError(f"correct, total: need 0 <= correct <= total and total > 0, got {correct}, {total}")
+    p, z2 = correct / total, z * z
+    centre = p + z2 / (2 * total)
+    half = z * math.sqrt(p * (1 - p) / total + z2 / (4 * total * total))
+    denom = 1 + z2 / total
+    return max(0.0, (centre - half) / denom), min(1.0, (centre + half) / denom)

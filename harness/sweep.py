@@ -40,7 +40,15 @@ from .design import check_selectors, evaluate, matches, rows_of
 from .endpoints import summarize
 from .progress import SweepProgress
 from .report import write_report
-from .results import CENSORED, CONFIG_KEYS, DESIGN_FILE, ENDPOINT_KEYS, HIGHER_IS_BETTER, write_results
+from .results import (
+    CENSORED,
+    CONFIG_KEYS,
+    DESIGN_FILE,
+    ENDPOINT_KEYS,
+    HIGHER_IS_BETTER,
+    TASK_COUNTS,
+    write_results,
+)
 from .runs import Point, RunSpec
 
 if TYPE_CHECKING:
@@ -486,7 +494,8 @@ def result_row(
         "status": summary["status"],
         "unstable": bool(summary["unstable"]),
         "abort_reason": summary.get("abort_reason") or "",
-        **{k: ends.get(k) for k in ENDPOINT_KEYS},
+        **{k: ends.get(k, summary.get(k)) for k in ENDPOINT_KEYS},  # task accuracy: scored by the run itself
+        **{k: summary[k] for k in TASK_COUNTS if k in summary},
         "target_loss": target,
         "steps": summary["steps"],
         "tokens": summary["tokens"],

@@ -115,11 +115,16 @@ def default_cache_dir() -> Path:
 
 
 def load_data(cfg: RunConfig, data_dir: Path, *, progress: bool = False) -> tuple[Any, Any]:
-    """(tokenizer, TokenShards) for the run's data section; sources are relative to ``data_dir``."""
+    """(tokenizer, TokenShards) for the run's data section, sources relative to ``data_dir``; with a ``task``
+    section, (tokenizer, `tasks.TaskData`)."""
     from .data import prepare_tokens
     from .tokenizer import load_tokenizer
 
     tok = load_tokenizer(cfg.data.tokenizer, Path(data_dir))
+    if cfg.task is not None:  # a fine-tuning task's problems instead of the corpus (harness/tasks.py)
+        from .tasks import load_task
+
+        return tok, load_task(cfg.task, tok)
     sources = []
     for s in cfg.data.sources:
         p = Path(s).expanduser()
@@ -252,8 +257,10 @@ def build_run(
     device: torch.device,
     progress: bool,
     post_step_hooks: Sequence[PostStepHook] = (),
+    resume: bool = False,
 ) -> Run:
-    """Load the data, build the seeded model, optimizer, schedule, monitor and tracker; writes nothing."""
+    """Load the data, build the seeded model, optimizer, schedule, monitor and tracker, and (unless resuming,
+    which restores the run's own checkpoint) load ``train.init_from``; writes nothing."""
     tok, shards = dd.main_first(env, lambda: load_data(cfg, data_dir, progress=progress))
     mcfg = resolve_model_config(cfg, tok.vocab_size)
     seq_len = seq_len_of(cfg, mcfg)
@@ -261,6 +268,11 @@ def build_run(
     micro = micro_batches_of(cfg, env.world_size)
     val_batches = shards.val_batches(cfg.train.batch_size, seq_len, cfg.train.eval_batches)
     model, optimizer, scheduler = build_model_and_optimizer(cfg, mcfg, device, env, total)
+    init = None
+    if cfg.train.init_from is not None and not resume:
+        from .pretrained import load_init
+
+        init = load_init(cfg.train.init_from, cfg.train.init_optimizer == "carried", model, optimizer)
     post_step_hooks = [*max_logit_hooks(cfg.train, model), *post_step_hooks]  # QK-Clip (harness/logit_clip.py)
     autocast = autocast_for(cfg, device)
     wrapped: torch.nn.Module = model
@@ -298,6 +310,8 @@ def build_run(
             "val_tokens": meta.get("val_tokens"),
         },
     }
+    if init is not None:
+        config_record["init_from"] = init
     return Run(
         cfg=cfg,
         run_dir=run_dir,
@@ -452,6 +466,10 @@ def write_summary(run: Run, state: LoopState, status: str) -> dict[str, Any]:
             total_tokens=run.total_steps * run.tokens_per_step,
         )
     )
+    if run.cfg.task is not None and status != "running":  # scored once, at the end (greedy decoding)
+        from .tasks import task_endpoints
+
+        summary.update(task_endpoints(run.model, run.shards, run.device))
     rd.atomic_write_json(run.run_dir / rd.SUMMARY, summary)
     return summary
 
@@ -756,7 +774,16 @@ def _train(
 ) -> dict[str, Any]:
     # everything that can fail on bad input happens before the run dir is written (the lock aside)
     rd.check_run_dir(run_dir, resume=resume, force=force)
-    run = build_run(cfg, run_dir, data_dir, env=env, device=device, progress=progress, post_step_hooks=post_step_hooks)
+    run = build_run(
+        cfg,
+        run_dir,
+        data_dir,
+        env=env,
+        device=device,
+        progress=progress,
+        post_step_hooks=post_step_hooks,
+        resume=resume,
+    )
     state = restore(run) if resume else start_fresh(run, force=force)
     if track and env.is_main:
         group, arm = track_group or (None, None)

@@ -95,7 +95,7 @@ def test_every_argument_has_help_and_real_defaults() -> None:
     from muonlab.harness.cli import build_parser
 
     parsers = _all_parsers(build_parser())
-    assert len(parsers) == 6  # muonlab, train, sweep, report, corpus, corpus build
+    assert len(parsers) == 7  # muonlab, train, sweep, report, export, corpus, corpus build
     for p in parsers:
         for action in p._actions:
             if isinstance(action, argparse._HelpAction):

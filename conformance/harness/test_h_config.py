@@ -120,7 +120,6 @@ def test_old_adamw_names_say_the_new_one(old: str) -> None:
         ("preset", "moonlight"),
         ("overrides", {"nesterov": False}),
         ("adam_lr", 0.01),
-        ("lr_scale", 2.0),
         ("consistent_rms", 0.2),
         ("backend", "torch"),
     ],
@@ -194,11 +193,18 @@ def test_sweep_errors_name_the_key() -> None:
         validate_sweep({**BASE, "sweep": {"bogus": 1}})
 
 
-SHIPPED = sorted(shipped_configs_dir().glob("*.toml"))
+RUN_CONFIGS = ("pretrain_tiny",)  # shipped run configs (no [sweep] section)
+SHIPPED = sorted(p for p in shipped_configs_dir().glob("*.toml") if p.stem not in RUN_CONFIGS)
+
+
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_shipped_run_config_is_valid(name: str) -> None:
+    cfg = load_run_config(shipped_configs_dir() / f"{name}.toml")
+    assert cfg.train.device == "cpu" and cfg.model.base == "tiny"
 
 
 def test_all_expected_configs_are_shipped() -> None:
-    names = {p.stem for p in SHIPPED}
+    names = {p.stem for p in shipped_configs_dir().glob("*.toml")}
     assert {
         "tiny_sweep",
         "wd_dose_response",
@@ -215,6 +221,8 @@ def test_all_expected_configs_are_shipped() -> None:
         "optax_lr_scale",
         "optax_lr_scale_cpu",
         "wd_power_cpu",
+        "finetune_normuon_cwd",
+        "pretrain_tiny",
     } <= names
 
 
@@ -233,6 +241,7 @@ def test_shipped_config_is_valid(path: Path) -> None:
             "tiny_sweep",
             "wd_replication_cpu",
             "wd_power_cpu",
+            "finetune_normuon_cwd",
             "qk_clip",
             "family_2026",
             "ngpt_lr_cpu",

@@ -416,5 +416,38 @@ def test_best_by_picks_the_arm_for_another_metric() -> None:
     assert evaluate(Condition.model_validate(slope), rows, ["p1"]).detail.startswith("muon_weight_decay=0.1 ")
     chosen = evaluate(Condition.model_validate({**slope, "best_by": "tokens_to_target_loss"}), rows, ["p1"])
     assert chosen.detail.startswith("muon_weight_decay=0.05 ") and chosen.holds is False
-    with pytest.raises(ValueError, match="best_by: only used with arm = 'best'"):
+    with pytest.raises(ValueError, match="best_by: only used with a 'best' arm or baseline"):
         Condition.model_validate({**slope, "arm": {WD: 0.1}, "best_by": "val_loss"})
+
+
+def test_best_within_a_selector_compares_each_family_at_its_best_lr() -> None:
+    """``{variant = ..., best = true}``: the best point of that variant (e.g. over an lr grid), on either side."""
+
+    def row(variant: str, scale: float, seed: int, acc: float) -> dict[str, Any]:
+        point = f"{variant}_lr_scale={scale}"
+        return {
+            "run": f"{point}_s{seed}",
+            "point": point,
+            "variant": variant,
+            "phases": "p1",
+            "seed": seed,
+            "optimizer.lr_scale": scale,
+            "unstable": False,
+            "task_accuracy": acc,
+        }
+
+    rows = [row("adamw", 1.0, s, 0.10) for s in (0, 1)] + [row("adamw", 3.0, s, 0.20) for s in (0, 1)]
+    rows += [row("muon", 1.0, s, 0.15) for s in (0, 1)] + [row("muon", 3.0, s, 0.05) for s in (0, 1)]
+    c = Condition.model_validate(
+        {
+            "arm": {"variant": "adamw", "best": True},
+            "baseline": {"variant": "muon", "best": True},
+            "metric": "task_accuracy",
+            "min_improvement": 0.04,
+        }
+    )
+    check = evaluate(c, rows, ["p1"])
+    assert check.holds is True and check.detail.startswith("adamw_lr_scale=3.0 vs muon_lr_scale=1.0")
+    assert evaluate(c.model_copy(update={"min_improvement": 0.06}), rows, ["p1"]).holds is False
+    with pytest.raises(ValueError, match="best: expected true or false"):
+        Condition.model_validate({"arm": {"variant": "adamw", "best": "yes"}, "baseline": {"variant": "muon"}})

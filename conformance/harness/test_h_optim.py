@@ -185,3 +185,9 @@ def test_muon_schedules_set_the_groups_each_step_and_leave_adamw_alone() -> None
         assert all(g["weight_decay"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * t / 1000))) for g in muon)
         assert all(g["initial_weight_decay"] == 0.1 for g in muon)
     assert [dict(g) for g in opt.param_groups if g["algorithm"] == "adamw"] == adam_before
+
+
+def test_lr_scale_multiplies_an_adamw_runs_lr() -> None:
+    model = torch.nn.Linear(4, 4)
+    opt = build_optimizer(model, OptimizerSection(name="adamw", lr=0.002, lr_scale=3.0))
+    assert all(g["lr"] == pytest.approx(0.006) for g in opt.param_groups)
