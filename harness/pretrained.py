@@ -33,7 +33,12 @@ def _source(path: Path) -> tuple[str, Path]:
     if (path / SAFETENSORS).is_file():
         return "safetensors", path / SAFETENSORS
     if path.is_dir():
-        ckpt, _, _ = rd.find_intact_checkpoint(path)
+        try:
+            ckpt, _, _ = rd.find_intact_checkpoint(path)
+        except rd.CheckpointError as exc:
+            raise ValueError(
+                f"train.init_from: {path} holds no intact checkpoint and no {SAFETENSORS} ({exc})"
+            ) from None
         return "checkpoint", ckpt
     raise ValueError(f"train.init_from: {path} does not exist")
 

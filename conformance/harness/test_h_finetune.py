@@ -112,6 +112,11 @@ def test_init_from_errors_name_the_key(
         _build(wide, tmp_path, data_dir)
     with pytest.raises(ValueError, match=r"train.init_from: .*nowhere does not exist"):
         _build(_finetune(micro, text_file, tmp_path, init_from=str(tmp_path / "nowhere")), tmp_path, data_dir)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(
+        ValueError, match=r"train.init_from: .*empty holds no intact checkpoint and no model.safetensors"
+    ):
+        _build(_finetune(micro, text_file, tmp_path, init_from=str(tmp_path / "empty")), tmp_path, data_dir)
     with pytest.raises(ConfigError, match="init_optimizer: 'carried' needs init_from"):
         validate_run(_finetune(micro, text_file, tmp_path, init_optimizer="carried"))
     assert not (tmp_path / "run").exists()  # refused before the run dir is written
