@@ -108,11 +108,6 @@ def _check_sharded_spec(spec: MuonSpec, mode: str, name: str) -> None:
             f"{name}.normuon_input: NAMO's statistic of the raw gradient and its ||N||_F rescale are not supported "
             f"with distributed={mode!r} yet (the owner rank sees neither); use distributed='none'"
         )
-    if mode != "none" and spec.dion2_fraction is not None and spec.normuon:
-        raise ValueError(
-            f"{name}.normuon: NorDion2 (dion2_fraction with normuon) is not supported with distributed={mode!r} yet; "
-            f"use distributed='none'"
-        )
     if mode in ("sharded", "gathered") and spec.dion2_fraction is not None:
         raise ValueError(
             f"{name}.dion2_fraction: Dion2 is not supported with distributed={mode!r} yet (dion's sharded path "

@@ -445,12 +445,15 @@ class GroupStacks:
                         mask = None if w.skip is None else w.skip.keep
                         full = inputs[i].shape
                         inputs[i], pick = dion2_select_(
-                            inputs[i], self._dion2_grad.pop(0), momentum, spec.dion2_fraction, mask
+                            inputs[i], self._dion2_grad.pop(0), momentum, spec.dion2_fraction, mask, rows=spec.normuon
                         )
                         picks.append((pick, full))
-                outs = self._exchange(unit, inputs, states, grads, keep, backend)
+                outs = self._exchange(unit, inputs, states, grads, keep, backend, [p for p, _ in picks] or None)
                 if picks:
-                    outs = [dion2_scatter(o, pick, full) for o, (pick, full) in zip(outs, picks, strict=True)]
+                    outs = [
+                        dion2_scatter(o, pick, full, rows=spec.normuon)
+                        for o, (pick, full) in zip(outs, picks, strict=True)
+                    ]
             del ns
             for w in unit:  # popped: no update outlives its apply
                 self._apply(w, views, outs.pop(0))
@@ -508,12 +511,16 @@ class GroupStacks:
         grads: Sequence[torch.Tensor | None],
         keep: torch.Tensor | None,
         backend: Backend,
+        picks: list[torch.Tensor] | None = None,
     ) -> list[torch.Tensor]:
         """Stages 3-4 of the whole group through `muon_directions`: every parameter's ``N`` in parameter order (the
-        same list on every rank), the results cut back into the unit's stacks."""
+        same list on every rank), the results cut back into the unit's stacks. ``picks``: Dion2's selected rows
+        of each unit's stack; with NorMuon (NorDion2) the owners update the selected rows' ``S`` alone, scattered
+        back on every rank."""
         spec = self.spec
         parts: list[torch.Tensor | None] = [None] * len(self.shapes)
-        for w, n in zip(unit, ns, strict=True):
+        rows: dict[int, torch.Tensor] = {}  # NorDion2: member -> its selected rows, [count, k]
+        for j, (w, n) in enumerate(zip(unit, ns, strict=True)):
             for pc in w.chunk.pieces:
                 first = pc.slot - w.chunk.start
                 piece = n[first : first + pc.count]
@@ -521,6 +528,8 @@ class GroupStacks:
                     parts[pc.member] = piece.view(self.shapes[pc.member])
                 else:  # Dion2: the selected slices of its matrices, as one matrix or a batch
                     parts[pc.member] = piece.view(*self.mats[pc.member][:1], *piece.shape[-2:]).squeeze(0)
+                    if picks is not None:
+                        rows[pc.member] = picks[j][first : first + pc.count]
         for i in self.loose:
             parts[i] = states[i]["momentum_buffer"]  # empty: nothing of this parameter is on this rank
         assert all(p is not None for p in parts)
@@ -528,6 +537,11 @@ class GroupStacks:
         if spec.normuon:
             moments = [st["second_moment"] for st in states]
             weights = [self._second_weight(i, grads, keep) for i in range(len(states))]
+            for i, at in rows.items():  # the selected rows' S, updated on the owner and shared like a whole S
+                part = parts[i]
+                assert part is not None
+                full_s = moments[i].view(self.mats[i][0], -1, 1)
+                moments[i] = torch.gather(full_s, -2, at.unsqueeze(-1)).view(*part.shape[:-1], 1)
         full = None if self.distributed == "replicated" else self.full_shapes
         done = muon_directions(
             [p for p in parts if p is not None],  # all of them (asserted above)
@@ -539,6 +553,10 @@ class GroupStacks:
             group=self.process_group,
             backend=backend,
         )
+        for i, at in rows.items():
+            if moments is not None:  # every rank holds the owner's updated rows now (sync_from_owners)
+                full_s = states[i]["second_moment"].view(self.mats[i][0], -1, 1)
+                full_s.scatter_(-2, at.unsqueeze(-1), moments[i].view(*at.shape, 1))
         outs = []
         for w in unit:
             pieces = [

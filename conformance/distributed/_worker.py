@@ -702,6 +702,7 @@ def main() -> None:
     normuon = get_preset("modded_normuon").replace(compute_dtype="float32")
     dion = get_preset("dion").replace(compute_dtype="float32", normuon=True, cautious="ge", weight_decay=0.1)
     dion2 = get_preset("dion2").replace(compute_dtype="float32", dion2_fraction=0.5)
+    nordion2 = get_preset("nordion2").replace(compute_dtype="float32", dion2_fraction=0.5)
     checks: dict[str, Callable[[], tuple[bool, str]]] = {
         "owners_balanced": lambda: check_owners(world),
         "shard_rule_matches_dtensor": lambda: check_shard_rule(world),
@@ -723,6 +724,7 @@ def main() -> None:
         "step_sharded_dion_cautious": lambda: check_steps(dion, "sharded", world),
         "step_gathered_normuon": lambda: check_steps(normuon, "gathered", world),
         "step_replicated_dion2": lambda: check_steps(dion2, "replicated", world),
+        "step_replicated_nordion2": lambda: check_steps(nordion2, "replicated", world),
         "ddp_accumulation_invariance": lambda: check_ddp_accumulation(fp32, world),
         "optimizer_ddp_replicated_keller": lambda: check_optimizer_ddp(fp32, world),
         "optimizer_ddp_replicated_normuon": lambda: check_optimizer_ddp(normuon, world),

@@ -39,6 +39,7 @@ CHECKS = [
     "step_sharded_dion_cautious",
     "step_gathered_normuon",
     "step_replicated_dion2",
+    "step_replicated_nordion2",
     "ddp_accumulation_invariance",
     "optimizer_ddp_replicated_keller",
     "optimizer_ddp_replicated_normuon",

@@ -51,13 +51,13 @@ def test_skipped_matrix_keeps_its_dion2_buffer(preset: str) -> None:
         assert torch.equal(opt.state[p][k], v), k
 
 
-def test_distributed_modes_refuse_dion2() -> None:
+def test_the_sharded_modes_refuse_dion2_and_nordion2() -> None:
     from torch.distributed.tensor import DTensor  # noqa: F401  (the sharded modes take DTensors)
 
     with pytest.raises(ValueError, match="dion2_fraction: Dion2 is not supported with distributed='sharded'"):
         Muon([torch.nn.Parameter(torch.randn(4, 6))], "dion2", distributed="sharded")
-    with pytest.raises(ValueError, match=r"NorDion2 .* is not supported with distributed='replicated'"):
-        Muon([torch.nn.Parameter(torch.randn(4, 6))], "nordion2", distributed="replicated")
+    with pytest.raises(ValueError, match="dion2_fraction: Dion2 is not supported with distributed='gathered'"):
+        Muon([torch.nn.Parameter(torch.randn(4, 6))], "nordion2", distributed="gathered")
 
 
 @pytest.mark.parametrize("shape", [(8, 14), (3, 14, 8)])
