@@ -518,6 +518,8 @@ def muon_directions(
     beta2: float | None = None,
     group: Group = None,
     backend: Backend = "auto",
+    statistics: Sequence[torch.Tensor | None] | None = None,
+    input_norms: Sequence[torch.Tensor | None] | None = None,
 ) -> list[torch.Tensor]:
     """Stages 3-4 (docs/variants.md "The step, stage by stage") for orthogonalizer inputs ``ns`` (after
     momentum): the update directions ``O`` (after NorMuon, before the shape scale), each of its input's (local)
@@ -535,6 +537,9 @@ def muon_directions(
     rank, so all ranks hold identical state and identical ``state_dict`` keys. In ``"gathered"`` every rank
     updates every ``S`` itself. ``second_weights`` (optional, one per tensor, the same on every rank) replaces
     ``S``'s lerp weight ``1 - beta2``: 0 leaves that ``S`` unchanged (a skipped parameter, `normuon_normalize_`).
+    ``statistics`` / ``input_norms`` (one per tensor, ``[C, 1, 1]`` for its ``C`` matrices, the same on every
+    rank): NAMO's raw-gradient statistic and ``||N||_F`` (`normuon_normalize_`), which only full, identical inputs
+    have: ``"replicated"`` and ``"none"``.
     """
     from .normuon import normuon_normalize_
 
@@ -560,11 +565,15 @@ def muon_directions(
             st = moments[i]
             view = st.reshape(mats.shape[0], *st.shape[-2:])
             weight = None if second_weights is None else second_weights[i]
-            out = normuon_normalize_(mats, view, s, beta2=beta2, weight=weight)
+            stat = None if statistics is None else statistics[i]
+            norm = None if input_norms is None else input_norms[i]
+            out = normuon_normalize_(mats, view, s, beta2=beta2, weight=weight, statistic=stat, input_norm=norm)
             if view.data_ptr() != st.data_ptr():
                 st.copy_(view.reshape(st.shape))
             return restore(out)
 
+    if (statistics is not None or input_norms is not None) and mode not in ("none", "replicated"):
+        raise ValueError(f"statistics, input_norms: need the full inputs of mode 'none' or 'replicated', got {mode!r}")
     if mode == "none":
         done = orthogonalize_local(tensors, s, backend=backend)
         return [finish(i, o) for i, o in enumerate(done)] if finish is not None else done

@@ -103,10 +103,14 @@ def _check_sharded_spec(spec: MuonSpec, mode: str, name: str) -> None:
                 f"{name}.{knob}: {getattr(spec, knob)!r} is not supported with distributed={mode!r} yet (it reads "
                 f"whole rows, columns or matrices around Orth, and NorMuon runs on the owner); use distributed='none'"
             )
-    if mode != "none" and spec.normuon and (spec.normuon_input == "gradient" or spec.normuon_rescale == "input_norm"):
+    if (
+        mode in ("sharded", "gathered")
+        and spec.normuon
+        and (spec.normuon_input == "gradient" or spec.normuon_rescale == "input_norm")
+    ):
         raise ValueError(
             f"{name}.normuon_input: NAMO's statistic of the raw gradient and its ||N||_F rescale are not supported "
-            f"with distributed={mode!r} yet (the owner rank sees neither); use distributed='none'"
+            f"with distributed={mode!r} yet (the owner rank sees neither); use distributed='replicated' or 'none'"
         )
     if mode in ("sharded", "gathered") and spec.dion2_fraction is not None:
         raise ValueError(

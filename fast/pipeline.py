@@ -448,7 +448,12 @@ class GroupStacks:
                             inputs[i], self._dion2_grad.pop(0), momentum, spec.dion2_fraction, mask, rows=spec.normuon
                         )
                         picks.append((pick, full))
-                outs = self._exchange(unit, inputs, states, grads, keep, backend, [p for p, _ in picks] or None)
+                extras: dict[str, list[torch.Tensor]] = {}  # NAMO's per-matrix inputs, per unit stack
+                if self._grad_stats:
+                    extras["statistic"] = [self._grad_stats.pop(0) for _ in unit]
+                if self._reads_input_norm:
+                    extras["input_norm"] = [torch.linalg.vector_norm(n, dim=(-2, -1), keepdim=True) for n in inputs]
+                outs = self._exchange(unit, inputs, states, grads, keep, backend, [p for p, _ in picks] or None, extras)
                 if picks:
                     outs = [
                         dion2_scatter(o, pick, full, rows=spec.normuon)
@@ -512,17 +517,22 @@ class GroupStacks:
         keep: torch.Tensor | None,
         backend: Backend,
         picks: list[torch.Tensor] | None = None,
+        extras: dict[str, list[torch.Tensor]] | None = None,
     ) -> list[torch.Tensor]:
         """Stages 3-4 of the whole group through `muon_directions`: every parameter's ``N`` in parameter order (the
         same list on every rank), the results cut back into the unit's stacks. ``picks``: Dion2's selected rows
         of each unit's stack; with NorMuon (NorDion2) the owners update the selected rows' ``S`` alone, scattered
-        back on every rank."""
+        back on every rank. ``extras``: per-matrix inputs of NorMuon (NAMO's ``statistic`` and ``input_norm``),
+        one ``[C, 1, 1]`` tensor per unit stack, cut per parameter like ``N``."""
         spec = self.spec
         parts: list[torch.Tensor | None] = [None] * len(self.shapes)
         rows: dict[int, torch.Tensor] = {}  # NorDion2: member -> its selected rows, [count, k]
+        per_member: dict[str, list[torch.Tensor | None]] = {k: [None] * len(self.shapes) for k in extras or {}}
         for j, (w, n) in enumerate(zip(unit, ns, strict=True)):
             for pc in w.chunk.pieces:
                 first = pc.slot - w.chunk.start
+                for key, stacks in (extras or {}).items():
+                    per_member[key][pc.member] = stacks[j][first : first + pc.count]
                 piece = n[first : first + pc.count]
                 if spec.dion2_fraction is None:
                     parts[pc.member] = piece.view(self.shapes[pc.member])
@@ -549,6 +559,8 @@ class GroupStacks:
             mode=self.distributed,
             second_moments=moments,
             second_weights=weights,
+            statistics=per_member.get("statistic"),
+            input_norms=per_member.get("input_norm"),
             full_shapes=full,
             group=self.process_group,
             backend=backend,

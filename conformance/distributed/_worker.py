@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 import muonlab.fast.distributed as D
 from muonlab import reference as ref
-from muonlab.contract import MuonSpec, get_preset
+from muonlab.contract import MuonSpec, from_upstream, get_preset
 from muonlab.fast.orthogonalize import as_matrices, orthogonalize
 
 # Fewer rows than ranks ((1, 5), (2, 3) on 3 ranks), a batch of matrices (3-D), a conv filter (4-D), a tall
@@ -703,6 +703,9 @@ def main() -> None:
     dion = get_preset("dion").replace(compute_dtype="float32", normuon=True, cautious="ge", weight_decay=0.1)
     dion2 = get_preset("dion2").replace(compute_dtype="float32", dion2_fraction=0.5)
     nordion2 = get_preset("nordion2").replace(compute_dtype="float32", dion2_fraction=0.5)
+    namo = from_upstream(
+        "emerging_optimizers_adaptive", moment2_method="namo", lr=0.02, momentum=0.9, weight_decay=0.1
+    ).replace(compute_dtype="float32")
     checks: dict[str, Callable[[], tuple[bool, str]]] = {
         "owners_balanced": lambda: check_owners(world),
         "shard_rule_matches_dtensor": lambda: check_shard_rule(world),
@@ -725,6 +728,7 @@ def main() -> None:
         "step_gathered_normuon": lambda: check_steps(normuon, "gathered", world),
         "step_replicated_dion2": lambda: check_steps(dion2, "replicated", world),
         "step_replicated_nordion2": lambda: check_steps(nordion2, "replicated", world),
+        "step_replicated_namo": lambda: check_steps(namo, "replicated", world),
         "ddp_accumulation_invariance": lambda: check_ddp_accumulation(fp32, world),
         "optimizer_ddp_replicated_keller": lambda: check_optimizer_ddp(fp32, world),
         "optimizer_ddp_replicated_normuon": lambda: check_optimizer_ddp(normuon, world),

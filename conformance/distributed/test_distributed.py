@@ -40,6 +40,7 @@ CHECKS = [
     "step_gathered_normuon",
     "step_replicated_dion2",
     "step_replicated_nordion2",
+    "step_replicated_namo",
     "ddp_accumulation_invariance",
     "optimizer_ddp_replicated_keller",
     "optimizer_ddp_replicated_normuon",

@@ -60,6 +60,16 @@ def test_the_sharded_modes_refuse_dion2_and_nordion2() -> None:
         Muon([torch.nn.Parameter(torch.randn(4, 6))], "nordion2", distributed="gathered")
 
 
+def test_the_sharded_modes_refuse_namo() -> None:
+    """NAMO reads the raw gradient and ``||N||_F``, which only full, identical inputs have ("replicated" is in:
+    conformance/distributed ``step_replicated_namo``)."""
+    from muonlab.contract import from_upstream
+
+    namo = from_upstream("emerging_optimizers_adaptive", moment2_method="namo", lr=0.02, momentum=0.9, weight_decay=0.0)
+    with pytest.raises(ValueError, match=r"normuon_input: NAMO's statistic .* distributed='sharded'"):
+        Muon([torch.nn.Parameter(torch.randn(4, 6))], namo, distributed="sharded")
+
+
 @pytest.mark.parametrize("shape", [(8, 14), (3, 14, 8)])
 def test_fast_fixed_hyperball_with_decay_matches_reference(shape: tuple[int, ...]) -> None:
     """NeMo's MuonHyperball (fixed radius, decoupled decay before the step) in `muonlab.fast`; a skipped
