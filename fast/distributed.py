@@ -32,7 +32,7 @@ spec, in the same order.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -518,8 +518,7 @@ def muon_directions(
     beta2: float | None = None,
     group: Group = None,
     backend: Backend = "auto",
-    statistics: Sequence[torch.Tensor | None] | None = None,
-    input_norms: Sequence[torch.Tensor | None] | None = None,
+    normuon_inputs: Mapping[str, Sequence[torch.Tensor | None]] | None = None,
 ) -> list[torch.Tensor]:
     """Stages 3-4 (docs/variants.md "The step, stage by stage") for orthogonalizer inputs ``ns`` (after
     momentum): the update directions ``O`` (after NorMuon, before the shape scale), each of its input's (local)
@@ -537,9 +536,10 @@ def muon_directions(
     rank, so all ranks hold identical state and identical ``state_dict`` keys. In ``"gathered"`` every rank
     updates every ``S`` itself. ``second_weights`` (optional, one per tensor, the same on every rank) replaces
     ``S``'s lerp weight ``1 - beta2``: 0 leaves that ``S`` unchanged (a skipped parameter, `normuon_normalize_`).
-    ``statistics`` / ``input_norms`` (one per tensor, ``[C, 1, 1]`` for its ``C`` matrices, the same on every
-    rank): NAMO's raw-gradient statistic and ``||N||_F`` (`normuon_normalize_`), which only full, identical inputs
-    have: ``"replicated"`` and ``"none"``.
+    ``normuon_inputs``: `normuon_normalize_`'s per-matrix inputs by its keyword (``"statistic"``: NAMO's
+    raw-gradient statistic, ``"input_norm"``: ``||N||_F``, ``"steps"``: the step count of the bias correction),
+    one ``[C, 1, 1]`` tensor per tensor for its ``C`` matrices, the same on every rank; only the full, identical
+    inputs of ``"replicated"`` and ``"none"`` have them.
     """
     from .normuon import normuon_normalize_
 
@@ -565,15 +565,26 @@ def muon_directions(
             st = moments[i]
             view = st.reshape(mats.shape[0], *st.shape[-2:])
             weight = None if second_weights is None else second_weights[i]
-            stat = None if statistics is None else statistics[i]
-            norm = None if input_norms is None else input_norms[i]
-            out = normuon_normalize_(mats, view, s, beta2=beta2, weight=weight, statistic=stat, input_norm=norm)
+            given = {k: v[i] for k, v in (normuon_inputs or {}).items()}
+            out = normuon_normalize_(
+                mats,
+                view,
+                s,
+                beta2=beta2,
+                weight=weight,
+                statistic=given.get("statistic"),
+                input_norm=given.get("input_norm"),
+                steps=given.get("steps"),
+            )
             if view.data_ptr() != st.data_ptr():
                 st.copy_(view.reshape(st.shape))
             return restore(out)
 
-    if (statistics is not None or input_norms is not None) and mode not in ("none", "replicated"):
-        raise ValueError(f"statistics, input_norms: need the full inputs of mode 'none' or 'replicated', got {mode!r}")
+    unknown = set(normuon_inputs or {}) - {"statistic", "input_norm", "steps"}
+    if unknown:
+        raise ValueError(f"normuon_inputs: unknown keys {sorted(unknown)}; expected statistic, input_norm, steps")
+    if normuon_inputs and mode not in ("none", "replicated"):
+        raise ValueError(f"normuon_inputs: need the full inputs of mode 'none' or 'replicated', got {mode!r}")
     if mode == "none":
         done = orthogonalize_local(tensors, s, backend=backend)
         return [finish(i, o) for i, o in enumerate(done)] if finish is not None else done

@@ -118,10 +118,10 @@ def _check_sharded_spec(spec: MuonSpec, mode: str, name: str) -> None:
             f"selects per shard or along the shard dimension, maps other than one process's; docs/variants.md); "
             f"use distributed='replicated' or 'none'"
         )
-    if mode != "none" and spec.normuon and spec.normuon_bias_correction:
+    if mode in ("sharded", "gathered") and spec.normuon and spec.normuon_bias_correction:
         raise ValueError(
             f"{name}.normuon_bias_correction: not supported with distributed={mode!r} yet (the owner rank does not "
-            f"hold the step count); use distributed='none'"
+            f"hold the step count); use distributed='replicated' or 'none'"
         )
     if mode in ("sharded", "gathered") and spec.sphere != "none" and spec.sphere_axis in ("col", "matrix"):
         raise ValueError(

@@ -448,11 +448,13 @@ class GroupStacks:
                             inputs[i], self._dion2_grad.pop(0), momentum, spec.dion2_fraction, mask, rows=spec.normuon
                         )
                         picks.append((pick, full))
-                extras: dict[str, list[torch.Tensor]] = {}  # NAMO's per-matrix inputs, per unit stack
+                extras: dict[str, list[torch.Tensor]] = {}  # NorMuon's per-matrix inputs (NAMO, bias correction)
                 if self._grad_stats:
                     extras["statistic"] = [self._grad_stats.pop(0) for _ in unit]
                 if self._reads_input_norm:
                     extras["input_norm"] = [torch.linalg.vector_norm(n, dim=(-2, -1), keepdim=True) for n in inputs]
+                if spec.normuon and spec.normuon_bias_correction:
+                    extras["steps"] = [w.store.steps.view(-1, 1, 1)[w.chunk.start : w.chunk.stop] for w in unit]
                 outs = self._exchange(unit, inputs, states, grads, keep, backend, [p for p, _ in picks] or None, extras)
                 if picks:
                     outs = [
@@ -522,8 +524,8 @@ class GroupStacks:
         """Stages 3-4 of the whole group through `muon_directions`: every parameter's ``N`` in parameter order (the
         same list on every rank), the results cut back into the unit's stacks. ``picks``: Dion2's selected rows
         of each unit's stack; with NorMuon (NorDion2) the owners update the selected rows' ``S`` alone, scattered
-        back on every rank. ``extras``: per-matrix inputs of NorMuon (NAMO's ``statistic`` and ``input_norm``),
-        one ``[C, 1, 1]`` tensor per unit stack, cut per parameter like ``N``."""
+        back on every rank. ``extras``: NorMuon's per-matrix inputs (NAMO's ``statistic`` and ``input_norm``, the
+        bias correction's ``steps``), one ``[C, 1, 1]`` tensor per unit stack, cut per parameter like ``N``."""
         spec = self.spec
         parts: list[torch.Tensor | None] = [None] * len(self.shapes)
         rows: dict[int, torch.Tensor] = {}  # NorDion2: member -> its selected rows, [count, k]
@@ -559,8 +561,7 @@ class GroupStacks:
             mode=self.distributed,
             second_moments=moments,
             second_weights=weights,
-            statistics=per_member.get("statistic"),
-            input_norms=per_member.get("input_norm"),
+            normuon_inputs=per_member or None,
             full_shapes=full,
             group=self.process_group,
             backend=backend,

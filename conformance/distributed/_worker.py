@@ -706,6 +706,7 @@ def main() -> None:
     namo = from_upstream(
         "emerging_optimizers_adaptive", moment2_method="namo", lr=0.02, momentum=0.9, weight_decay=0.1
     ).replace(compute_dtype="float32")
+    adamuon_v1 = get_preset("adamuon_v1").replace(compute_dtype="float32")
     checks: dict[str, Callable[[], tuple[bool, str]]] = {
         "owners_balanced": lambda: check_owners(world),
         "shard_rule_matches_dtensor": lambda: check_shard_rule(world),
@@ -729,6 +730,7 @@ def main() -> None:
         "step_replicated_dion2": lambda: check_steps(dion2, "replicated", world),
         "step_replicated_nordion2": lambda: check_steps(nordion2, "replicated", world),
         "step_replicated_namo": lambda: check_steps(namo, "replicated", world),
+        "step_replicated_adamuon_v1": lambda: check_steps(adamuon_v1, "replicated", world),
         "ddp_accumulation_invariance": lambda: check_ddp_accumulation(fp32, world),
         "optimizer_ddp_replicated_keller": lambda: check_optimizer_ddp(fp32, world),
         "optimizer_ddp_replicated_normuon": lambda: check_optimizer_ddp(normuon, world),

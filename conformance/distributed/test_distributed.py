@@ -41,6 +41,7 @@ CHECKS = [
     "step_replicated_dion2",
     "step_replicated_nordion2",
     "step_replicated_namo",
+    "step_replicated_adamuon_v1",
     "ddp_accumulation_invariance",
     "optimizer_ddp_replicated_keller",
     "optimizer_ddp_replicated_normuon",
