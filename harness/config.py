@@ -339,6 +339,13 @@ class TaskSection(_Strict):
     """Draws the problems and so the train/test split; the same for every run seed, so arms see one test set."""
     decode_tokens: int = Field(default=6, gt=0)
     """Greedy decoding stops at a newline or after this many tokens."""
+    accuracy_every_eval: bool = False
+    """Also score the accuracy at every eval step (metrics.jsonl), not only at the last step (metrics.jsonl's last
+    line and metrics.json)."""
+
+    @model_serializer(mode="wrap")
+    def _without_unused_options(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_defaults(handler(self), {"accuracy_every_eval": False})
 
 
 class AbortSection(_Strict):

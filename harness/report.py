@@ -328,6 +328,24 @@ def runs_table(rows: list[dict[str, Any]], arms: list[Arm]) -> list[str]:
     return lines
 
 
+def init_from_lines(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """One line per distinct pretrained starting point (``train.init_from``, harness/pretrained.py) the runs'
+    config.json recorded: what was loaded, its sha256 and how many runs started from it."""
+    seen: dict[tuple[Any, ...], int] = {}
+    for r in rows:
+        try:
+            init = rd.read_config(sweep_dir / "runs" / r["run"]).get("init_from")
+        except rd.RunDirError:
+            continue
+        if isinstance(init, dict):
+            key = (init.get("path"), init.get("kind"), init.get("file"), init.get("sha256"), init.get("optimizer"))
+            seen[key] = seen.get(key, 0) + 1
+    return [
+        f"- init_from: {path} ({kind} `{Path(str(file)).name}`, sha256 `{sha}`; optimizer state {opt}; {n} runs)"
+        for (path, kind, file, sha, opt), n in seen.items()
+    ]
+
+
 def reproducibility(sweep_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
     first_cfg: dict[str, Any] = {}
     for r in rows:
@@ -361,6 +379,7 @@ def reproducibility(sweep_dir: Path, rows: list[dict[str, Any]], meta: dict[str,
             f"{s.get('bytes_read')} bytes read, {s.get('tokens')} tokens"
         )
     lines.append(f"- token cache key: `{data.get('key')}`; device: {first_cfg.get('device')}")
+    lines += init_from_lines(sweep_dir, rows)
     lines += ["", "| run | config sha256 |", "|---|---|"]
     lines += [f"| {r['run']} | `{r['config_sha256']}` |" for r in rows]
     return [*lines, ""]

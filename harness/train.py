@@ -224,6 +224,8 @@ class Run:
     post_step_hooks: list[PostStepHook] = dataclasses.field(default_factory=list)
     trackers: Trackers | None = None
     """TensorBoard / W&B (harness/track.py), rank 0 only; mirrors of metrics.jsonl and the statistics."""
+    task_scored: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """`task_scores` of the newest scored step (greedy decoding runs once per step)."""
 
     @property
     def cfg_sha(self) -> str:
@@ -272,7 +274,8 @@ def build_run(
     if cfg.train.init_from is not None and not resume:
         from .pretrained import load_init
 
-        init = load_init(cfg.train.init_from, cfg.train.init_optimizer == "carried", model, optimizer)
+        carried = cfg.train.init_optimizer == "carried"
+        init = load_init(cfg.train.init_from, carried, model, optimizer, dataclasses.asdict(mcfg))
     post_step_hooks = [*max_logit_hooks(cfg.train, model), *post_step_hooks]  # QK-Clip (harness/logit_clip.py)
     autocast = autocast_for(cfg, device)
     wrapped: torch.nn.Module = model
@@ -443,6 +446,16 @@ def save_checkpoint(run: Run, state: LoopState) -> None:
     )
 
 
+def task_scores(run: Run, step: int) -> dict[str, Any]:
+    """The task's exact-match endpoints (`tasks.task_endpoints`) of the model at ``step``, decoded once per step:
+    the last metrics line and metrics.json share them."""
+    if step not in run.task_scored:
+        from .tasks import task_endpoints
+
+        run.task_scored = {step: task_endpoints(run.model, run.shards, run.device)}
+    return run.task_scored[step]
+
+
 def write_summary(run: Run, state: LoopState, status: str) -> dict[str, Any]:
     """metrics.json (rank 0; other ranks return ``{}``)."""
     if not run.env.is_main:
@@ -466,10 +479,8 @@ def write_summary(run: Run, state: LoopState, status: str) -> dict[str, Any]:
             total_tokens=run.total_steps * run.tokens_per_step,
         )
     )
-    if run.cfg.task is not None and status != "running":  # scored once, at the end (greedy decoding)
-        from .tasks import task_endpoints
-
-        summary.update(task_endpoints(run.model, run.shards, run.device))
+    if run.cfg.task is not None and status != "running":  # the run's end, also when stopped or aborted
+        summary.update(task_scores(run, state.step))
     rd.atomic_write_json(run.run_dir / rd.SUMMARY, summary)
     return summary
 
@@ -595,6 +606,9 @@ def _log(run: Run, state: LoopState, result: StepResult, lr: float, metrics_w: r
     at_eval = state.step % run.cfg.train.eval_every == 0 or state.step == run.total_steps
     if run.env.is_main and result.finite and at_eval:
         rec["val_loss"] = evaluate(run.model, run.val_batches, run.device, run.autocast)
+        task = run.cfg.task
+        if task is not None and (task.accuracy_every_eval or state.step == run.total_steps):
+            rec.update(task_scores(run, state.step))
     if metrics_w is not None:
         metrics_w.write(rec)
     if run.trackers is not None:

@@ -5,6 +5,7 @@ exact-match accuracy with its Wilson interval, and a fine-tuning run that resume
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from muonlab.harness.config import (
     shipped_configs_dir,
     validate_run,
 )
+from muonlab.harness.report import init_from_lines
 from muonlab.harness.significance import wilson_interval
 from muonlab.harness.tasks import TaskData, arithmetic_problems, greedy_answers, load_task, task_endpoints
 from muonlab.harness.train import build_run, train
@@ -101,6 +103,26 @@ def test_safetensors_export_round_trip_is_bit_equal(
         assert run.config_record["init_from"]["kind"] == "safetensors"
     with pytest.raises(ValueError, match=r"train.init_optimizer: 'carried' needs a muonlab checkpoint"):
         _build(_finetune(micro, text_file, tmp_path, init_from=str(out), init_optimizer="carried"), tmp_path, data_dir)
+    assert main(["export", str(out), "--out", str(tmp_path / "again")]) == 2  # an export holds no checkpoint
+    assert not (tmp_path / "again").exists()
+    # the same shapes, another model: 4 heads of 8 instead of 2 of 16; the file alone still says which model it holds
+    lone = tmp_path / "lone.safetensors"
+    shutil.copy(out / "model.safetensors", lone)
+    heads = _finetune(micro, text_file, tmp_path, init_from=str(lone))
+    heads["model"].update(n_heads=4, n_kv_heads=2)
+    with pytest.raises(ValueError, match=r"train.init_from: model.n_heads is 2 in the pretrained model .* but 4"):
+        _build(heads, tmp_path, data_dir)
+
+
+def test_a_checkpoint_file_loads_and_a_longer_context_is_allowed(
+    pretrained: Path, tmp_path: Path, text_file: Path, data_dir: Path, micro: Any
+) -> None:
+    first = rd.list_checkpoints(pretrained)[0]  # step 3, not the newest
+    cfg = _finetune(micro, text_file, tmp_path, init_from=str(first))
+    cfg["model"]["seq_len"] = 96  # RoPE has no weights: a fine-tune may change the context (pretrained.ARCH_FREE)
+    run = _build(cfg, tmp_path, data_dir)
+    assert _equal(run.model.state_dict(), rd.load_checkpoint(first)["model"])
+    assert run.config_record["init_from"]["file"] == str(first)
 
 
 def test_init_from_errors_name_the_key(
@@ -108,8 +130,21 @@ def test_init_from_errors_name_the_key(
 ) -> None:
     wide = _finetune(micro, text_file, tmp_path, init_from=str(pretrained))
     wide["model"]["d_model"] = 48
+    with pytest.raises(ValueError, match=r"train.init_from: model.d_model is 32 in the pretrained model .* but 48"):
+        _build(wide, tmp_path, data_dir)
+    # a checkpoint file out of its run dir records no model config: the shapes name the parameter
+    loose = tmp_path / "loose.pt"
+    shutil.copy(rd.find_intact_checkpoint(pretrained)[0], loose)
+    wide["train"]["init_from"] = str(loose)
     with pytest.raises(ValueError, match=r"train.init_from: '[\w.]+' is \(\d+, 32\) in .* but \(\d+, 48\)"):
         _build(wide, tmp_path, data_dir)
+    ngpt = _finetune(micro, text_file, tmp_path, init_from=str(pretrained))
+    ngpt["model"]["base"] = "tiny_ngpt"
+    with pytest.raises(ValueError, match=r"train.init_from: model.ngpt is False in the pretrained model"):
+        _build(ngpt, tmp_path, data_dir)
+    (tmp_path / "damaged.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"train.init_from: .*damaged.pt cannot be read"):
+        _build(_finetune(micro, text_file, tmp_path, init_from=str(tmp_path / "damaged.pt")), tmp_path, data_dir)
     with pytest.raises(ValueError, match=r"train.init_from: .*nowhere does not exist"):
         _build(_finetune(micro, text_file, tmp_path, init_from=str(tmp_path / "nowhere")), tmp_path, data_dir)
     (tmp_path / "empty").mkdir()
@@ -208,17 +243,33 @@ def test_a_finetuning_run_resumes_bit_identically(
     pretrained: Path, tmp_path: Path, text_file: Path, data_dir: Path, micro: Any
 ) -> None:
     cfg = validate_run(_finetune(micro, text_file, tmp_path, init_from=str(pretrained), checkpoint_every=3))
-    whole = train(cfg, tmp_path / "whole", data_dir=data_dir, progress=False)
-    train(cfg, tmp_path / "split", data_dir=data_dir, progress=False, stop_after=3)
-    split = train(cfg, tmp_path / "split", data_dir=data_dir, progress=False, resume=True)
-    losses = [
-        [r["train_loss"] for r in rd.read_jsonl(d / rd.METRICS)] for d in (tmp_path / "whole", tmp_path / "split")
-    ]
-    assert losses[0] == losses[1] and len(losses[0]) == 6
+    runs = tmp_path / "runs"  # a sweep dir's layout, for the report's init_from line
+    whole = train(cfg, runs / "whole", data_dir=data_dir, progress=False)
+    train(cfg, runs / "split", data_dir=data_dir, progress=False, stop_after=3)
+    split = train(cfg, runs / "split", data_dir=data_dir, progress=False, resume=True)
+    lines = [rd.read_jsonl(runs / name / rd.METRICS) for name in ("whole", "split")]
+    assert [r["train_loss"] for r in lines[0]] == [r["train_loss"] for r in lines[1]] and len(lines[0]) == 6
     for key in ("task_accuracy", "task_correct", "task_total", "val_loss"):
         assert whole[key] == split[key]
+        assert lines[0][-1][key] == lines[1][-1][key] == whole[key]  # the last line carries the same scores
     assert whole["task_total"] == 20
-    assert rd.read_config(tmp_path / "split")["init_from"]["kind"] == "checkpoint"
+    assert all("task_accuracy" not in r for r in lines[0][:-1])  # scored at the end only (by default)
+    record = rd.read_config(runs / "split")["init_from"]
+    assert record["kind"] == "checkpoint"
+    assert init_from_lines(tmp_path, [{"run": "whole"}, {"run": "split"}]) == [
+        f"- init_from: {pretrained} (checkpoint `step_00000006.pt`, sha256 `{record['sha256']}`; optimizer state "
+        "fresh; 2 runs)"
+    ]
+
+
+def test_accuracy_at_every_eval(pretrained: Path, tmp_path: Path, text_file: Path, data_dir: Path, micro: Any) -> None:
+    cfg = _finetune(micro, text_file, tmp_path, init_from=str(pretrained))
+    cfg["task"]["accuracy_every_eval"] = True
+    summary = train(validate_run(cfg), tmp_path / "run", data_dir=data_dir, progress=False)
+    scored = {r["step"]: r["task_correct"] for r in rd.read_jsonl(tmp_path / "run" / rd.METRICS) if "task_correct" in r}
+    assert sorted(scored) == [4, 6] and scored[6] == summary["task_correct"]  # eval_every 4, and the last step
+    # left at its default, the option stays out of the config (and its sha256)
+    assert "accuracy_every_eval" not in validate_run(_finetune(micro, text_file, tmp_path)).model_dump()["task"]
 
 
 def test_the_shipped_finetuning_sweep_validates() -> None:
