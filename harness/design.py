@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from .arms import Arm, build_arms, format_number
 from .config import Condition, ConfigError, Criteria, Selector, SweepSection
-from .results import CENSORED, HIGHER_IS_BETTER
+from .results import decision_value, orientation
 from .significance import paired, welch
 
 __all__ = ["Check", "Outcome", "check_selectors", "evaluate", "matches", "outcome", "rows_of", "seed_values"]
@@ -93,14 +93,8 @@ def rows_of(rows: Sequence[dict[str, Any]], phases: Sequence[str]) -> list[dict[
 def seed_values(arm: Arm, metric: str) -> dict[int, float]:
     """``seed -> value`` of ``metric`` over the arm's stable runs; a stable run that never reached the target
     counts as +inf for a `CENSORED` endpoint (it needed more than its budget) and is left out otherwise."""
-    out: dict[int, float] = {}
-    for r in arm.stable:
-        v = r.get(metric)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out[int(r["seed"])] = float(v)
-        elif v is None and metric in CENSORED:
-            out[int(r["seed"])] = math.inf
-    return out
+    values = ((int(r["seed"]), decision_value(r, metric)) for r in arm.stable)
+    return {seed: v for seed, v in values if v is not None}
 
 
 def _mean(values: dict[int, float]) -> float | None:
@@ -110,7 +104,7 @@ def _mean(values: dict[int, float]) -> float | None:
 def _improvement(metric: str, arm: float, base: float) -> float:
     if arm == base:  # both inf: neither reached the target, no improvement
         return 0.0
-    return arm - base if metric in HIGHER_IS_BETTER else base - arm
+    return orientation(metric) * (base - arm)
 
 
 def _pick(arms: list[Arm], sel: Selector | Literal["best"], metric: str, baseline: Arm | None) -> Arm | None:
@@ -120,7 +114,7 @@ def _pick(arms: list[Arm], sel: Selector | Literal["best"], metric: str, baselin
     hits = [a for a in arms if a is not baseline and (sel == "best" or (a.runs and matches(sel, a.runs[0])))]
     if not best:
         return hits[0] if len(hits) == 1 else None
-    sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
+    sign = orientation(metric)
     scored = [(sign * m, a.point, a) for a in hits if (m := _mean(seed_values(a, metric))) is not None]
     return min(scored, key=lambda t: (t[0], t[1]))[2] if scored else None
 

@@ -23,7 +23,7 @@ from . import rundir as rd
 from .arms import Arm, Series, build_arms, find_series, format_number
 from .config import SweepSection
 from .design import outcome
-from .results import DESIGN_FILE, ENDPOINT_KEYS, HIGHER_IS_BETTER, config_columns, read_results
+from .results import DESIGN_FILE, ENDPOINT_KEYS, HIGHER_IS_BETTER, config_columns, orientation, read_results
 from .significance import RULE, TTest, paired, ratio_se, welch, wilson_interval
 
 LOSS_UNIT = "nats/token"
@@ -65,8 +65,7 @@ def _best_word(metric: str) -> str:
 def ranked(arms: list[Arm], metric: str) -> list[Arm]:
     """Arms with at least one stable value of ``metric``, best (lowest mean; highest for `HIGHER_IS_BETTER`)
     first."""
-    sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
-    scored = [(sign * (a.stat(metric)[0] or 0.0), a.label, a) for a in arms if a.stat(metric)[2]]
+    scored = [(orientation(metric) * (a.stat(metric)[0] or 0.0), a.label, a) for a in arms if a.stat(metric)[2]]
     scored.sort(key=lambda t: (t[0], t[1]))
     return [a for _, _, a in scored]
 

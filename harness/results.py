@@ -38,6 +38,24 @@ CENSORED: frozenset[str] = frozenset({"tokens_to_target_loss", "minutes_to_targe
 """Endpoints a run lacks when it never reached the target within its budget: a decision counts a stable run
 without one as +inf (it took longer than its budget), not as missing."""
 
+
+def orientation(metric: str) -> float:
+    """-1 for a `HIGHER_IS_BETTER` endpoint, +1 for every other: ``orientation(m) * value`` is lower for the
+    better run, so every ranking sorts ascending."""
+    return -1.0 if metric in HIGHER_IS_BETTER else 1.0
+
+
+def decision_value(row: dict[str, Any], metric: str) -> float | None:
+    """``metric`` of a stable results.csv row as a decision reads it: its finite value; +inf for a `CENSORED`
+    endpoint the run never reached (it needed more than its budget); None otherwise (missing, or unstable)."""
+    if row.get("unstable"):
+        return None
+    v = row.get(metric)
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    return math.inf if v is None and metric in CENSORED else None
+
+
 DESIGN_FILE = "design.json"
 """In a sweep dir: each phase's decision (ran with its points, or skipped) and the checks behind it."""
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -41,12 +40,12 @@ from .endpoints import summarize
 from .progress import SweepProgress
 from .report import write_report
 from .results import (
-    CENSORED,
     CONFIG_KEYS,
     DESIGN_FILE,
     ENDPOINT_KEYS,
-    HIGHER_IS_BETTER,
     TASK_COUNTS,
+    decision_value,
+    orientation,
     write_results,
 )
 from .runs import Point, RunSpec
@@ -130,17 +129,12 @@ def point_values(sweep: SweepConfig, points: list[Point], keys: list[str]) -> li
 def _rank_points(rows: list[dict[str, Any]], points: list[Point], metric: str) -> list[Point]:
     """``points`` with a stable value of ``metric`` in ``rows``, best mean first (ties by name); a stable run
     that never reached the target counts as +inf for a `CENSORED` endpoint."""
-    sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
     by_point: dict[str, list[float]] = {}
     for r in rows:
-        v = r.get(metric)
-        if r["unstable"]:
-            continue
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            by_point.setdefault(r["point"], []).append(float(v))
-        elif v is None and metric in CENSORED:
-            by_point.setdefault(r["point"], []).append(math.inf)
-    scored = [(sign * sum(vs) / len(vs), p.name, p) for p in points if (vs := by_point.get(p.name))]
+        v = decision_value(r, metric)
+        if v is not None:
+            by_point.setdefault(r["point"], []).append(v)
+    scored = [(orientation(metric) * sum(vs) / len(vs), p.name, p) for p in points if (vs := by_point.get(p.name))]
     scored.sort(key=lambda t: (t[0], t[1]))
     return [p for _, _, p in scored]
 
@@ -194,7 +188,8 @@ def _run_sweep_locked(
     from .workers import make_executor
 
     sweep_dir = Path(sweep_dir)
-    _Selection(sweep).check()  # before anything is written
+    selection = _Selection(sweep)
+    selection.check()  # before anything is written
     data = Path(data_dir) if data_dir is not None else None
     n_jobs = jobs if jobs is not None else sweep.sweep.jobs
     trackers = track if track is not None else sweep.sweep.track
@@ -212,12 +207,12 @@ def _run_sweep_locked(
     )
     _write_meta(sweep, sweep_dir, force=force, command=command)
     points = expand_points(sweep)
-    tracker = SweepProgress(len(planned_runs(sweep)), log=log, bar=progress, workers=runner.jobs)
+    tracker = SweepProgress(len(planned_runs(sweep, selection=selection)), log=log, bar=progress, workers=runner.jobs)
     try:
         with stop_on_signals():
             runner.describe(tracker)
             try:
-                csv_path = _run_phases(sweep, sweep_dir, points, runner, tracker)
+                csv_path = _run_phases(sweep, sweep_dir, points, runner, tracker, selection)
             finally:
                 runner.close()
     finally:
@@ -336,7 +331,6 @@ class _Selection:
         filled with the ``rank`` phases' first points."""
         always = self.always(phase)
         fixed = {p.name for p in always}
-        last = ran.get(last_ran, expand_points(self.sweep))
         if phase.grid is not None:
             chosen = expand_points(self.sweep, phase.grid)
         elif phase.top_k is not None and rows is None:
@@ -348,8 +342,8 @@ class _Selection:
             seen = {r["point"] for r in ranked_rows}
             candidates = [p for p in self.universe if p.name in seen and p.name not in fixed]
             chosen = _rank_points(ranked_rows, candidates, phase.metric)[: phase.top_k]
-        else:
-            chosen = list(last)
+        else:  # the last phase's points (the sweep grid's before the first)
+            chosen = list(ran[last_ran]) if last_ran else expand_points(self.sweep)
         names = {p.name for p in chosen}
         return chosen + [p for p in always if p.name not in names]
 
@@ -358,12 +352,15 @@ class _Selection:
         check_selectors(self.sweep.sweep, list(self.values.values()))
 
 
-def planned_runs(sweep: SweepConfig, decided: dict[int, list[Point] | None] | None = None) -> list[str]:
+def planned_runs(
+    sweep: SweepConfig, decided: dict[int, list[Point] | None] | None = None, selection: _Selection | None = None
+) -> list[str]:
     """The names of the runs the sweep will visit, in order, each once. ``decided``: phase index -> its points,
     or None for a phase skipped by its ``when``; a phase not decided yet stands in as if it ran, with the first
-    ``top_k`` points of the phase before it, so the count is exact once every phase is decided."""
+    ``top_k`` points of the phase before it, so the count is exact once every phase is decided. ``selection``:
+    the sweep's own (built here when not given)."""
     decided = decided or {}
-    selection = _Selection(sweep)
+    selection = selection if selection is not None else _Selection(sweep)
     names: dict[str, None] = {}
     ran: dict[str, list[Point]] = {}
     last_ran = ""
@@ -379,14 +376,18 @@ def planned_runs(sweep: SweepConfig, decided: dict[int, list[Point] | None] | No
 
 
 def _run_phases(
-    sweep: SweepConfig, sweep_dir: Path, points: list[Point], executor: Executor, tracker: SweepProgress
+    sweep: SweepConfig,
+    sweep_dir: Path,
+    points: list[Point],
+    executor: Executor,
+    tracker: SweepProgress,
+    selection: _Selection,
 ) -> Path:
     """Every phase's runs in order, each phase's runs handed to ``executor`` at once (the pilot first); a run
     shared by two phases is trained once. A phase whose ``when`` fails on the runs before it is skipped.
     The target is frozen before any endpoint is computed, so rows are made only once it is known; results.csv
     is rewritten as runs finish (rows in the phases' run order); design.json records each phase's decision."""
     phases = sweep.sweep.phases
-    selection = _Selection(sweep)
     keys = selection.keys
     rows: dict[str, dict[str, Any]] = {}
     csv_path = sweep_dir / "results.csv"
@@ -430,13 +431,13 @@ def _run_phases(
             decided[i] = None
             record.append({**entry, "status": "skipped"})
             rd.atomic_write_json(sweep_dir / DESIGN_FILE, {"phases": record})
-            tracker.set_total(len(planned_runs(sweep, decided)))
+            tracker.set_total(len(planned_runs(sweep, decided, selection)))
             failed = next(c for c in checks if not c.holds)
             tracker.log(f"phase {phase.name}: skipped, its condition does not hold: {failed.detail}")
             continue
         current = selection.points(phase, ran, last_ran, list(rows.values()))
         decided[i] = current
-        tracker.set_total(len(planned_runs(sweep, decided)))
+        tracker.set_total(len(planned_runs(sweep, decided, selection)))
         if phase.top_k is not None:
             tracker.log(f"phase {phase.name}: top {phase.top_k} by {phase.metric}: {[p.name for p in current]}")
         record.append({**entry, "status": "ran", "points": [p.name for p in current]})
