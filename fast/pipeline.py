@@ -399,8 +399,7 @@ class GroupStacks:
                     owned = True
                 if self.equilibrate is not None:  # a new tensor: N may be the momentum buffer
                     n, owned = self.equilibrate(n, spec.equilibrate_exponent, spec.equilibrate_eps), True
-                # NAMO's alpha reads ||N||_F of the orthogonalizer's input
-                n_norm = torch.linalg.vector_norm(n, dim=(-2, -1), keepdim=True) if self._reads_input_norm else None
+                extra = self._normuon_inputs(w, n)  # before Orth: NAMO's alpha reads ||N||_F of its input
                 kept = None if self.magnitude is None else n  # the magnitude rule reads N after Orth
                 box = [n]
                 del n  # handed over whole: the orthogonalizer frees it once it has its own normalized copy
@@ -415,7 +414,7 @@ class GroupStacks:
                     a, b = w.chunk.start, w.chunk.stop
                     weight = None if w.skip is None else w.skip.second
                     o = o.to(second.dtype)  # rebinding frees a bf16 O before NorMuon's work begins
-                    steps = w.store.steps.view(-1, 1, 1)[a:b] if spec.normuon_bias_correction else None
+                    steps = extra.get("steps")
                     if selected is None:
                         o = normuon_normalize_(
                             o,
@@ -424,8 +423,8 @@ class GroupStacks:
                             reduce=w.bucket.reduce,
                             weight=weight,
                             steps=steps,
-                            statistic=self._grad_stats.pop() if self._grad_stats else None,
-                            input_norm=n_norm,
+                            statistic=extra.get("statistic"),
+                            input_norm=extra.get("input_norm"),
                             overwrite=True,
                         )
                     else:  # NorDion2: the statistic of the selected rows alone is updated and applied
@@ -448,13 +447,8 @@ class GroupStacks:
                             inputs[i], self._dion2_grad.pop(0), momentum, spec.dion2_fraction, mask, rows=spec.normuon
                         )
                         picks.append((pick, full))
-                extras: dict[str, list[torch.Tensor]] = {}  # NorMuon's per-matrix inputs (NAMO, bias correction)
-                if self._grad_stats:
-                    extras["statistic"] = [self._grad_stats.pop(0) for _ in unit]
-                if self._reads_input_norm:
-                    extras["input_norm"] = [torch.linalg.vector_norm(n, dim=(-2, -1), keepdim=True) for n in inputs]
-                if spec.normuon and spec.normuon_bias_correction:
-                    extras["steps"] = [w.store.steps.view(-1, 1, 1)[w.chunk.start : w.chunk.stop] for w in unit]
+                per_w = [self._normuon_inputs(w, n) for w, n in zip(unit, inputs, strict=True)]
+                extras = {k: [d[k] for d in per_w] for k in per_w[0]} if per_w else {}
                 outs = self._exchange(unit, inputs, states, grads, keep, backend, [p for p, _ in picks] or None, extras)
                 if picks:
                     outs = [
@@ -464,6 +458,19 @@ class GroupStacks:
             del ns
             for w in unit:  # popped: no update outlives its apply
                 self._apply(w, views, outs.pop(0))
+
+    def _normuon_inputs(self, w: _Work, n: torch.Tensor) -> dict[str, torch.Tensor]:
+        """NorMuon's per-matrix inputs of chunk ``w`` with orthogonalizer input ``n``, by `normuon_normalize_`'s
+        keyword, each ``[C, 1, 1]``: NAMO's raw-gradient ``statistic`` (taken in stage 1) and ``input_norm``
+        (``||N||_F``), the bias correction's ``steps``; only those the spec reads."""
+        out: dict[str, torch.Tensor] = {}
+        if self._grad_stats:
+            out["statistic"] = self._grad_stats.pop(0)
+        if self._reads_input_norm:
+            out["input_norm"] = torch.linalg.vector_norm(n, dim=(-2, -1), keepdim=True)
+        if self.spec.normuon and self.spec.normuon_bias_correction:
+            out["steps"] = w.store.steps.view(-1, 1, 1)[w.chunk.start : w.chunk.stop]
+        return out
 
     def _units(self, work: list[_Work]) -> Iterator[list[_Work]]:
         """One chunk at a time on one process; the whole group at once when stages 3-4 are exchanged."""
