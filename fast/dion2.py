@@ -9,13 +9,43 @@ import torch
 
 from muonlab.contract.shapes import dion2_select_dim
 
-__all__ = ["dion2_scatter", "dion2_select_"]
+__all__ = ["dion2_feedback_", "dion2_index_shape", "dion2_pick", "dion2_scatter", "dion2_select_"]
 
 
 def _slices(t: torch.Tensor, rows: bool) -> torch.Tensor:
     """``t`` with the selected dim as rows (a view: transposed for column selection; ``rows``: NorDion2's
     rows whatever the shape)."""
     return t if rows or dion2_select_dim(t.shape[-2], t.shape[-1]) == -2 else t.mT
+
+
+def dion2_index_shape(view: tuple[int, ...] | torch.Size, fraction: float, rows: bool = False) -> tuple[int, int]:
+    """``(C, k)``: the shape of the index `dion2_pick` returns for the matrices of matrix-view shape ``view``."""
+    m, n = int(view[-2]), int(view[-1])
+    along = m if rows or dion2_select_dim(m, n) == -2 else n
+    return math.prod(int(d) for d in view[:-2]), max(1, math.ceil(fraction * along))
+
+
+def dion2_pick(n: torch.Tensor, fraction: float, rows: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, index)`` of the ``[C, m, n]`` accumulation ``n`` (not written): ``index`` ``[C, k]`` the slices of
+    largest L1 norm, ``U`` those slices (a new tensor; ``[C, k, n]`` rows or ``[C, m, k]`` columns)."""
+    sl = _slices(n, rows)
+    k = max(1, math.ceil(fraction * sl.shape[-2]))
+    scores = sl.abs().sum(dim=-1)  # [C, s]: each slice's L1 norm
+    index = torch.topk(scores, k, dim=-1, sorted=False).indices  # the order is immaterial: Orth commutes with it
+    picked = torch.gather(sl, -2, index.unsqueeze(-1).expand(-1, -1, sl.shape[-1]))
+    return (picked if sl is n else picked.mT), index
+
+
+def dion2_feedback_(
+    buf: torch.Tensor, index: torch.Tensor, beta: float, keep: torch.Tensor | None = None, rows: bool = False
+) -> torch.Tensor:
+    """Error feedback, in place: the buffer's selected slices times ``beta`` where ``keep`` (bool ``[C, 1, 1]``;
+    None: everywhere), so a skipped matrix's buffer stays unchanged bit for bit (its gradient is zero)."""
+    sl = _slices(buf, rows)
+    at = index.unsqueeze(-1).expand(-1, -1, sl.shape[-1])
+    factor = beta if keep is None else torch.where(keep, beta, 1.0).to(buf.dtype)
+    sl.scatter_(-2, at, torch.gather(sl, -2, at) * factor)
+    return buf
 
 
 def dion2_select_(
@@ -26,19 +56,10 @@ def dion2_select_(
     keep: torch.Tensor | None = None,
     rows: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``M <- M + G`` in place, then ``(U, index)``: ``U`` the selected slices (a new tensor) and ``index``
-    ``[C, k]``; the buffer's selected slices are multiplied by ``beta`` where ``keep`` (bool ``[C, 1, 1]``; None:
-    everywhere), so a skipped matrix's buffer stays unchanged bit for bit (its gradient is zero)."""
-    buf.add_(grad)
-    sl = _slices(buf, rows)
-    k = max(1, math.ceil(fraction * sl.shape[-2]))
-    scores = sl.abs().sum(dim=-1)  # [C, s]: each slice's L1 norm
-    index = torch.topk(scores, k, dim=-1, sorted=False).indices  # the order is immaterial: Orth commutes with it
-    at = index.unsqueeze(-1).expand(-1, -1, sl.shape[-1])
-    picked = torch.gather(sl, -2, at)
-    factor = beta if keep is None else torch.where(keep, beta, 1.0).to(buf.dtype)
-    sl.scatter_(-2, at, picked * factor)  # error feedback, in place through the view
-    return (picked if sl is buf else picked.mT), index
+    """``M <- M + G`` in place, then ``(U, index)`` (`dion2_pick`) and the error feedback (`dion2_feedback_`)."""
+    u, index = dion2_pick(buf.add_(grad), fraction, rows)
+    dion2_feedback_(buf, index, beta, keep, rows)
+    return u, index
 
 
 def dion2_scatter(

@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Shard
 
-from muonlab.contract import MuonSpec, resolve_spec
+from muonlab.contract import MuonSpec, matrix_view_shape, normuon_reduce_axis, resolve_spec
 
 from .backend import Backend, check_backend
 from .orthogonalize import as_matrices, orthogonalize
@@ -47,6 +47,7 @@ from .orthogonalize import as_matrices, orthogonalize
 __all__ = [
     "DistributedMode",
     "Finish",
+    "Prepare",
     "assign_owners",
     "gather_full",
     "local_shard",
@@ -57,14 +58,20 @@ __all__ = [
     "orthogonalize_sharded",
     "shard_sizes",
     "sync_from_owners",
+    "world_of",
 ]
 
 DistributedMode = Literal["none", "replicated", "sharded", "gathered"]
 """How `muonlab.fast.Muon` distributes stage 3-4 work (docs/distributed.md)."""
 
+Prepare = Callable[[int, torch.Tensor], torch.Tensor]
+"""``prepare(i, N_i) -> X_i``: runs on the rank that holds the whole input tensor ``i`` (its owner) and returns
+what is orthogonalized (equilibrated, or Dion2's selected slices; any shape of at least 2 dims, a 3-D one a batch
+of matrices). ``i`` indexes the input list."""
+
 Finish = Callable[[int, torch.Tensor], torch.Tensor]
-"""``finish(i, O_i) -> U_i``: runs on the rank that holds the whole orthogonalized tensor ``i`` (its owner)
-and returns the final whole update of the same shape (NorMuon, say). ``i`` indexes the input list."""
+"""``finish(i, O_i) -> U_i``: runs on the owner of the whole orthogonalized tensor ``i`` and returns the final
+whole update, of the input's shape (NorMuon, say). ``i`` indexes the input list."""
 
 Group = dist.ProcessGroup | None
 
@@ -72,7 +79,8 @@ Group = dist.ProcessGroup | None
 # -- layout -------------------------------------------------------------------------------------------
 
 
-def _world(group: Group) -> tuple[int, int]:
+def world_of(group: Group) -> tuple[int, int]:
+    """``(world size, rank)`` in ``group``; raises when ``torch.distributed`` is not initialized."""
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("torch.distributed is not initialized: call init_process_group first")
     return dist.get_world_size(group), dist.get_rank(group)
@@ -145,6 +153,22 @@ def orthogonalize_local(
     return out
 
 
+def _compute(
+    owned: Sequence[int],
+    tensors: Sequence[torch.Tensor],
+    spec: MuonSpec,
+    backend: Backend,
+    prepare: Prepare | None,
+    finish: Finish | None,
+) -> dict[int, torch.Tensor]:
+    """The owner's part of every mode: ``prepare``, `orthogonalize_local` (one batched call per matrix shape),
+    ``finish``, for the whole tensors ``tensors`` (indices ``owned`` of the input list)."""
+    xs = list(tensors) if prepare is None else [prepare(i, x) for i, x in zip(owned, tensors, strict=True)]
+    done = orthogonalize_local(xs, spec, backend=backend)
+    del xs
+    return {i: o if finish is None else finish(i, o) for i, o in zip(owned, done, strict=True)}
+
+
 # -- replicated ---------------------------------------------------------------------------------------
 
 
@@ -171,7 +195,7 @@ def _gather_owned(
 ) -> list[torch.Tensor]:
     """Every rank gets ``values[i]`` from ``owners[i]`` (which holds it; others hold ``None``): one
     ``all_gather`` per wire dtype of flat, zero-padded per-rank buffers."""
-    world, rank = _world(group)
+    world, rank = world_of(group)
     out: list[torch.Tensor] = [torch.empty(0)] * len(values)
     for wdt in sorted(set(wire), key=str):
         idx = [i for i in range(len(values)) if wire[i] == wdt]
@@ -209,7 +233,7 @@ def sync_from_owners(tensors: Sequence[torch.Tensor], owners: Sequence[int], *, 
         raise ValueError(f"owners: expected {len(ts)} entries, got {len(owners)}")
     if not ts:
         return
-    _, rank = _world(group)
+    _, rank = world_of(group)
     vals: list[torch.Tensor | None] = [t if owners[i] == rank else None for i, t in enumerate(ts)]
     got = _gather_owned(
         vals, owners, [t.shape for t in ts], [t.dtype for t in ts], [t.dtype for t in ts], group, ts[0].device
@@ -225,40 +249,52 @@ def orthogonalize_replicated(
     *,
     group: Group = None,
     backend: Backend = "auto",
+    prepare: Prepare | None = None,
     finish: Finish | None = None,
-    finish_dtype: torch.dtype | None = None,
+    finish_dtype: torch.dtype | Sequence[torch.dtype] | None = None,
 ) -> list[torch.Tensor]:
-    """``[orthogonalize(x, spec) for x in tensors]`` (then ``finish``) with the work split over the ranks.
+    """``[orthogonalize(x, spec) for x in tensors]`` (``prepare`` before, ``finish`` after) with the work split
+    over the ranks.
 
     ``tensors`` must be identical on every rank (DDP after the gradient all-reduce). Tensor ``i`` is
     orthogonalized only by ``assign_owners(...)[i]``, in one batched call per matrix shape, and one
     ``all_gather`` per wire dtype shares the results (Keller's ``Muon``; dion's DDP path). Bytes sent and
     received per rank: ``(W-1) * max_r B_r`` where ``B_r`` is the size of rank ``r``'s results on the wire.
     Returns new tensors with the inputs' shapes and dtypes (``finish``'s dtype when given: pass it as
-    ``finish_dtype`` to save the small ``all_reduce`` that otherwise tells every rank what it is).
+    ``finish_dtype``, one dtype or one per tensor, to save the small ``all_reduce`` that otherwise tells every
+    rank what it is).
     """
     s = resolve_spec(spec)
     check_backend(backend)
     ts = _check_list(tensors, "tensors")
-    world, rank = _world(group)
+    world, rank = world_of(group)
     if not ts:
         return []
     shapes = [tuple(t.shape) for t in ts]
     owners = assign_owners(shapes, world)
     mine = [i for i in range(len(ts)) if owners[i] == rank]
-    done = orthogonalize_local([ts[i] for i in mine], s, backend=backend)
-    values: list[torch.Tensor | None] = [None] * len(ts)
-    for i, o in zip(mine, done, strict=True):
-        values[i] = finish(i, o) if finish is not None else o
+    results = _compute(mine, [ts[i] for i in mine], s, backend, prepare, finish)
+    values: list[torch.Tensor | None] = [results.get(i) for i in range(len(ts))]
+    del results
     if finish is None:
         dtypes = [t.dtype for t in ts]
         wire = list(dtypes)
     else:
         # finish may change the dtype (NorMuon computes in its state's dtype); every rank must know it.
         probe = [v.dtype if v is not None else None for v in values]
-        dtypes = [finish_dtype] * len(ts) if finish_dtype is not None else _agree_dtypes(probe, owners, group)
+        dtypes = _finish_dtypes(finish_dtype, len(ts)) or _agree_dtypes(probe, owners, group)
         wire = dtypes
     return _gather_owned(values, owners, shapes, dtypes, wire, group, ts[0].device)
+
+
+def _finish_dtypes(given: torch.dtype | Sequence[torch.dtype] | None, count: int) -> list[torch.dtype]:
+    """``finish_dtype`` as one dtype per tensor (empty when not given)."""
+    if given is None:
+        return []
+    out = [given] * count if isinstance(given, torch.dtype) else list(given)
+    if len(out) != count:
+        raise ValueError(f"finish_dtype: expected one dtype or {count}, got {len(out)}")
+    return out
 
 
 _DTYPE_CODES: tuple[torch.dtype, ...] = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -343,6 +379,73 @@ def _padded(x: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
     return flat.reshape(-1)
 
 
+def _to_owners(
+    locs: Sequence[torch.Tensor], shapes: Sequence[tuple[int, ...]], owners: Sequence[int], group: Group
+) -> dict[int, torch.Tensor]:
+    """The first ``all_to_all`` of the sharded mode (one per dtype): the owner of tensor ``i`` gets it whole, exactly
+    (every shard padded to ``c_i = ceil(rows_i/W)`` rows on the wire, the padding cut off), in its dtype; returns
+    ``{i: whole tensor}`` for the tensors this rank owns."""
+    world, rank = world_of(group)
+    device = locs[0].device
+    chunks = [_chunk(sh[0], world) for sh in shapes]
+    rowlen = [math.prod(sh[1:]) for sh in shapes]
+    owned = [i for i in range(len(locs)) if owners[i] == rank]
+    pieces_of: dict[int, list[torch.Tensor]] = {i: [] for i in owned}
+    for wdt in sorted({x.dtype for x in locs}, key=str):
+        idx = [i for i in range(len(locs)) if locs[i].dtype == wdt]
+        to = [[i for i in idx if owners[i] == d] for d in range(world)]
+        in_split = [sum(chunks[i] * rowlen[i] for i in to[d]) for d in range(world)]
+        mine = to[rank]
+        per_src = sum(chunks[i] * rowlen[i] for i in mine)
+        pieces = [_padded(locs[i], chunks[i], wdt) for d in range(world) for i in to[d]]
+        send = torch.cat(pieces) if pieces else torch.empty(0, dtype=wdt, device=device)
+        recv = torch.empty(per_src * world, dtype=wdt, device=device)
+        dist.all_to_all_single(recv, send, [per_src] * world, in_split, group=group)
+        for src in range(world):
+            pos = src * per_src
+            for i in mine:
+                n = chunks[i] * rowlen[i]
+                rows = shard_sizes(shapes[i][0], world)[src]
+                pieces_of[i].append(recv[pos : pos + n].reshape(chunks[i], *shapes[i][1:])[:rows])
+                pos += n
+    return {i: torch.cat(pieces_of[i], dim=0) for i in owned}
+
+
+def _to_shards(
+    results: Mapping[int, torch.Tensor],
+    shapes: Sequence[tuple[int, ...]],
+    owners: Sequence[int],
+    dtypes: Sequence[torch.dtype],
+    group: Group,
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """The second ``all_to_all`` of the sharded mode (one per dtype): every rank gets its dim-0 shard of each
+    owner's whole result (``results``: this rank's, ``{i: tensor of shapes[i]}``), as ``dtypes[i]``."""
+    world, rank = world_of(group)
+    chunks = [_chunk(sh[0], world) for sh in shapes]
+    rowlen = [math.prod(sh[1:]) for sh in shapes]
+    my_rows = [shard_sizes(sh[0], world)[rank] for sh in shapes]
+    out: list[torch.Tensor] = [torch.empty(0)] * len(shapes)
+    for wdt in sorted(set(dtypes), key=str):
+        idx = [i for i in range(len(shapes)) if dtypes[i] == wdt]
+        frm = [[i for i in idx if owners[i] == d] for d in range(world)]
+        mine = frm[rank]
+        per_dst = sum(chunks[i] * rowlen[i] for i in mine)
+        blocks = [_padded(results[i], chunks[i] * world, wdt).reshape(world, -1) for i in mine]
+        send = torch.cat(blocks, dim=1).reshape(-1) if blocks else torch.empty(0, dtype=wdt, device=device)
+        out_split = [sum(chunks[i] * rowlen[i] for i in frm[d]) for d in range(world)]
+        recv = torch.empty(sum(out_split), dtype=wdt, device=device)
+        dist.all_to_all_single(recv, send, out_split, [per_dst] * world, group=group)
+        pos = 0
+        for d in range(world):
+            for i in frm[d]:
+                n = chunks[i] * rowlen[i]
+                block = recv[pos : pos + n].reshape(chunks[i], *shapes[i][1:])[: my_rows[i]]
+                out[i] = block.to(dtypes[i]).clone()
+                pos += n
+    return out
+
+
 def orthogonalize_sharded(
     shards: Sequence[torch.Tensor],
     full_shapes: Sequence[Sequence[int]] | None,
@@ -350,11 +453,12 @@ def orthogonalize_sharded(
     *,
     group: Group = None,
     backend: Backend = "auto",
+    prepare: Prepare | None = None,
     finish: Finish | None = None,
-    finish_dtype: torch.dtype | None = None,
+    finish_dtype: torch.dtype | Sequence[torch.dtype] | None = None,
 ) -> list[torch.Tensor]:
-    """This rank's dim-0 shards of ``orthogonalize(full_i, spec)`` (then ``finish``), where ``full_i`` is the
-    tensor of shape ``full_shapes[i]`` whose shards the ranks hold (FSDP2 ``fully_shard``).
+    """This rank's dim-0 shards of ``orthogonalize(full_i, spec)`` (``prepare`` before, ``finish`` after), where
+    ``full_i`` is the tensor of shape ``full_shapes[i]`` whose shards the ranks hold (FSDP2 ``fully_shard``).
 
     ``shards[i]`` is this rank's dim-0 shard by the `shard_sizes` rule (possibly empty), or a DTensor with
     placement ``Shard(0)`` on a 1-D mesh (then ``full_shapes`` may be ``None`` and ``group`` defaults to the
@@ -373,77 +477,19 @@ def orthogonalize_sharded(
     s = resolve_spec(spec)
     check_backend(backend)
     locs, shapes, group, wrappers = _unwrap(shards, full_shapes, group)
-    world, rank = _world(group)
+    world, rank = world_of(group)
     _check_shards(locs, shapes, world, rank)
     if not locs:
         return []
-    device = locs[0].device
     owners = assign_owners(shapes, world)
-    chunks = [_chunk(sh[0], world) for sh in shapes]
-    rowlen = [math.prod(sh[1:]) for sh in shapes]
+    whole = _to_owners(locs, shapes, owners, group)
+    owned = sorted(whole)
+    results = _compute(owned, [whole.pop(i) for i in owned], s, backend, prepare, finish)
     dtypes = [x.dtype for x in locs]
-    wire = list(dtypes)
-    owned = [i for i in range(len(locs)) if owners[i] == rank]
-
-    # 1. shards -> owners.
-    pieces_of: dict[int, list[torch.Tensor]] = {i: [] for i in owned}
-    for wdt in sorted(set(wire), key=str):
-        idx = [i for i in range(len(locs)) if wire[i] == wdt]
-        to = [[i for i in idx if owners[i] == d] for d in range(world)]
-        in_split = [sum(chunks[i] * rowlen[i] for i in to[d]) for d in range(world)]
-        mine = to[rank]
-        per_src = sum(chunks[i] * rowlen[i] for i in mine)
-        pieces = [_padded(locs[i], chunks[i], wdt) for d in range(world) for i in to[d]]
-        send = torch.cat(pieces) if pieces else torch.empty(0, dtype=wdt, device=device)
-        recv = torch.empty(per_src * world, dtype=wdt, device=device)
-        dist.all_to_all_single(recv, send, [per_src] * world, in_split, group=group)
-        for src in range(world):
-            pos = src * per_src
-            for i in mine:
-                n = chunks[i] * rowlen[i]
-                rows = shard_sizes(shapes[i][0], world)[src]
-                block = recv[pos : pos + n].reshape(chunks[i], *shapes[i][1:])[:rows]
-                pieces_of[i].append(block)
-                pos += n
-    assembled = [torch.cat(pieces_of[i], dim=0).to(dtypes[i]) for i in owned]
-
-    # 2. owners compute.
-    done = orthogonalize_local(assembled, s, backend=backend)
-    results: dict[int, torch.Tensor] = {}
-    for i, o in zip(owned, done, strict=True):
-        results[i] = finish(i, o) if finish is not None else o
-    if finish is None:
-        out_dtypes = dtypes
-        back_wire = wire
-    else:
+    if finish is not None:
         probe = [results[i].dtype if i in results else None for i in range(len(locs))]
-        out_dtypes = [finish_dtype] * len(locs) if finish_dtype is not None else _agree_dtypes(probe, owners, group)
-        back_wire = out_dtypes
-
-    # 3. owners -> shards.
-    out: list[torch.Tensor] = [torch.empty(0)] * len(locs)
-    my_rows = [shard_sizes(sh[0], world)[rank] for sh in shapes]
-    for wdt in sorted(set(back_wire), key=str):
-        idx = [i for i in range(len(locs)) if back_wire[i] == wdt]
-        frm = [[i for i in idx if owners[i] == d] for d in range(world)]
-        mine = frm[rank]
-        per_dst = sum(chunks[i] * rowlen[i] for i in mine)
-        blocks = []
-        for i in mine:
-            padded = _padded(results[i], chunks[i] * world, wdt).reshape(world, -1)
-            blocks.append(padded)
-        send = torch.cat(blocks, dim=1).reshape(-1) if blocks else torch.empty(0, dtype=wdt, device=device)
-        out_split = [sum(chunks[i] * rowlen[i] for i in frm[d]) for d in range(world)]
-        recv = torch.empty(sum(out_split), dtype=wdt, device=device)
-        dist.all_to_all_single(recv, send, out_split, [per_dst] * world, group=group)
-        pos = 0
-        for d in range(world):
-            for i in frm[d]:
-                n = chunks[i] * rowlen[i]
-                block = recv[pos : pos + n].reshape(chunks[i], *shapes[i][1:])[: my_rows[i]]
-                out[i] = block.to(out_dtypes[i]).clone()
-                pos += n
-    return _rewrap(out, wrappers)
+        dtypes = _finish_dtypes(finish_dtype, len(locs)) or _agree_dtypes(probe, owners, group)
+    return _rewrap(_to_shards(results, shapes, owners, dtypes, group, locs[0].device), wrappers)
 
 
 # -- gathered (fallback and oracle) -------------------------------------------------------------------
@@ -455,7 +501,7 @@ def gather_full(
     """Every full tensor on every rank, from dim-0 shards (the `orthogonalize_sharded` input contract): one
     ``all_gather`` per dtype of zero-padded ``[c_i, ...]`` blocks. Bytes per rank: ``(W-1) sum_i c_i k_i b``."""
     locs, shapes, group, _ = _unwrap(shards, full_shapes, group)
-    world, rank = _world(group)
+    world, rank = world_of(group)
     _check_shards(locs, shapes, world, rank)
     if not locs:
         return []
@@ -485,23 +531,22 @@ def orthogonalize_gathered(
     *,
     group: Group = None,
     backend: Backend = "auto",
+    prepare: Prepare | None = None,
     finish: Finish | None = None,
-    finish_dtype: torch.dtype | None = None,
+    finish_dtype: torch.dtype | Sequence[torch.dtype] | None = None,
 ) -> list[torch.Tensor]:
     """Same result and contract as `orthogonalize_sharded`, computed by gathering every full tensor on every
-    rank (`gather_full`) and orthogonalizing all of them locally (`orthogonalize_local`); ``finish`` runs on
-    every rank for every tensor (``finish_dtype`` is accepted for a uniform signature and unused). W times the
-    compute; the fallback and the test oracle."""
+    rank (`gather_full`) and orthogonalizing all of them locally (`orthogonalize_local`); ``prepare`` and
+    ``finish`` run on every rank for every tensor (``finish_dtype`` is accepted for a uniform signature and
+    unused). W times the compute; the fallback and the test oracle."""
     del finish_dtype
     s = resolve_spec(spec)
     check_backend(backend)
     locs, shapes, group, wrappers = _unwrap(shards, full_shapes, group)
-    world, rank = _world(group)
+    world, rank = world_of(group)
     fulls = gather_full(locs, shapes, group=group)
-    done = orthogonalize_local(fulls, s, backend=backend)
-    if finish is not None:
-        done = [finish(i, o) for i, o in enumerate(done)]
-    return _rewrap([local_shard(o, world, rank).clone() for o in done], wrappers)
+    done = _compute(range(len(fulls)), fulls, s, backend, prepare, finish)
+    return _rewrap([local_shard(done[i], world, rank).clone() for i in range(len(fulls))], wrappers)
 
 
 # -- stages 3-4 of one optimizer step -----------------------------------------------------------------
@@ -518,38 +563,62 @@ def muon_directions(
     beta2: float | None = None,
     group: Group = None,
     backend: Backend = "auto",
-    normuon_inputs: Mapping[str, Sequence[torch.Tensor | None]] | None = None,
+    normuon_inputs: Mapping[str, Sequence[torch.Tensor]] | None = None,
+    gradients: Sequence[torch.Tensor] | None = None,
+    selections: dict[int, torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Stages 3-4 (docs/variants.md "The step, stage by stage") for orthogonalizer inputs ``ns`` (after
-    momentum): the update directions ``O`` (after NorMuon, before the shape scale), each of its input's (local)
-    shape.
+    momentum): the update directions (after the transforms around Orth and NorMuon, before the shape scale), each
+    of its input's (local) shape.
 
     * ``"none"``: `orthogonalize_local` (one process, or every rank doing all the work on full tensors);
     * ``"replicated"``: ``ns`` are full and identical on every rank (`orthogonalize_replicated`);
     * ``"sharded"``: ``ns`` are dim-0 shards or ``Shard(0)`` DTensors (`orthogonalize_sharded`);
     * ``"gathered"``: same input as ``"sharded"`` (`orthogonalize_gathered`).
 
-    NorMuon (``spec.normuon``) needs the whole matrix (its statistic spans rows or columns and its rescale the
-    Frobenius norm), so it runs where the whole ``O`` is: on the owner. ``second_moments`` are the full ``S``
-    tensors (`muonlab.fast.state.normuon_state_shape` of the *full* parameter), replicated on every rank:
-    the owner updates its ``S`` and one small ``all_gather`` (`sync_from_owners`) copies every ``S`` to every
-    rank, so all ranks hold identical state and identical ``state_dict`` keys. In ``"gathered"`` every rank
-    updates every ``S`` itself. ``second_weights`` (optional, one per tensor, the same on every rank) replaces
-    ``S``'s lerp weight ``1 - beta2``: 0 leaves that ``S`` unchanged (a skipped parameter, `normuon_normalize_`).
-    ``normuon_inputs``: `normuon_normalize_`'s per-matrix inputs by its keyword (``"statistic"``: NAMO's
-    raw-gradient statistic, ``"input_norm"``: ``||N||_F``, ``"steps"``: the step count of the bias correction),
-    one ``[C, 1, 1]`` tensor per tensor for its ``C`` matrices, the same on every rank; only the full, identical
-    inputs of ``"replicated"`` and ``"none"`` have them.
+    Everything here reads whole rows, columns or matrices, so it runs where the whole matrix is, on its owner:
+    `muonlab.fast.transforms.AroundOrth` (equilibration before Orth; the magnitude rule and the post-orth
+    normalization after) and NorMuon. ``second_moments`` are the full ``S`` tensors
+    (`muonlab.fast.state.normuon_state_shape` of the *full* parameter), replicated on every rank: the owner
+    updates its ``S`` and one small ``all_gather`` (`sync_from_owners`) copies every ``S`` to every rank, so all
+    ranks hold identical state and identical ``state_dict`` keys. In ``"gathered"`` every rank updates every ``S``
+    itself. ``second_weights`` (optional, one per tensor, the same on every rank) replaces ``S``'s lerp weight
+    ``1 - beta2``: 0 leaves that ``S`` unchanged (a skipped parameter, `normuon_normalize_`). NorMuon's other
+    per-matrix inputs: ``normuon_inputs["steps"]`` (the bias correction's step count, one tensor per tensor that
+    broadcasts over its matrices, the same on every rank); ``gradients`` (NAMO, ``normuon_input="gradient"``:
+    the raw gradients in the layout of ``ns``; the owner takes the statistic of the whole gradient, which the
+    sharded mode sends it with one more ``all_to_all``); ``||N||_F`` (NAMO's rescale) the owner takes itself.
+
+    ``selections`` (Dion2, ``spec.dion2_fraction``): ``ns`` are the accumulations ``M + G``; the owner selects
+    the slices of the whole matrix (`muonlab.fast.dion2.dion2_pick`), orthogonalizes them, applies NorMuon to the
+    selected rows' ``S`` (NorDion2) and returns the whole update, 0 off the selection; ``selections`` is filled
+    with every tensor's ``[C, k]`` index on every rank (one small ``all_gather``), for the error feedback each rank
+    applies to its own buffer. Without it, Dion2's ``ns`` are already the selected slices (``"replicated"``:
+    every rank holds the full ``N`` and selects itself).
     """
-    from .normuon import normuon_normalize_
+    from .dion2 import dion2_index_shape, dion2_pick, dion2_scatter
+    from .normuon import gradient_statistic, normuon_normalize_
+    from .transforms import AroundOrth
 
     s = resolve_spec(spec)
     if mode not in ("none", "replicated", "sharded", "gathered"):
         raise ValueError(f"mode: expected one of 'none', 'replicated', 'sharded', 'gathered', got {mode!r}")
     tensors = list(ns)
-    finish: Finish | None = None
-    finish_dtype: torch.dtype | None = None
+    unknown = set(normuon_inputs or {}) - {"steps"}
+    if unknown:
+        raise ValueError(
+            f"normuon_inputs: unknown keys {sorted(unknown)}; expected 'steps' (NAMO's statistic comes from "
+            f"gradients, and ||N||_F is taken on the owner)"
+        )
+    steps = (normuon_inputs or {}).get("steps")
+    namo = s.normuon and s.normuon_input == "gradient"
+    if namo and (gradients is None or len(gradients) != len(tensors)):
+        got = None if gradients is None else len(gradients)
+        raise ValueError(f"gradients: normuon_input='gradient' (NAMO) needs one per tensor ({len(tensors)}), got {got}")
+    if selections is not None and s.dion2_fraction is None:
+        raise ValueError("selections: only Dion2 (spec.dion2_fraction) selects slices")
     moments: list[torch.Tensor] = []
+    finish_dtype: torch.dtype | None = None
     if s.normuon:
         if second_moments is None or len(second_moments) != len(tensors):
             got = None if second_moments is None else len(second_moments)
@@ -559,48 +628,97 @@ def muon_directions(
         if len(dts) > 1:
             raise ValueError(f"second_moments: expected one dtype, got {sorted(map(str, dts))}")
         finish_dtype = moments[0].dtype if moments else None
-
-        def finish(i: int, o: torch.Tensor) -> torch.Tensor:
-            mats, restore = as_matrices(o, s, f"ns[{i}]")
-            st = moments[i]
-            view = st.reshape(mats.shape[0], *st.shape[-2:])
-            weight = None if second_weights is None else second_weights[i]
-            given = {k: v[i] for k, v in (normuon_inputs or {}).items()}
-            out = normuon_normalize_(
-                mats,
-                view,
-                s,
-                beta2=beta2,
-                weight=weight,
-                statistic=given.get("statistic"),
-                input_norm=given.get("input_norm"),
-                steps=given.get("steps"),
-            )
-            if view.data_ptr() != st.data_ptr():
-                st.copy_(view.reshape(st.shape))
-            return restore(out)
-
-    unknown = set(normuon_inputs or {}) - {"statistic", "input_norm", "steps"}
-    if unknown:
-        raise ValueError(f"normuon_inputs: unknown keys {sorted(unknown)}; expected statistic, input_norm, steps")
-    if normuon_inputs and mode not in ("none", "replicated"):
-        raise ValueError(f"normuon_inputs: need the full inputs of mode 'none' or 'replicated', got {mode!r}")
-    if mode == "none":
-        done = orthogonalize_local(tensors, s, backend=backend)
-        return [finish(i, o) for i, o in enumerate(done)] if finish is not None else done
-    if mode == "replicated":
-        out = orthogonalize_replicated(
-            tensors, s, group=group, backend=backend, finish=finish, finish_dtype=finish_dtype
-        )
-        shapes: list[tuple[int, ...]] = [tuple(t.shape) for t in tensors]
-    elif mode == "sharded":
+    shapes: list[tuple[int, ...]] = [tuple(t.shape) for t in tensors]
+    if mode in ("sharded", "gathered"):
         _, shapes, group, _ = _unwrap(tensors, full_shapes, group)
-        out = orthogonalize_sharded(
-            tensors, full_shapes, s, group=group, backend=backend, finish=finish, finish_dtype=finish_dtype
-        )
+    whole_grads: dict[int, torch.Tensor] = {}
+    if namo:
+        assert gradients is not None
+        if mode == "sharded":
+            owners = assign_owners(shapes, world_of(group)[0])
+            whole_grads = _to_owners(_unwrap(list(gradients), shapes, group)[0], shapes, owners, group)
+        elif mode == "gathered":
+            whole_grads = dict(enumerate(gather_full(list(gradients), shapes, group=group)))
+        else:
+            whole_grads = dict(enumerate(gradients))
+
+    around = AroundOrth.of(s)
+    rows = s.normuon  # NorDion2 selects rows whatever the shape
+    reads_norm = s.normuon and s.normuon_rescale == "input_norm"
+    held: dict[int, dict[str, Any]] = {}  # per tensor, from prepare to finish on its owner
+    picked: dict[int, torch.Tensor] = {}
+
+    def prepare(i: int, x: torch.Tensor) -> torch.Tensor:
+        mats, restore = as_matrices(x, s, f"ns[{i}]")
+        h: dict[str, Any] = {"restore": restore, "dtype": x.dtype, "full": mats.shape}
+        if selections is not None:
+            assert s.dion2_fraction is not None
+            mats, picked[i] = dion2_pick(mats, s.dion2_fraction, rows)
+        mats = around.before(mats)
+        if reads_norm:
+            h["input_norm"] = torch.linalg.vector_norm(mats, dim=(-2, -1), keepdim=True)  # of N', before Orth
+        if around.magnitude is not None:
+            h["kept"] = mats
+        held[i] = h
+        return mats  # [C, ., .]: a batch of matrices to `orthogonalize_local`
+
+    def finish(i: int, o: torch.Tensor) -> torch.Tensor:
+        h = held.pop(i)
+        o = around.after(h.pop("kept", None), o, h["dtype"])
+        if moments:
+            st = moments[i]
+            sv = st.reshape(o.shape[0], *st.shape[-2:])
+            weight = None if second_weights is None else second_weights[i]
+            t = None if steps is None else steps[i]
+            if i in picked:  # NorDion2: the statistic of the selected rows alone is updated and applied
+                at = picked[i].unsqueeze(-1)
+                s_sel = torch.gather(sv, -2, at)
+                o = normuon_normalize_(o, s_sel, s, beta2=beta2, reduce=(-1,), weight=weight, steps=t)
+                sv.scatter_(-2, at, s_sel)
+            else:
+                stat = None
+                if namo:
+                    g, _ = as_matrices(whole_grads.pop(i), s, f"gradients[{i}]")
+                    stat = gradient_statistic(g, normuon_reduce_axis(g.shape[-2], g.shape[-1], s.normuon_axis))
+                    del g
+                o = normuon_normalize_(
+                    o, sv, s, beta2=beta2, weight=weight, steps=t, statistic=stat, input_norm=h.get("input_norm")
+                )
+            if sv.data_ptr() != st.data_ptr():
+                st.copy_(sv.reshape(st.shape))
+        if i in picked:
+            o = dion2_scatter(o, picked[i], h["full"], rows=rows)
+        out: torch.Tensor = h["restore"](o)
+        return out
+
+    hooks: dict[str, Any] = {}
+    if moments or selections is not None or around != AroundOrth(None, None, None):
+        # finish returns S's dtype (NorMuon) or its input's: known on every rank, so no dtype all_reduce
+        dtypes = [finish_dtype or t.dtype for t in tensors]
+        hooks = {"prepare": prepare, "finish": finish, "finish_dtype": dtypes}
+    if mode == "none":
+        done = _compute(range(len(tensors)), tensors, s, backend, hooks.get("prepare"), hooks.get("finish"))
+        out = [done[i] for i in range(len(tensors))]
+    elif mode == "replicated":
+        out = orthogonalize_replicated(tensors, s, group=group, backend=backend, **hooks)
+    elif mode == "sharded":
+        out = orthogonalize_sharded(tensors, full_shapes, s, group=group, backend=backend, **hooks)
     else:
-        return orthogonalize_gathered(tensors, full_shapes, s, group=group, backend=backend, finish=finish)
-    if moments:
-        world, _ = _world(group)
-        sync_from_owners(moments, assign_owners(shapes, world), group=group)
+        out = orthogonalize_gathered(tensors, full_shapes, s, group=group, backend=backend, **hooks)
+    if moments and mode in ("replicated", "sharded"):
+        sync_from_owners(moments, assign_owners(shapes, world_of(group)[0]), group=group)
+    if selections is not None:
+        if mode in ("replicated", "sharded"):  # the owners' indices to every rank
+            assert s.dion2_fraction is not None
+            owners = assign_owners(shapes, world_of(group)[0])
+            index_shapes = [dion2_index_shape(matrix_view_shape(sh, s), s.dion2_fraction, rows) for sh in shapes]
+            values: list[torch.Tensor | None] = [picked.get(i) for i in range(len(tensors))]
+            longs = [torch.int64] * len(tensors)
+            dev = _local(tensors[0]).device
+            picked = dict(enumerate(_gather_owned(values, owners, index_shapes, longs, longs, group, dev)))
+        selections.update(picked)
     return out
+
+
+def _local(x: torch.Tensor) -> torch.Tensor:
+    return x.to_local() if isinstance(x, DTensor) else x

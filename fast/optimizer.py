@@ -97,32 +97,6 @@ def _local_state(value: torch.Tensor, p: torch.Tensor, name: str) -> torch.Tenso
 
 
 def _check_sharded_spec(spec: MuonSpec, mode: str, name: str) -> None:
-    for knob in ("magnitude", "equilibrate", "post_orth"):
-        if mode != "none" and getattr(spec, knob) != "none":
-            raise ValueError(
-                f"{name}.{knob}: {getattr(spec, knob)!r} is not supported with distributed={mode!r} yet (it reads "
-                f"whole rows, columns or matrices around Orth, and NorMuon runs on the owner); use distributed='none'"
-            )
-    if (
-        mode in ("sharded", "gathered")
-        and spec.normuon
-        and (spec.normuon_input == "gradient" or spec.normuon_rescale == "input_norm")
-    ):
-        raise ValueError(
-            f"{name}.normuon_input: NAMO's statistic of the raw gradient and its ||N||_F rescale are not supported "
-            f"with distributed={mode!r} yet (the owner rank sees neither); use distributed='replicated' or 'none'"
-        )
-    if mode in ("sharded", "gathered") and spec.dion2_fraction is not None:
-        raise ValueError(
-            f"{name}.dion2_fraction: Dion2 is not supported with distributed={mode!r} yet (dion's sharded path "
-            f"selects per shard or along the shard dimension, maps other than one process's; docs/variants.md); "
-            f"use distributed='replicated' or 'none'"
-        )
-    if mode in ("sharded", "gathered") and spec.normuon and spec.normuon_bias_correction:
-        raise ValueError(
-            f"{name}.normuon_bias_correction: not supported with distributed={mode!r} yet (the owner rank does not "
-            f"hold the step count); use distributed='replicated' or 'none'"
-        )
     if mode in ("sharded", "gathered") and spec.sphere != "none" and spec.sphere_axis in ("col", "matrix"):
         raise ValueError(
             f"{name}.sphere_axis: {spec.sphere_axis!r} with sphere={spec.sphere!r} needs norms across ranks, "

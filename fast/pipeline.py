@@ -37,15 +37,15 @@ from muonlab.contract.spec import lookup
 
 from .backend import Backend, route
 from .decay import Coefficients, Scalar, apply_stack_, coefficients, decay_lr
-from .dion2 import dion2_scatter, dion2_select_
-from .distributed import DistributedMode, Group, muon_directions
+from .dion2 import dion2_feedback_, dion2_scatter, dion2_select_
+from .distributed import DistributedMode, Group, local_shard, muon_directions, world_of
 from .momentum import MOMENTUM_FORMS, momentum_, momentum_weight
 from .normuon import gradient_statistic, normuon_normalize_
-from .orthogonalize import MAGNITUDES, as_matrices, orthogonalizer
+from .orthogonalize import as_matrices, orthogonalizer
 from .plan import Bucket, Chunk, plan_buckets
 from .sphere import sphere_step
-from .state import init_muon_state, state_dtype
-from .transforms import EQUILIBRATIONS, POST_ORTHS
+from .state import init_muon_state, state_dtype, wide_dtype
+from .transforms import AroundOrth
 
 __all__ = ["GroupStacks", "Skip", "gather", "matrices_of"]
 
@@ -179,9 +179,7 @@ class GroupStacks:
     ) -> None:
         self.spec = spec
         self.orth = orthogonalizer(spec)
-        self.magnitude = lookup(MAGNITUDES, spec.magnitude, "magnitude")
-        self.equilibrate = lookup(EQUILIBRATIONS, spec.equilibrate, "equilibrate")
-        self.post_orth = lookup(POST_ORTHS, spec.post_orth, "post_orth")
+        self.around = AroundOrth.of(spec)
         self.distributed: DistributedMode = distributed
         self.process_group = process_group
         self.shapes = [tuple(v.shape) for v in views] if shapes is None else [tuple(s) for s in shapes]
@@ -208,7 +206,9 @@ class GroupStacks:
         self.lanes: list[_Lane] = []
         self._coef_cache: dict[tuple[float, float], list[Coefficients]] = {}
         self._dion2_grad: list[torch.Tensor] = []  # the chunk's G, from stage 1 to Dion2's selection
-        self._grad_stats: list[torch.Tensor] = []  # NAMO: the chunk's sum(G^2), from stage 1 to stage 4
+        # NAMO: the chunk's sum(G^2) from stage 1 to stage 4 (distributed: G itself, for the owner)
+        self._grad_stats: list[torch.Tensor] = []
+        self._namo = spec.normuon and spec.normuon_input == "gradient"
         self._reads_input_norm = spec.normuon and spec.normuon_rescale == "input_norm"
 
     # -- state -----------------------------------------------------------------------------------------
@@ -397,18 +397,14 @@ class GroupStacks:
                         n, self._dion2_grad.pop(), momentum, spec.dion2_fraction, mask, rows=spec.normuon
                     )
                     owned = True
-                if self.equilibrate is not None:  # a new tensor: N may be the momentum buffer
-                    n, owned = self.equilibrate(n, spec.equilibrate_exponent, spec.equilibrate_eps), True
+                if self.around.equilibrate is not None:
+                    n, owned = self.around.before(n), True
                 extra = self._normuon_inputs(w, n)  # before Orth: NAMO's alpha reads ||N||_F of its input
-                kept = None if self.magnitude is None else n  # the magnitude rule reads N after Orth
+                kept = None if self.around.magnitude is None else n  # the magnitude rule reads N after Orth
                 box = [n]
                 del n  # handed over whole: the orthogonalizer frees it once it has its own normalized copy
-                o = self.orth(box, backend, owned and kept is None)
-                if kept is not None and self.magnitude is not None:
-                    o = self.magnitude(kept, o)
-                    del kept
-                if self.post_orth is not None:  # in the state dtype, as nanochat casts O back first
-                    o = self.post_orth(o.to(w.bucket.dtype))
+                o = self.around.after(kept, self.orth(box, backend, owned and kept is None), w.bucket.dtype)
+                del kept
                 second = w.store.second
                 if second is not None:
                     a, b = w.chunk.start, w.chunk.stop
@@ -439,17 +435,19 @@ class GroupStacks:
             else:  # stages 3-4 on owner ranks, whole matrices only (docs/distributed.md)
                 inputs = [n for n, _ in ns]
                 picks: list[tuple[torch.Tensor, torch.Size]] = []
-                if spec.dion2_fraction is not None:  # "replicated": every rank selects the same slices
+                if spec.dion2_fraction is not None:
                     for i, w in enumerate(unit):
-                        mask = None if w.skip is None else w.skip.keep
+                        g = self._dion2_grad.pop(0)
+                        if self.distributed != "replicated":  # no rank holds the whole M + G: its owner selects
+                            inputs[i] = inputs[i].add_(g)
+                            continue
+                        mask = None if w.skip is None else w.skip.keep  # every rank selects the same slices
                         full = inputs[i].shape
                         inputs[i], pick = dion2_select_(
-                            inputs[i], self._dion2_grad.pop(0), momentum, spec.dion2_fraction, mask, rows=spec.normuon
+                            inputs[i], g, momentum, spec.dion2_fraction, mask, rows=spec.normuon
                         )
                         picks.append((pick, full))
-                per_w = [self._normuon_inputs(w, n) for w, n in zip(unit, inputs, strict=True)]
-                extras = {k: [d[k] for d in per_w] for k in per_w[0]} if per_w else {}
-                outs = self._exchange(unit, inputs, states, grads, keep, backend, [p for p, _ in picks] or None, extras)
+                outs = self._exchange(unit, inputs, states, grads, keep, backend, [p for p, _ in picks], momentum)
                 if picks:
                     outs = [
                         dion2_scatter(o, pick, full, rows=spec.normuon)
@@ -502,8 +500,8 @@ class GroupStacks:
         if w.skip is not None:
             g.masked_fill_(w.skip.skip, 0.0)
         if self.spec.normuon and self.spec.normuon_input == "gradient":  # NAMO: G's statistic before G is consumed
-            assert w.bucket.reduce is not None
-            self._grad_stats.append(gradient_statistic(g, w.bucket.reduce))
+            assert w.bucket.reduce is not None  # distributed: G itself, whose whole matrix only the owner sees
+            self._grad_stats.append(gradient_statistic(g, w.bucket.reduce) if self.distributed == "none" else g.clone())
         if self.spec.dion2_fraction is not None:  # the step's selection adds G itself (`dion2_select_`)
             self._dion2_grad.append(g)
             return buf, False
@@ -525,32 +523,39 @@ class GroupStacks:
         grads: Sequence[torch.Tensor | None],
         keep: torch.Tensor | None,
         backend: Backend,
-        picks: list[torch.Tensor] | None = None,
-        extras: dict[str, list[torch.Tensor]] | None = None,
+        picks: list[torch.Tensor],
+        beta: float,
     ) -> list[torch.Tensor]:
         """Stages 3-4 of the whole group through `muon_directions`: every parameter's ``N`` in parameter order (the
-        same list on every rank), the results cut back into the unit's stacks. ``picks``: Dion2's selected rows
-        of each unit's stack; with NorMuon (NorDion2) the owners update the selected rows' ``S`` alone, scattered
-        back on every rank. ``extras``: NorMuon's per-matrix inputs (NAMO's ``statistic`` and ``input_norm``, the
-        bias correction's ``steps``), one ``[C, 1, 1]`` tensor per unit stack, cut per parameter like ``N``."""
+        same list on every rank), the results cut back into the unit's stacks. NorMuon's per-matrix inputs go along
+        per parameter: the bias correction's step count, NAMO's raw gradient. Dion2: ``picks`` (``"replicated"``)
+        are the slices each rank selected itself from its full ``N``, and the owners update only the selected rows'
+        ``S`` (NorDion2), scattered back on every rank; with shards the owners select (``N`` is ``M + G``) and every
+        rank applies the error feedback (``beta``) to its own buffer from the indices they share."""
         spec = self.spec
+        owner_selects = spec.dion2_fraction is not None and self.distributed != "replicated"
         parts: list[torch.Tensor | None] = [None] * len(self.shapes)
-        rows: dict[int, torch.Tensor] = {}  # NorDion2: member -> its selected rows, [count, k]
-        per_member: dict[str, list[torch.Tensor | None]] = {k: [None] * len(self.shapes) for k in extras or {}}
+        steps: list[torch.Tensor | None] = [None] * len(self.shapes)
+        namo: list[torch.Tensor | None] = [None] * len(self.shapes)
+        rows: dict[int, torch.Tensor] = {}  # NorDion2 under "replicated": member -> its selected rows, [count, k]
         for j, (w, n) in enumerate(zip(unit, ns, strict=True)):
+            g = self._grad_stats.pop(0) if self._grad_stats else None
             for pc in w.chunk.pieces:
                 first = pc.slot - w.chunk.start
-                for key, stacks in (extras or {}).items():
-                    per_member[key][pc.member] = stacks[j][first : first + pc.count]
+                steps[pc.member] = w.store.steps.view(-1, 1, 1)[pc.slot : pc.slot + 1]  # one count per parameter
                 piece = n[first : first + pc.count]
-                if spec.dion2_fraction is None:
+                if g is not None:
+                    namo[pc.member] = g[first : first + pc.count].view(self.shapes[pc.member])
+                if spec.dion2_fraction is None or owner_selects:
                     parts[pc.member] = piece.view(self.shapes[pc.member])
                 else:  # Dion2: the selected slices of its matrices, as one matrix or a batch
                     parts[pc.member] = piece.view(*self.mats[pc.member][:1], *piece.shape[-2:]).squeeze(0)
-                    if picks is not None:
+                    if picks:
                         rows[pc.member] = picks[j][first : first + pc.count]
-        for i in self.loose:
-            parts[i] = states[i]["momentum_buffer"]  # empty: nothing of this parameter is on this rank
+        for i in self.loose:  # nothing of this parameter is on this rank: empty, of its (local) shape
+            parts[i] = states[i]["momentum_buffer"]
+            steps[i] = states[i]["step"].view(1, 1, 1)
+            namo[i] = torch.zeros_like(states[i]["momentum_buffer"])
         assert all(p is not None for p in parts)
         moments = weights = None
         if spec.normuon:
@@ -561,15 +566,17 @@ class GroupStacks:
                 assert part is not None
                 full_s = moments[i].view(self.mats[i][0], -1, 1)
                 moments[i] = torch.gather(full_s, -2, at.unsqueeze(-1)).view(*part.shape[:-1], 1)
-        full = None if self.distributed == "replicated" else self.full_shapes
+        selections: dict[int, torch.Tensor] | None = {} if owner_selects else None
         done = muon_directions(
             [p for p in parts if p is not None],  # all of them (asserted above)
             spec,
             mode=self.distributed,
             second_moments=moments,
             second_weights=weights,
-            normuon_inputs=per_member or None,
-            full_shapes=full,
+            normuon_inputs={"steps": [t for t in steps if t is not None]} if spec.normuon_bias_correction else None,
+            gradients=[t for t in namo if t is not None] if self._namo else None,
+            selections=selections,
+            full_shapes=None if self.distributed == "replicated" else self.full_shapes,
             group=self.process_group,
             backend=backend,
         )
@@ -577,6 +584,8 @@ class GroupStacks:
             if moments is not None:  # every rank holds the owner's updated rows now (sync_from_owners)
                 full_s = states[i]["second_moment"].view(self.mats[i][0], -1, 1)
                 full_s.scatter_(-2, at.unsqueeze(-1), moments[i].view(*at.shape, 1))
+        for i, index in (selections or {}).items():
+            self._feedback(i, index, states[i]["momentum_buffer"], beta, grads, keep)
         outs = []
         for w in unit:
             pieces = [
@@ -585,9 +594,31 @@ class GroupStacks:
             outs.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces))
         return outs
 
+    def _feedback(
+        self,
+        i: int,
+        index: torch.Tensor,
+        buf: torch.Tensor,
+        beta: float,
+        grads: Sequence[torch.Tensor | None],
+        keep: torch.Tensor | None,
+    ) -> None:
+        """Dion2's error feedback on this rank's part of parameter ``i``'s buffer, from the whole matrix's selection
+        ``index``: a whole-matrix factor (``beta`` at the selection, 1 elsewhere; 1 everywhere for a skipped
+        parameter) of which this rank takes its dim-0 shard, so no layout is inferred."""
+        if grads[i] is None:
+            return
+        world, rank = world_of(self.process_group)
+        view = matrix_view_shape(self.full_shapes[i], self.spec, f"params[{i}]")
+        factor = torch.ones((index.shape[0], *view[-2:]), dtype=wide_dtype(buf.dtype), device=buf.device)
+        kp = None if keep is None else keep[i].view(1, 1, 1)
+        dion2_feedback_(factor, index, beta, kp, rows=self.spec.normuon)
+        buf.mul_(local_shard(factor.view(self.full_shapes[i]), world, rank).view(buf.shape))
+
     def _as_stack(self, t: torch.Tensor, member: int) -> torch.Tensor:
-        """A member's exchanged result as ``[k, m, n]`` (Dion2: its selected slices, ``[k, ., .]`` as they came)."""
-        if self.spec.dion2_fraction is None:
+        """A member's exchanged result as ``[k, m, n]`` (Dion2 under "replicated": its selected slices, ``[k, ., .]``
+        as they came)."""
+        if self.spec.dion2_fraction is None or self.distributed != "replicated":
             return t.reshape(self.mats[member])
         return t.reshape(self.mats[member][0], *t.shape[-2:])
 

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 
-from muonlab.contract.spec import Equilibrate, PostOrth
+from muonlab.contract import MuonSpec
+from muonlab.contract.spec import Equilibrate, PostOrth, lookup
 
-__all__ = ["EQUILIBRATIONS", "POST_ORTHS"]
+from .orthogonalize import MAGNITUDES
+
+__all__ = ["EQUILIBRATIONS", "POST_ORTHS", "AroundOrth"]
 
 _MUON_PLUS_EPS = 1e-7  # inside the root, as apply_post_polar_norm hard-codes it
 _SNAP_EPS = 1e-6  # nanochat: max(||O||_F, 1e-6)
@@ -62,3 +67,42 @@ POST_ORTHS: dict[PostOrth, Callable[[torch.Tensor], torch.Tensor] | None] = {
     "col_row": lambda u: _unit_rows(_unit_cols(u)),
 }
 """``spec.post_orth`` -> ``O -> O'`` (None: unchanged)."""
+
+
+def _bound(
+    rule: Callable[[torch.Tensor, float, float], torch.Tensor], e: float, eps: float, x: torch.Tensor
+) -> torch.Tensor:
+    return rule(x, e, eps)
+
+
+@dataclass(frozen=True)
+class AroundOrth:
+    """The stages around ``Orth`` of one spec, looked up once in the tables: ``equilibrate`` (``N -> N'``),
+    ``magnitude`` (``(N', O) -> O'``, `muonlab.fast.orthogonalize.MAGNITUDES`) and ``post_orth`` (``O -> O'``);
+    None where the spec leaves that stage out. The one-process step and the distributed owners both go through
+    `before` and `after`, so the order and the dtypes are the same wherever the whole matrix is."""
+
+    equilibrate: Callable[[torch.Tensor], torch.Tensor] | None
+    magnitude: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    post_orth: Callable[[torch.Tensor], torch.Tensor] | None
+
+    @staticmethod
+    def of(spec: MuonSpec) -> AroundOrth:
+        rule = lookup(EQUILIBRATIONS, spec.equilibrate, "equilibrate")
+        return AroundOrth(
+            None if rule is None else partial(_bound, rule, spec.equilibrate_exponent, spec.equilibrate_eps),
+            lookup(MAGNITUDES, spec.magnitude, "magnitude"),
+            lookup(POST_ORTHS, spec.post_orth, "post_orth"),
+        )
+
+    def before(self, n: torch.Tensor) -> torch.Tensor:
+        """``N'``: a new tensor when equilibrated (``n`` may be the momentum buffer), else ``n`` itself."""
+        return n if self.equilibrate is None else self.equilibrate(n)
+
+    def after(self, kept: torch.Tensor | None, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``O'``: the magnitude rule (``kept``: ``N'``, read only by it), then the post-orth normalization in
+        ``dtype`` (the state's: nanochat casts ``O`` back to the parameter's dtype first)."""
+        if self.magnitude is not None:
+            assert kept is not None, "the magnitude rule reads N'"
+            o = self.magnitude(kept, o)
+        return o if self.post_orth is None else self.post_orth(o.to(dtype))

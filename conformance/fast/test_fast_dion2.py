@@ -51,28 +51,6 @@ def test_skipped_matrix_keeps_its_dion2_buffer(preset: str) -> None:
         assert torch.equal(opt.state[p][k], v), k
 
 
-def test_the_sharded_modes_refuse_dion2_and_nordion2() -> None:
-    from torch.distributed.tensor import DTensor  # noqa: F401  (the sharded modes take DTensors)
-
-    with pytest.raises(ValueError, match="dion2_fraction: Dion2 is not supported with distributed='sharded'"):
-        Muon([torch.nn.Parameter(torch.randn(4, 6))], "dion2", distributed="sharded")
-    with pytest.raises(ValueError, match="dion2_fraction: Dion2 is not supported with distributed='gathered'"):
-        Muon([torch.nn.Parameter(torch.randn(4, 6))], "nordion2", distributed="gathered")
-
-
-def test_the_sharded_modes_refuse_namo_and_the_bias_correction() -> None:
-    """NAMO reads the raw gradient and ``||N||_F``, which only full, identical inputs have ("replicated" is in:
-    conformance/distributed ``step_replicated_namo``)."""
-    from muonlab.contract import from_upstream
-
-    namo = from_upstream("emerging_optimizers_adaptive", moment2_method="namo", lr=0.02, momentum=0.9, weight_decay=0.0)
-    with pytest.raises(ValueError, match=r"normuon_input: NAMO's statistic .* distributed='sharded'"):
-        Muon([torch.nn.Parameter(torch.randn(4, 6))], namo, distributed="sharded")
-    # the bias correction's step count likewise (AdaMuon code v1; "replicated": step_replicated_adamuon_v1)
-    with pytest.raises(ValueError, match=r"normuon_bias_correction: not supported with distributed='gathered'"):
-        Muon([torch.nn.Parameter(torch.randn(4, 6))], "adamuon_v1", distributed="gathered")
-
-
 @pytest.mark.parametrize("shape", [(8, 14), (3, 14, 8)])
 def test_fast_fixed_hyperball_with_decay_matches_reference(shape: tuple[int, ...]) -> None:
     """NeMo's MuonHyperball (fixed radius, decoupled decay before the step) in `muonlab.fast`; a skipped

@@ -47,9 +47,3 @@ def test_post_orths_match_the_reference(mode: str) -> None:
     rule = POST_ORTHS[mode]  # type: ignore[index]
     assert rule is not None
     assert np.allclose(rule(torch.tensor(u)).numpy(), R.post_orth(u, spec), rtol=1e-12, atol=0)
-
-
-def test_transforms_refuse_distributed_modes() -> None:
-    p = torch.nn.Parameter(torch.randn(4, 6))
-    with pytest.raises(ValueError, match=r"equilibrate: 'row_mean' is not supported with distributed"):
-        Muon([p], "nanochat", distributed="replicated")
