@@ -9,7 +9,7 @@ import torch
 
 from muonlab.contract.shapes import dion2_select_dim
 
-__all__ = ["dion2_feedback_", "dion2_index_shape", "dion2_pick", "dion2_scatter", "dion2_select_"]
+__all__ = ["dion2_decay", "dion2_feedback_", "dion2_index_shape", "dion2_pick", "dion2_scatter", "dion2_select_"]
 
 
 def _slices(t: torch.Tensor, rows: bool) -> torch.Tensor:
@@ -30,35 +30,44 @@ def dion2_pick(n: torch.Tensor, fraction: float, rows: bool = False) -> tuple[to
     largest L1 norm, ``U`` those slices (a new tensor; ``[C, k, n]`` rows or ``[C, m, k]`` columns)."""
     sl = _slices(n, rows)
     k = max(1, math.ceil(fraction * sl.shape[-2]))
-    scores = sl.abs().sum(dim=-1)  # [C, s]: each slice's L1 norm
+    scores = torch.linalg.vector_norm(sl, ord=1, dim=-1)  # [C, s]: each slice's L1 norm, in one pass
     index = torch.topk(scores, k, dim=-1, sorted=False).indices  # the order is immaterial: Orth commutes with it
     picked = torch.gather(sl, -2, index.unsqueeze(-1).expand(-1, -1, sl.shape[-1]))
     return (picked if sl is n else picked.mT), index
 
 
 def dion2_feedback_(
-    buf: torch.Tensor, index: torch.Tensor, beta: float, keep: torch.Tensor | None = None, rows: bool = False
+    buf: torch.Tensor,
+    index: torch.Tensor,
+    decay: float | torch.Tensor,
+    rows: bool = False,
+    picked: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Error feedback, in place: the buffer's selected slices times ``beta`` where ``keep`` (bool ``[C, 1, 1]``;
-    None: everywhere), so a skipped matrix's buffer stays unchanged bit for bit (its gradient is zero)."""
+    """Error feedback, in place: the buffer's selected slices times ``decay`` (``beta``, or per matrix
+    `dion2_decay`: 1 for a skipped matrix, whose buffer then stays unchanged bit for bit since its gradient is
+    zero). ``picked``: those slices as `dion2_pick` returned them, if at hand (saves a gather)."""
     sl = _slices(buf, rows)
     at = index.unsqueeze(-1).expand(-1, -1, sl.shape[-1])
-    factor = beta if keep is None else torch.where(keep, beta, 1.0).to(buf.dtype)
-    sl.scatter_(-2, at, torch.gather(sl, -2, at) * factor)
+    if isinstance(decay, torch.Tensor):  # one product per selected entry, in place (the indices are distinct)
+        sl.scatter_reduce_(-2, at, decay.expand(at.shape), "prod")
+        return buf
+    got = torch.gather(sl, -2, at) if picked is None else (picked if sl is buf else picked.mT)
+    sl.scatter_(-2, at, got * decay)
     return buf
 
 
+def dion2_decay(beta: float, keep: torch.Tensor | None, dtype: torch.dtype) -> float | torch.Tensor:
+    """The error feedback's factor: ``beta``, or per matrix ``beta`` where ``keep`` (bool ``[C, 1, 1]``) and 1
+    elsewhere, in ``dtype``."""
+    return beta if keep is None else torch.where(keep, beta, 1.0).to(dtype)
+
+
 def dion2_select_(
-    buf: torch.Tensor,
-    grad: torch.Tensor,
-    beta: float,
-    fraction: float,
-    keep: torch.Tensor | None = None,
-    rows: bool = False,
+    buf: torch.Tensor, grad: torch.Tensor, decay: float | torch.Tensor, fraction: float, rows: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``M <- M + G`` in place, then ``(U, index)`` (`dion2_pick`) and the error feedback (`dion2_feedback_`)."""
     u, index = dion2_pick(buf.add_(grad), fraction, rows)
-    dion2_feedback_(buf, index, beta, keep, rows)
+    dion2_feedback_(buf, index, decay, rows, picked=u)
     return u, index
 
 

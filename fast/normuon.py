@@ -125,7 +125,13 @@ def normuon_normalize_(
         norm = _frobenius(o)  # before the division
     elif spec.normuon_rescale == "input_norm":
         norm = _need(input_norm, "input_norm").to(s.dtype)
-    o.div_(s_hat.sqrt().add_(eps) if spec.normuon_eps_mode == "add" else s_hat.clamp(min=eps).sqrt_())
+    # the denominator in S_hat's storage when the bias correction made it (S itself is state)
+    if spec.normuon_eps_mode == "add":
+        den = (s_hat.sqrt() if s_hat is s else s_hat.sqrt_()).add_(eps)
+    else:
+        den = (s_hat.clamp(min=eps) if s_hat is s else s_hat.clamp_(min=eps)).sqrt_()
+    o.div_(den)
+    del den, s_hat
     return lookup(RESCALES, spec.normuon_rescale, "normuon_rescale")(o, norm, spec)
 
 

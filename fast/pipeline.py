@@ -37,11 +37,11 @@ from muonlab.contract.spec import lookup
 
 from .backend import Backend, route
 from .decay import Coefficients, Scalar, apply_stack_, coefficients, decay_lr
-from .dion2 import dion2_feedback_, dion2_scatter, dion2_select_
+from .dion2 import dion2_decay, dion2_feedback_, dion2_scatter, dion2_select_
 from .distributed import DistributedMode, Group, local_shard, muon_directions, world_of
 from .momentum import MOMENTUM_FORMS, momentum_, momentum_weight
 from .normuon import gradient_statistic, normuon_normalize_
-from .orthogonalize import as_matrices, orthogonalizer
+from .orthogonalize import as_matrices, contiguous_as, orthogonalizer
 from .plan import Bucket, Chunk, plan_buckets
 from .sphere import sphere_step
 from .state import init_muon_state, state_dtype, wide_dtype
@@ -81,21 +81,29 @@ class Skip:
     skip: torch.Tensor
     momentum: torch.Tensor
     second: torch.Tensor | None
+    feedback: torch.Tensor | None
 
     @staticmethod
     def of(keep: torch.Tensor, spec: MuonSpec, beta: float, dtype: torch.dtype) -> Skip:
         flags = keep.to(dtype)  # 1 / 0, exact: one cast shared by both weights
         second = flags * (1.0 - spec.beta2) if spec.normuon else None
+        feedback = None
+        if spec.dion2_fraction is not None:
+            decay = dion2_decay(beta, keep, dtype)
+            assert isinstance(decay, torch.Tensor)
+            feedback = decay
         on, off = lookup(MOMENTUM_FORMS, spec.momentum_form, "momentum_form").weights(beta)
         # `momentum_weight`; with off = 0 ("ema") from the shared cast, one op fewer
         momentum = flags.mul_(on) if off == 0.0 else momentum_weight(keep, spec.momentum_form, beta, dtype)
-        return Skip(keep, ~keep, momentum, second)
+        return Skip(keep, ~keep, momentum, second, feedback)
 
     def rows(self, a: int, b: int) -> Skip:
         """The mask of slots ``a:b`` (views)."""
-        return Skip(
-            self.keep[a:b], self.skip[a:b], self.momentum[a:b], None if self.second is None else self.second[a:b]
-        )
+
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[a:b]
+
+        return Skip(self.keep[a:b], self.skip[a:b], self.momentum[a:b], cut(self.second), cut(self.feedback))
 
 
 @dataclass
@@ -139,11 +147,6 @@ class _Work:
 
 def _slots(t: torch.Tensor, a: int, b: int) -> torch.Tensor:
     return t if t.ndim == 0 else t[a:b]
-
-
-def _parts_of(t: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
-    """A per-slot coefficient cut by ``counts`` (a 0-D one repeated)."""
-    return [t] * len(counts) if t.ndim == 0 else list(torch.split(t, counts))
 
 
 def _coef_rows(c: Coefficients, a: int, b: int) -> Coefficients:
@@ -392,10 +395,8 @@ class GroupStacks:
                 selected = None
                 if spec.dion2_fraction is not None:  # Orth on the selected slices only (distributed: below)
                     full = n.shape
-                    mask = None if w.skip is None else w.skip.keep
-                    n, selected = dion2_select_(
-                        n, self._dion2_grad.pop(), momentum, spec.dion2_fraction, mask, rows=spec.normuon
-                    )
+                    decay = momentum if w.skip is None or w.skip.feedback is None else w.skip.feedback
+                    n, selected = dion2_select_(n, self._dion2_grad.pop(), decay, spec.dion2_fraction, spec.normuon)
                     owned = True
                 if self.around.equilibrate is not None:
                     n, owned = self.around.before(n), True
@@ -441,11 +442,9 @@ class GroupStacks:
                         if self.distributed != "replicated":  # no rank holds the whole M + G: its owner selects
                             inputs[i] = inputs[i].add_(g)
                             continue
-                        mask = None if w.skip is None else w.skip.keep  # every rank selects the same slices
-                        full = inputs[i].shape
-                        inputs[i], pick = dion2_select_(
-                            inputs[i], g, momentum, spec.dion2_fraction, mask, rows=spec.normuon
-                        )
+                        full = inputs[i].shape  # every rank selects the same slices
+                        decay = momentum if w.skip is None or w.skip.feedback is None else w.skip.feedback
+                        inputs[i], pick = dion2_select_(inputs[i], g, decay, spec.dion2_fraction, spec.normuon)
                         picks.append((pick, full))
                 outs = self._exchange(unit, inputs, states, grads, keep, backend, [p for p, _ in picks], momentum)
                 if picks:
@@ -612,7 +611,7 @@ class GroupStacks:
         view = matrix_view_shape(self.full_shapes[i], self.spec, f"params[{i}]")
         factor = torch.ones((index.shape[0], *view[-2:]), dtype=wide_dtype(buf.dtype), device=buf.device)
         kp = None if keep is None else keep[i].view(1, 1, 1)
-        dion2_feedback_(factor, index, beta, kp, rows=self.spec.normuon)
+        dion2_feedback_(factor, index, dion2_decay(beta, kp, factor.dtype), rows=self.spec.normuon)
         buf.mul_(local_shard(factor.view(self.full_shapes[i]), world, rank).view(buf.shape))
 
     def _as_stack(self, t: torch.Tensor, member: int) -> torch.Tensor:
@@ -649,18 +648,20 @@ class GroupStacks:
         if self.spec.sphere == "none":
             apply_stack_(targets, o, counts, w.coef, self.spec.cautious, w.bucket.dtype)
             return
+        # the whole chunk as one [C, m, n] stack in the arithmetic dtype: one copy in, one foreach copy out; the
+        # step D = -eta_u O is written into O (consumed) and the new W into D's storage
+        dt = w.bucket.dtype
+        eta = w.coef.lr_update
+        d = contiguous_as(o, dt).mul_(-eta)  # O may be a transposed view: copied, and let go before W's copy
+        del o
+        wf = gather(self._matrix_pieces(w.chunk, views), dt)
         retain = w.coef.retain  # decoupled decay before the step (a fixed-radius hyperball, NeMo MuonHyperball)
-        for target, u, eta, kp, keep_w in zip(
-            targets,
-            torch.split(o, counts),
-            torch.split(w.coef.lr_update, counts),
-            [None] * len(counts) if w.skip is None else torch.split(w.skip.keep, counts),
-            [None] * len(counts) if retain is None else _parts_of(retain, counts),
-            strict=True,
-        ):
-            wf = target.detach().reshape(u.shape).to(w.bucket.dtype, copy=True)
-            new = sphere_step(wf if keep_w is None else wf * keep_w, -(u.to(w.bucket.dtype) * eta), self.spec, eta)
-            target.copy_((new if kp is None else torch.where(kp, new, wf)).view(target.shape))
+        if retain is not None:  # a skipped matrix's retain factor is 1: it stays as it was
+            wf.mul_(retain)
+        new = sphere_step(wf, d, self.spec, eta, overwrite=True)
+        if w.skip is not None:  # a skipped matrix is written back as it was (x 1 + 0, x 0 + W: exact)
+            new = new.mul_(w.skip.keep).addcmul_(wf, w.skip.skip)
+        torch._foreach_copy_(targets, [n.view(t.shape) for n, t in zip(torch.split(new, counts), targets, strict=True)])
 
     def _pieces(self, chunk: Chunk, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The chunk's parameter pieces, views of the parameters to write: ``[count, m, n]``, or a strided member's

@@ -20,6 +20,7 @@ from .decay import Scalar
 from .orthogonalize import as_matrices
 
 HYPERBALL_EPS = 1e-10  # modded scale_invariant_update_: max(||O||_F, 1e-10)
+_TINY = 1e-30  # keeps a zero norm's reciprocal finite; any real norm is far above it
 
 __all__ = ["GEODESIC_TAU_MIN", "geodesic_vectors", "renormalize_vectors", "sphere_step"]
 
@@ -35,10 +36,15 @@ def _safe(x: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
 
 def renormalize_vectors(w: torch.Tensor, d: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     """``radius (w + d) / ||w + d||`` along the last axis; ``w`` where ``w + d = 0``."""
-    v = w + d
+    return _renormalized_(w + d, w, radius)
+
+
+def _renormalized_(v: torch.Tensor, w: torch.Tensor, radius: torch.Tensor | float) -> torch.Tensor:
+    """`renormalize_vectors` of ``v = w + d``, written into ``v``: one per-vector factor, then ``w`` added back
+    where ``v = 0`` (times 0 elsewhere: exact for finite ``w``), so no other vector-sized tensor is made."""
     nv = _norm(v)
-    live = nv > 0.0
-    return torch.where(live, radius * v / _safe(nv, live), w)
+    v.mul_(radius / nv.clamp(min=_TINY))  # a zero vector stays 0 (finite factor)
+    return v.addcmul_(w, nv == 0.0)
 
 
 def _angle(tau: torch.Tensor, radial: torch.Tensor, mode: AngleMode, lr_update: Scalar) -> torch.Tensor:
@@ -91,25 +97,29 @@ def _from_vectors(v: torch.Tensor, axis: SphereAxis, shape: torch.Size) -> torch
     return v.reshape(shape)
 
 
-def sphere_step(weight: torch.Tensor, step: torch.Tensor, spec: MuonSpec, lr_update: Scalar) -> torch.Tensor:
-    """Stage 8: ``W + D`` kept on the sphere (a new tensor of ``weight``'s shape and dtype)."""
+def sphere_step(
+    weight: torch.Tensor, step: torch.Tensor, spec: MuonSpec, lr_update: Scalar, *, overwrite: bool = False
+) -> torch.Tensor:
+    """Stage 8: ``W + D`` kept on the sphere, of ``weight``'s shape and dtype: a new tensor, or with ``overwrite``
+    (``step`` is the caller's own) ``step``'s storage where the rule allows (`_renormalized_`)."""
     if spec.sphere == "none":
         return weight + step
     wm, restore = as_matrices(weight, spec, "param")
     dm, _ = as_matrices(step.reshape(weight.shape), spec, "param")
     wv = _to_vectors(wm, spec.sphere_axis)
     dv = _to_vectors(dm, spec.sphere_axis)
-    radius = _norm(wv) if spec.sphere_axis == "matrix" else torch.ones_like(wv[..., :1])
     if spec.sphere == "hyperball":  # the math: muonlab.reference.sphere.sphere_step
-        if spec.hyperball_radius is not None:
-            radius = torch.full_like(radius, spec.hyperball_radius)
-        nd = _norm(dv)
+        radius = _norm(wv) if spec.hyperball_radius is None else spec.hyperball_radius
         eta = torch.as_tensor(lr_update, dtype=dv.dtype, device=dv.device)
-        safe = torch.maximum(nd, eta * HYPERBALL_EPS)
-        dv = torch.where(nd > 0.0, dv * (eta * radius / _safe(safe, safe > 0.0)), 0.0)
-        nv = renormalize_vectors(wv, dv, radius)
-    elif spec.sphere == "renormalize":
-        nv = renormalize_vectors(wv, dv, radius)
+        # D rescaled to length eta R, then W + D, with per-vector factors and in-place sums; D = 0 stays 0 (and
+        # eta = 0, a skipped matrix, gives a finite 0 / tiny)
+        scale = (eta * radius) / torch.maximum(_norm(dv), eta * HYPERBALL_EPS).clamp_(min=_TINY)
+        v = dv.mul_(scale) if overwrite else dv * scale
+        nv = _renormalized_(v.add_(wv), wv, radius)
+        return restore(_from_vectors(nv, spec.sphere_axis, wm.shape).contiguous())
+    radius = _norm(wv) if spec.sphere_axis == "matrix" else torch.ones_like(wv[..., :1])
+    if spec.sphere == "renormalize":
+        nv = _renormalized_(dv.add_(wv) if overwrite else wv + dv, wv, radius)
     else:
         nv = geodesic_vectors(wv, dv, radius, spec.angle_mode, lr_update)
     return restore(_from_vectors(nv, spec.sphere_axis, wm.shape).contiguous())

@@ -1,7 +1,8 @@
 """Transforms around ``Orth`` on torch stacks (the math and sources: `muonlab.reference.transforms`): equilibration of
 the orthogonalizer's input (`EQUILIBRATIONS`) and normalization of its output (`POST_ORTHS`), per matrix of a
 ``[B, m, n]`` stack, computed in the stack's dtype (the state's, or NorMuon's) with norms accumulated in float32 at
-least. Each returns a new tensor: the input may be the momentum buffer itself."""
+least. An equilibration returns a new tensor (its input may be the momentum buffer itself); a post-orth
+normalization writes into ``O``."""
 
 from __future__ import annotations
 
@@ -45,17 +46,17 @@ EQUILIBRATIONS: dict[Equilibrate, Callable[[torch.Tensor, float, float], torch.T
 
 
 def _unit_rows(u: torch.Tensor) -> torch.Tensor:
-    return u / _sq(u, -1).add_(_MUON_PLUS_EPS).sqrt_()
+    return u.div_(_sq(u, -1).add_(_MUON_PLUS_EPS).sqrt_())
 
 
 def _unit_cols(u: torch.Tensor) -> torch.Tensor:
-    return u / _sq(u, -2).add_(_MUON_PLUS_EPS).sqrt_()
+    return u.div_(_sq(u, -2).add_(_MUON_PLUS_EPS).sqrt_())
 
 
 def _snap(u: torch.Tensor) -> torch.Tensor:
     target = math.sqrt(min(u.shape[-2], u.shape[-1]))
     norm: torch.Tensor = torch.linalg.vector_norm(u, dim=(-2, -1), keepdim=True)
-    return u * (target / norm.clamp(min=_SNAP_EPS))
+    return u.mul_(target / norm.clamp(min=_SNAP_EPS))
 
 
 POST_ORTHS: dict[PostOrth, Callable[[torch.Tensor], torch.Tensor] | None] = {
@@ -66,7 +67,7 @@ POST_ORTHS: dict[PostOrth, Callable[[torch.Tensor], torch.Tensor] | None] = {
     "row_col": lambda u: _unit_cols(_unit_rows(u)),
     "col_row": lambda u: _unit_rows(_unit_cols(u)),
 }
-"""``spec.post_orth`` -> ``O -> O'`` (None: unchanged)."""
+"""``spec.post_orth`` -> ``O -> O'`` (None: unchanged), in place: ``O`` is the orthogonalizer's own output."""
 
 
 def _bound(

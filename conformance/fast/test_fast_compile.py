@@ -87,8 +87,37 @@ def _matrices(seed: int) -> list[nn.Parameter]:
     return [nn.Parameter(torch.randn(s, generator=gen)) for s in [(8, 12), (8, 12), (12, 8), (2, 6, 6)]]
 
 
-@pytest.mark.parametrize("preset", ["keller", "moonlight", "modded_normuon"])
-def test_fullgraph_compiled_step_matches_eager_without_recompiles(preset: str) -> None:
+FAMILY_2026 = ["nanochat", "adamuon", "adamuon_v1", "adamuon_paper", "muoneq", "muon_plus", "muonh", "normuonh"]
+FAMILY_2026 += ["dion2", "nordion2", "namo"]
+
+
+def _spec(preset: str) -> Any:
+    if preset == "namo":  # NeMo AdaptiveMuon's NAMO: a constructor, not a preset
+        from muonlab.contract import from_upstream
+
+        return from_upstream(
+            "emerging_optimizers_adaptive", moment2_method="namo", lr=0.02, momentum=0.9, weight_decay=0
+        )
+    return preset
+
+
+# torch's CPU inductor (2.13) fails to generate code for NorMuon per element (AdaMuon's V) with a per-matrix lerp
+# weight (nonfinite="skip"): KeyError in cpp.py try_outer_loop_fusion_with_local_buf, an in-place division followed
+# by a per-matrix norm. dynamo traces the step as one graph (the aot_eager case below); strict, so the mark goes
+# the day inductor compiles it.
+INDUCTOR_CPU_BUG = {"adamuon", "adamuon_v1", "adamuon_paper"}
+CASES = [
+    pytest.param(
+        p,
+        "inductor",
+        marks=[pytest.mark.xfail(strict=True, reason="inductor CPU codegen KeyError")] if p in INDUCTOR_CPU_BUG else [],
+    )
+    for p in ["keller", "moonlight", "modded_normuon", *FAMILY_2026]
+] + [pytest.param(p, "aot_eager") for p in sorted(INDUCTOR_CPU_BUG)]
+
+
+@pytest.mark.parametrize(("preset", "compiler"), CASES)
+def test_fullgraph_compiled_step_matches_eager_without_recompiles(preset: str, compiler: str) -> None:
     """``torch.compile(fullgraph=True)`` (inductor, CPU) of a function calling ``opt.step()`` with
     ``nonfinite="skip"`` (no host sync, so no graph break): equal to eager within 1e-5 relative, and an LR
     schedule that fills the tensor ``lr`` in place compiles nothing new after the first two steps (the first
@@ -99,13 +128,13 @@ def test_fullgraph_compiled_step_matches_eager_without_recompiles(preset: str) -
     # fp32 Newton-Schulz: the claim is about tracing, not bf16 arithmetic (inductor's bf16 code rounds otherwise
     # than eager's, at bf16 resolution)
     kw: dict[str, Any] = {"backend": "torch", "nonfinite": "skip", "compute_dtype": "float32"}
-    eager = Muon(eager_p, preset, lr=torch.tensor(0.02), **kw)
-    comp = Muon(comp_p, preset, lr=torch.tensor(0.02), **kw)
+    eager = Muon(eager_p, _spec(preset), lr=torch.tensor(0.02), **kw)
+    comp = Muon(comp_p, _spec(preset), lr=torch.tensor(0.02), **kw)
     # The schedule fills the tensor lr in place, as torch's LR schedulers do for a tensor lr. (A scheduler
     # object wraps ``opt.step`` in a function dynamo refuses to trace, so under fullgraph=True it is stepped
     # by hand here, as with torch's own optimizers.)
 
-    @torch.compile(fullgraph=True, backend="inductor")
+    @torch.compile(fullgraph=True, backend=compiler)
     def step() -> None:
         comp.step()
 
