@@ -8,8 +8,10 @@ A run config has the sections ``model``, ``data``, ``optimizer``, ``schedule``, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -847,3 +849,39 @@ def config_sha256(obj: Any) -> str:
 
 def shipped_configs_dir() -> Path:
     return Path(__file__).parent / "configs"
+
+
+# -- what a run config resolves to (train and perf both read these) ---------------------------------
+
+
+def resolve_model_config(cfg: RunConfig, vocab_size: int | None = None) -> Any:
+    """``MODEL_CONFIGS[model.base]`` with the section's overrides; checks the tokenizer fits the vocab."""
+    from .model import MODEL_CONFIGS
+
+    if cfg.model.base not in MODEL_CONFIGS:
+        raise ValueError(f"model.base: unknown model {cfg.model.base!r}; known: {', '.join(MODEL_CONFIGS)}")
+    try:
+        mcfg = dataclasses.replace(MODEL_CONFIGS[cfg.model.base], **cfg.model.overrides())
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"model: {exc}") from None
+    if vocab_size is not None and mcfg.vocab_size < vocab_size:
+        raise ValueError(
+            f"model.vocab_size: {mcfg.vocab_size} is smaller than the tokenizer's vocab ({vocab_size}); "
+            f"choose another data.tokenizer or set model.vocab_size"
+        )
+    if cfg.train.seq_len is not None and cfg.train.seq_len > mcfg.seq_len:
+        raise ValueError(f"train.seq_len: {cfg.train.seq_len} exceeds model seq_len {mcfg.seq_len}")
+    return mcfg
+
+
+def seq_len_of(cfg: RunConfig, mcfg: Any) -> int:
+    """The run's sequence length: ``train.seq_len``, else the model's."""
+    return int(cfg.train.seq_len or mcfg.seq_len)
+
+
+def total_steps_of(cfg: RunConfig, seq_len: int) -> int:
+    """The run's optimizer steps: ``train.steps``, else ``train.token_budget`` in whole batches (rounded up)."""
+    if cfg.train.steps is not None:
+        return cfg.train.steps
+    assert cfg.train.token_budget is not None
+    return math.ceil(cfg.train.token_budget / (cfg.train.batch_size * seq_len))

@@ -16,7 +16,6 @@ GPUs not in the table.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from typing import Any
@@ -88,17 +87,14 @@ def predicted_seconds(cfg: Any, device_name: str, mfu: float) -> float:
     (docs/harness.md, "Expected wall time of wd_dose_response on one H100 / H200"). A pure function of the config
     (no data, no GPU).
     """
-    from .model import MODEL_CONFIGS
+    from .config import resolve_model_config, seq_len_of, total_steps_of
 
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu: must be in (0, 1], got {mfu}")
     peak = peak_tflops_of(device_name)
     if peak is None:
         raise ValueError(f"device_name: {device_name!r} matches no PEAK_BF16_TFLOPS entry")
-    # the model, sequence length and step count as train.resolve_model_config / seq_len_of / total_steps_of
-    # (train imports this module, so they are not imported here)
-    mcfg = dataclasses.replace(MODEL_CONFIGS[cfg.model.base], **cfg.model.overrides())
-    seq_len = int(cfg.train.seq_len or mcfg.seq_len)
-    steps: int = cfg.train.steps or math.ceil(cfg.train.token_budget / (cfg.train.batch_size * seq_len))
-    tokens = steps * int(cfg.train.batch_size) * seq_len
+    mcfg = resolve_model_config(cfg)
+    seq_len = seq_len_of(cfg, mcfg)
+    tokens = total_steps_of(cfg, seq_len) * int(cfg.train.batch_size) * seq_len
     return tokens * flops_per_token(mcfg, seq_len) / (peak * 1e12 * mfu)

@@ -37,7 +37,7 @@ import torch
 from . import rundir as rd
 from . import torchrun as dd
 from .abort import AbortMonitor
-from .config import RunConfig, config_diff, format_config_diff
+from .config import RunConfig, config_diff, format_config_diff, resolve_model_config, seq_len_of, total_steps_of
 from .endpoints import summarize
 from .interrupt import stop_requested
 from .lock import DirLock, describe_holder
@@ -64,37 +64,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device: 'cuda' requested but CUDA is not available")
     return torch.device(name)
-
-
-def resolve_model_config(cfg: RunConfig, vocab_size: int | None = None) -> Any:
-    """``MODEL_CONFIGS[model.base]`` with the section's overrides; checks the tokenizer fits the vocab."""
-    from .model import MODEL_CONFIGS
-
-    if cfg.model.base not in MODEL_CONFIGS:
-        raise ValueError(f"model.base: unknown model {cfg.model.base!r}; known: {', '.join(MODEL_CONFIGS)}")
-    try:
-        mcfg = dataclasses.replace(MODEL_CONFIGS[cfg.model.base], **cfg.model.overrides())
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"model: {exc}") from None
-    if vocab_size is not None and mcfg.vocab_size < vocab_size:
-        raise ValueError(
-            f"model.vocab_size: {mcfg.vocab_size} is smaller than the tokenizer's vocab ({vocab_size}); "
-            f"choose another data.tokenizer or set model.vocab_size"
-        )
-    if cfg.train.seq_len is not None and cfg.train.seq_len > mcfg.seq_len:
-        raise ValueError(f"train.seq_len: {cfg.train.seq_len} exceeds model seq_len {mcfg.seq_len}")
-    return mcfg
-
-
-def seq_len_of(cfg: RunConfig, mcfg: Any) -> int:
-    return int(cfg.train.seq_len or mcfg.seq_len)
-
-
-def total_steps_of(cfg: RunConfig, seq_len: int) -> int:
-    if cfg.train.steps is not None:
-        return cfg.train.steps
-    assert cfg.train.token_budget is not None
-    return math.ceil(cfg.train.token_budget / (cfg.train.batch_size * seq_len))
 
 
 def micro_batches_of(cfg: RunConfig, world_size: int) -> int:
