@@ -52,6 +52,7 @@ __all__ = [
     "gather_full",
     "local_shard",
     "muon_directions",
+    "on_owners",
     "orthogonalize_gathered",
     "orthogonalize_local",
     "orthogonalize_replicated",
@@ -490,6 +491,38 @@ def orthogonalize_sharded(
         probe = [results[i].dtype if i in results else None for i in range(len(locs))]
         dtypes = _finish_dtypes(finish_dtype, len(locs)) or _agree_dtypes(probe, owners, group)
     return _rewrap(_to_shards(results, shapes, owners, dtypes, group, locs[0].device), wrappers)
+
+
+def on_owners(
+    inputs: Sequence[Sequence[torch.Tensor]],
+    full_shapes: Sequence[Sequence[int]],
+    fn: Callable[[int, list[torch.Tensor]], torch.Tensor],
+    *,
+    dtypes: Sequence[torch.dtype],
+    mode: Literal["sharded", "gathered"],
+    group: Group = None,
+) -> list[torch.Tensor]:
+    """``fn(i, [whole input i of each list])`` where the whole tensors are, and this rank's dim-0 shard of each
+    result (of shape ``full_shapes[i]``, cast to ``dtypes[i]``). ``inputs``: lists of dim-0 shards (plain local
+    tensors) of tensors of ``full_shapes``. ``"sharded"``: one ``all_to_all`` per list and dtype to the owners, ``fn``
+    on the owner, one back (`_to_owners`, `_to_shards`); ``"gathered"``: every rank gathers everything and runs
+    ``fn`` for every tensor. For steps that need a whole matrix besides Orth (a sphere whose vectors span rows)."""
+    world, rank = world_of(group)
+    shapes = [tuple(int(d) for d in sh) for sh in full_shapes]
+    lists = [list(xs) for xs in inputs]
+    for xs in lists:
+        _check_shards(xs, shapes, world, rank)
+    if not shapes:
+        return []
+    if mode == "gathered":
+        fulls = [gather_full(xs, shapes, group=group) for xs in lists]
+        return [
+            local_shard(fn(i, [f[i] for f in fulls]), world, rank).to(dtypes[i]).clone() for i in range(len(shapes))
+        ]
+    owners = assign_owners(shapes, world)
+    wholes = [_to_owners(xs, shapes, owners, group) for xs in lists]
+    results = {i: fn(i, [w.pop(i) for w in wholes]) for i in sorted(wholes[0])}
+    return _to_shards(results, shapes, owners, dtypes, group, lists[0][0].device)
 
 
 # -- gathered (fallback and oracle) -------------------------------------------------------------------

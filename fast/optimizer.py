@@ -96,14 +96,6 @@ def _local_state(value: torch.Tensor, p: torch.Tensor, name: str) -> torch.Tenso
     return value.to(device=local.device, copy=True)
 
 
-def _check_sharded_spec(spec: MuonSpec, mode: str, name: str) -> None:
-    if mode in ("sharded", "gathered") and spec.sphere != "none" and spec.sphere_axis in ("col", "matrix"):
-        raise ValueError(
-            f"{name}.sphere_axis: {spec.sphere_axis!r} with sphere={spec.sphere!r} needs norms across ranks, "
-            f"unsupported with distributed={mode!r} (use sphere_axis='row', or distributed='replicated')"
-        )
-
-
 def _check_lr(lr: object, name: str) -> float | torch.Tensor:
     if isinstance(lr, torch.Tensor):
         if lr.ndim != 0 or not lr.is_floating_point():
@@ -290,7 +282,6 @@ class Muon(Optimizer):
         if distributed == "none" and process_group is not None:
             raise ValueError("process_group: only used with distributed='replicated', 'sharded' or 'gathered'")
         self.spec: MuonSpec = resolve_spec(preset, **overrides)
-        _check_sharded_spec(self.spec, distributed, "spec")
         self.distributed: DistributedMode = distributed
         self.process_group: Any = process_group
         self.backend: Backend = check_backend(backend)
@@ -309,8 +300,6 @@ class Muon(Optimizer):
             raise ValueError(f"param_groups[{index}]['algorithm']: expected 'muon' or 'adamw', got {algorithm!r}")
         group["algorithm"] = algorithm
         spec = _spec_from(group.get("spec", self.spec), f"param_groups[{index}]['spec']")
-        if algorithm == "muon":
-            _check_sharded_spec(spec, self.distributed, f"param_groups[{index}]['spec']")
         group["spec"] = spec
         base_lr: float | torch.Tensor = (
             self.defaults["lr"] if self._explicit_lr or "spec" not in param_group else spec.lr

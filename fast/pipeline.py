@@ -38,7 +38,7 @@ from muonlab.contract.spec import lookup
 from .backend import Backend, route
 from .decay import Coefficients, Scalar, apply_stack_, coefficients, decay_lr
 from .dion2 import dion2_decay, dion2_feedback_, dion2_scatter, dion2_select_
-from .distributed import DistributedMode, Group, local_shard, muon_directions, world_of
+from .distributed import DistributedMode, Group, local_shard, muon_directions, on_owners, world_of
 from .momentum import MOMENTUM_FORMS, momentum_, momentum_weight
 from .normuon import gradient_statistic, normuon_normalize_
 from .orthogonalize import as_matrices, contiguous_as, orthogonalizer
@@ -213,6 +213,10 @@ class GroupStacks:
         self._grad_stats: list[torch.Tensor] = []
         self._namo = spec.normuon and spec.normuon_input == "gradient"
         self._reads_input_norm = spec.normuon and spec.normuon_rescale == "input_norm"
+        # a sphere whose vectors (columns, the whole matrix) span the rows a shard splits: stage 8 on the owner too
+        self._sphere_on_owners = (
+            spec.sphere != "none" and spec.sphere_axis in ("col", "matrix") and distributed in ("sharded", "gathered")
+        )
 
     # -- state -----------------------------------------------------------------------------------------
     @property
@@ -453,6 +457,9 @@ class GroupStacks:
                         for o, (pick, full) in zip(outs, picks, strict=True)
                     ]
             del ns
+            if self._sphere_on_owners:
+                self._sphere_owned(unit, views, states, outs, grads, keep, lr, weight_decay)
+                continue
             for w in unit:  # popped: no update outlives its apply
                 self._apply(w, views, outs.pop(0))
 
@@ -662,6 +669,61 @@ class GroupStacks:
         if w.skip is not None:  # a skipped matrix is written back as it was (x 1 + 0, x 0 + W: exact)
             new = new.mul_(w.skip.keep).addcmul_(wf, w.skip.skip)
         torch._foreach_copy_(targets, [n.view(t.shape) for n, t in zip(torch.split(new, counts), targets, strict=True)])
+
+    def _sphere_owned(
+        self,
+        unit: list[_Work],
+        views: Sequence[torch.Tensor],
+        states: Sequence[State],
+        outs: list[torch.Tensor],
+        grads: Sequence[torch.Tensor | None],
+        keep: torch.Tensor | None,
+        lr: Scalar,
+        lam: float,
+    ) -> None:
+        """Stages 5-8 of a sharded group whose sphere vectors span ranks: every parameter's owner takes its whole
+        ``O`` and ``W`` (`muonlab.fast.distributed.on_owners`), steps it as `_apply` steps a stack on one process
+        (the same ops, so the same bits), and every rank copies its rows of the new ``W`` into its shard. The
+        per-parameter ``eta_u``, ``1 - eta_d lambda`` and skip flag are formed as `_coefs` forms them per slot."""
+        spec = self.spec
+        count = len(self.shapes)
+        ups: list[torch.Tensor | None] = [None] * count
+        for w, o in zip(unit, outs, strict=True):
+            for pc in w.chunk.pieces:
+                first = pc.slot - w.chunk.start
+                ups[pc.member] = o[first : first + pc.count].view(self.shapes[pc.member])
+        outs.clear()
+        for i in self.loose:  # an empty shard of O, in the state dtype
+            ups[i] = torch.zeros_like(states[i]["momentum_buffer"])
+        dev = views[0].device
+        present = torch.tensor([g is not None for g in grads], device=dev)
+        kp = present if keep is None else keep.to(dev) & present
+        lr_u = torch.tensor([update_scale(s, spec) for s in self.full_shapes], dtype=torch.float64, device=dev) * lr
+        dec = None
+        if decay_stages(spec, lam)[1]:
+            dec = torch.as_tensor(decay_lr(lr, lr_u, spec), dtype=torch.float64, device=dev) * lam * kp
+        coef = coefficients(lr_u * kp, dec, torch.float64)  # rounded once, per parameter, below
+
+        def step(i: int, wholes: list[torch.Tensor]) -> torch.Tensor:
+            o, weight = wholes
+            dt = self.dtypes[i]
+            eta = coef.lr_update[i].to(dt)
+            d = contiguous_as(o, dt).mul_(-eta)
+            wf = weight.to(dt, copy=True)
+            if coef.retain is not None:  # a skipped parameter's retain factor is 1
+                wf.mul_(coef.retain[i].to(dt))
+            new = sphere_step(wf, d, spec, eta, overwrite=True)
+            return new.mul_(kp[i]).addcmul_(wf, ~kp[i])  # a skipped parameter as it was (exact)
+
+        done = on_owners(
+            [[u for u in ups if u is not None], list(views)],
+            self.full_shapes,
+            step,
+            dtypes=[v.dtype for v in views],
+            mode="sharded" if self.distributed == "sharded" else "gathered",
+            group=self.process_group,
+        )
+        torch._foreach_copy_(list(views), done)
 
     def _pieces(self, chunk: Chunk, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The chunk's parameter pieces, views of the parameters to write: ``[count, m, n]``, or a strided member's

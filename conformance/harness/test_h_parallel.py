@@ -160,14 +160,18 @@ def test_max_minutes_stops_in_process_sweep_and_resumes(
     with pytest.raises(SweepStopped, match=r"time budget \(--max-minutes\) spent"):
         run_sweep(sweep, out, data_dir=data_dir, progress=False, log=logs.append, max_minutes=0.02)
     assert time.monotonic() - t0 < 30
-    # the runs in order: complete ones, the one the budget stopped (checkpointed), none started after it
+    # the runs in order: complete ones, the one the budget stopped (checkpointed), none started after it; on a
+    # loaded machine the 1.2 s may be spent before the first run starts, and then no run has begun
     status = [
         json.loads(m.read_text())["status"] if m.is_file() else None
         for m in (out / "runs" / r / "metrics.json" for r in RUNS)
     ]
-    k = status.index("stopped")
-    assert status[:k] == ["complete"] * k and status[k + 1 :] == [None] * (len(RUNS) - k - 1), status
-    assert 0 < json.loads((out / "runs" / RUNS[k] / "metrics.json").read_text())["steps"] < 300
+    if "stopped" not in status:
+        assert status == [None] * len(RUNS), status
+    else:
+        k = status.index("stopped")
+        assert status[:k] == ["complete"] * k and status[k + 1 :] == [None] * (len(RUNS) - k - 1), status
+        assert 0 < json.loads((out / "runs" / RUNS[k] / "metrics.json").read_text())["steps"] < 300
     assert not (out / "RESULTS.md").exists()
     run_sweep(sweep, out, data_dir=data_dir, progress=False, log=logs.append)
     assert_same_results(par_sequential, out)
