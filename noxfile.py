@@ -124,7 +124,9 @@ def tests_isa(session: nox.Session, isa: str) -> None:
     session.run(
         "python", "-c", "import torch; print('torch CPU capability:', torch.backends.cpu.get_cpu_capability())", env=env
     )
-    session.run("pytest", *ISA_SENSITIVE, "-m", "not gpu", "-q", *session.posargs, env=env)
+    # the 2026 family's compile cases check tracing (one graph, no recompiles), the same on any ISA; the 2025
+    # presets' compile cases stay, and with them inductor's code for the capped ISA
+    session.run("pytest", *ISA_SENSITIVE, "-m", "not gpu and not family_compile", "-q", *session.posargs, env=env)
 
 
 TRITONS = {"3.6": ["numpy<2.4"], "3.7": []}

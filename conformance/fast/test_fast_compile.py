@@ -106,14 +106,17 @@ def _spec(preset: str) -> Any:
 # by a per-matrix norm. dynamo traces the step as one graph (the aot_eager case below); strict, so the mark goes
 # the day inductor compiles it.
 INDUCTOR_CPU_BUG = {"adamuon", "adamuon_v1", "adamuon_paper"}
-CASES = [
+CASES = [pytest.param(p, "inductor") for p in ["keller", "moonlight", "modded_normuon"]]
+CASES += [
     pytest.param(
         p,
         "inductor",
-        marks=[pytest.mark.xfail(strict=True, reason="inductor CPU codegen KeyError")] if p in INDUCTOR_CPU_BUG else [],
+        marks=[pytest.mark.family_compile]
+        + ([pytest.mark.xfail(strict=True, reason="inductor CPU codegen KeyError")] if p in INDUCTOR_CPU_BUG else []),
     )
-    for p in ["keller", "moonlight", "modded_normuon", *FAMILY_2026]
-] + [pytest.param(p, "aot_eager") for p in sorted(INDUCTOR_CPU_BUG)]
+    for p in FAMILY_2026
+]
+CASES += [pytest.param(p, "aot_eager", marks=pytest.mark.family_compile) for p in sorted(INDUCTOR_CPU_BUG)]
 
 
 @pytest.mark.parametrize(("preset", "compiler"), CASES)
