@@ -59,7 +59,10 @@ def dion2_feedback_(
 def dion2_decay(beta: float, keep: torch.Tensor | None, dtype: torch.dtype) -> float | torch.Tensor:
     """The error feedback's factor: ``beta``, or per matrix ``beta`` where ``keep`` (bool ``[C, 1, 1]``) and 1
     elsewhere, in ``dtype``."""
-    return beta if keep is None else torch.where(keep, beta, 1.0).to(dtype)
+    if keep is None:
+        return beta
+    # beta rounded once, to ``dtype`` (float64 keeps it exact, as the float path does)
+    return torch.ones(keep.shape, dtype=dtype, device=keep.device).masked_fill_(keep, beta)
 
 
 def dion2_select_(

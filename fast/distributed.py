@@ -68,7 +68,8 @@ DistributedMode = Literal["none", "replicated", "sharded", "gathered"]
 Prepare = Callable[[int, torch.Tensor], torch.Tensor]
 """``prepare(i, N_i) -> X_i``: runs on the rank that holds the whole input tensor ``i`` (its owner) and returns
 what is orthogonalized (equilibrated, or Dion2's selected slices; any shape of at least 2 dims, a 3-D one a batch
-of matrices). ``i`` indexes the input list."""
+of matrices; without a ``finish`` that restores the input's shape, the input's shape). ``i`` indexes the input
+list."""
 
 Finish = Callable[[int, torch.Tensor], torch.Tensor]
 """``finish(i, O_i) -> U_i``: runs on the owner of the whole orthogonalized tensor ``i`` and returns the final
@@ -165,6 +166,12 @@ def _compute(
     """The owner's part of every mode: ``prepare``, `orthogonalize_local` (one batched call per matrix shape),
     ``finish``, for the whole tensors ``tensors`` (indices ``owned`` of the input list)."""
     xs = list(tensors) if prepare is None else [prepare(i, x) for i, x in zip(owned, tensors, strict=True)]
+    if finish is None:  # the results travel in the inputs' shapes
+        for i, x, y in zip(owned, tensors, xs, strict=True):
+            if y.shape != x.shape:
+                raise ValueError(
+                    f"prepare: changed tensor {i}'s shape {tuple(x.shape)} to {tuple(y.shape)}; pass a finish"
+                )
     done = orthogonalize_local(xs, spec, backend=backend)
     del xs
     return {i: o if finish is None else finish(i, o) for i, o in zip(owned, done, strict=True)}
@@ -637,6 +644,8 @@ def muon_directions(
     if mode not in ("none", "replicated", "sharded", "gathered"):
         raise ValueError(f"mode: expected one of 'none', 'replicated', 'sharded', 'gathered', got {mode!r}")
     tensors = list(ns)
+    if not tensors:
+        return []
     unknown = set(normuon_inputs or {}) - {"steps"}
     if unknown:
         raise ValueError(
