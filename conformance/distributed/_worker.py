@@ -25,8 +25,9 @@ from muonlab import reference as ref
 from muonlab.contract import MuonSpec, from_upstream, get_preset
 from muonlab.fast.orthogonalize import as_matrices, orthogonalize
 
-# Fewer rows than ranks ((1, 5), (2, 3) on 3 ranks), a batch of matrices (3-D), a conv filter (4-D), a tall
-# and a wide matrix, and 13 tensors: not divisible by 2 or 3.
+# Fewer rows than ranks ((1, 5), (2, 3) on 3 ranks), a batch of 2 matrices (3-D: on 3 ranks the third holds none,
+# a member without a stack slot), a conv filter (4-D), a tall and a wide matrix, and 13 tensors: not divisible by
+# 2 or 3.
 SHAPES: list[tuple[int, ...]] = [
     (4, 6),
     (4, 6),
@@ -35,7 +36,7 @@ SHAPES: list[tuple[int, ...]] = [
     (1, 5),
     (2, 3),
     (5, 5),
-    (3, 2, 4),
+    (2, 3, 4),
     (4, 2, 2, 2),
     (7, 3),
     (16, 8),
